@@ -1,0 +1,1 @@
+"""genre_pipeline: movie genre prediction from TMDb metadata, as Dagster assets."""

@@ -1,0 +1,22 @@
+"""Automation shared by downstream assets."""
+
+import dagster as dg
+
+AC = dg.AutomationCondition
+
+# Like AutomationCondition.eager(), but a parent counts as updated only when its data
+# version changed: a refresh that brings nothing new reruns nothing downstream.
+ON_UPSTREAM_DATA_CHANGE = (
+    (
+        AC.newly_missing()
+        | AC.any_deps_match(AC.data_version_changed() & ~AC.executed_with_root_target())
+    ).since_last_handled()
+    & ~AC.any_deps_missing()
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+).with_label("on_upstream_data_change")
+
+# One TMDb client at a time across runs, so that two runs never double the request rate.
+TMDB_POOL = "tmdb_api"
+
+TMDB_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)

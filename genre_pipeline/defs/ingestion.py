@@ -1,0 +1,241 @@
+"""Ingestion assets: TMDb configuration and genres, discover pages per release year, details, posters."""
+
+
+import datetime as dt
+import time
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from genre_pipeline import ingest, settings
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_POOL, TMDB_RETRY
+from genre_pipeline.defs.resources import StorageResource, TMDbResource
+
+SOURCE = settings.choose_source()
+FIRST_YEAR, LAST_YEAR = settings.year_range(SOURCE)
+RELEASE_YEARS = dg.TimeWindowPartitionsDefinition(
+    start=str(FIRST_YEAR), end=str(LAST_YEAR + 1), cron_schedule="0 0 1 1 *", fmt="%Y"
+)
+MAX_CHANGES_LOOKBACK_DAYS = 90
+
+
+class RefreshConfig(dg.Config):
+    refresh: bool = Field(default=False, description="Ask TMDb again instead of answering from the cache.")
+
+
+class DiscoverConfig(RefreshConfig):
+    sort_by: str = "popularity.desc"
+    augment_genre_ids: list[int] = Field(
+        default_factory=list,
+        description="Extra with_genres queries per year for rare genres (the seed's augmentation), e.g. [37, 10752].",
+    )
+
+
+class MovieDetailsConfig(dg.Config):
+    check_changes: bool = Field(default=False, description="Re-fetch known movies that /movie/changes lists.")
+    max_failed_fraction: float = Field(default=0.01, description="Fail when more detail requests than this fail.")
+
+
+class PostersConfig(dg.Config):
+    size: str = Field(default="w342", description="A TMDb poster size from /configuration.")
+    min_width: int = 32
+    min_height: int = 32
+
+
+def _client_metadata(tmdb: TMDbResource, client, started: float) -> dict:
+    stats = client.stats.as_dict()
+    return {
+        "source": tmdb.source_label,
+        "requests": stats["requests"],
+        "cache_hits": stats["cache_hits"],
+        "retries": stats["retries"],
+        "retries_by_reason": dg.MetadataValue.json(stats["retry_reasons"]),
+        "elapsed_s": round(time.monotonic() - started, 2),
+    }
+
+
+def _preview(frame: pd.DataFrame, rows: int = 10) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False))
+
+
+def _fetch_reference(path: str, file_name: str, config: RefreshConfig, tmdb: TMDbResource,
+                     storage: StorageResource) -> tuple[dict, dict]:
+    store, started = storage.store, time.monotonic()
+    with tmdb.open_client(store.http_cache) as client:
+        payload = client.get_json(path, use_cache=not config.refresh)
+        metadata = _client_metadata(tmdb, client, started)
+    store.write_json(store.raw_dir / file_name, payload)
+    return payload, metadata
+
+
+@dg.asset(group_name="ingestion", pool=TMDB_POOL, retry_policy=TMDB_RETRY, kinds={"python"})
+def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
+    """TMDb's /configuration: image base URLs and the poster sizes it serves."""
+    payload, metadata = _fetch_reference("/configuration", "configuration.json", config, tmdb, storage)
+    images = payload.get("images", {})
+    return dg.MaterializeResult(
+        metadata={**metadata, "poster_sizes": ", ".join(images.get("poster_sizes", []))},
+        data_version=dg.DataVersion(ingest.content_fingerprint(images.get("poster_sizes", []))),
+    )
+
+
+@dg.asset(group_name="ingestion", pool=TMDB_POOL, retry_policy=TMDB_RETRY, kinds={"python"})
+def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
+    """TMDb's movie genre list (/genre/movie/list): ids and names."""
+    payload, metadata = _fetch_reference("/genre/movie/list", "genres.json", config, tmdb, storage)
+    genres = pd.DataFrame(payload.get("genres", []))
+    return dg.MaterializeResult(
+        metadata={**metadata, "genres": len(genres), "preview": _preview(genres, 25)},
+        data_version=dg.DataVersion(ingest.content_fingerprint(payload)),
+    )
+
+
+@dg.asset(
+    group_name="ingestion",
+    partitions_def=RELEASE_YEARS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=TMDB_POOL,
+    retry_policy=TMDB_RETRY,
+    kinds={"python"},
+)
+def raw_discover_pages(context: dg.AssetExecutionContext, config: DiscoverConfig, tmdb: TMDbResource,
+                       storage: StorageResource) -> dg.MaterializeResult:
+    """Every /discover/movie page for each release year, stored exactly as TMDb returned it."""
+    store, started = storage.store, time.monotonic()
+    years = [int(key) for key in context.partition_keys]
+    rows, ids_by_year = [], {}
+    with tmdb.open_client(store.http_cache) as client:
+        for year in years:
+            result = ingest.discover_year(client, year, sort_by=config.sort_by,
+                                          augment_genre_ids=config.augment_genre_ids, use_cache=not config.refresh)
+            store.write_discover_pages(year, result.pages)
+            ids_by_year[year] = sorted(result.movie_ids)
+            rows.append({"year": year, "movies": len(result.movie_ids), "pages": len(result.pages),
+                         "queries": result.queries})
+            context.log.info(f"{year}: {len(result.movie_ids)} movies on {len(result.pages)} pages")
+        metadata = _client_metadata(tmdb, client, started)
+    per_year = pd.DataFrame(rows)
+    return dg.MaterializeResult(
+        metadata={**metadata, "years": len(years), "movies": int(per_year["movies"].sum()),
+                  "pages": int(per_year["pages"].sum()), "per_year": _preview(per_year, 200)},
+        # The data version follows the discovered ids, not volatile fields like popularity.
+        data_version=dg.DataVersion(ingest.content_fingerprint(ids_by_year)),
+    )
+
+
+@dg.asset(group_name="ingestion", deps=[raw_discover_pages], pool=TMDB_POOL, retry_policy=TMDB_RETRY,
+          automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"python"})
+def movie_details(context: dg.AssetExecutionContext, config: MovieDetailsConfig, tmdb: TMDbResource,
+                  storage: StorageResource) -> dg.MaterializeResult:
+    """/movie/{id} for every discovered movie (tagline, full genres, poster_path, runtime). Incremental."""
+    store, started = storage.store, time.monotonic()
+    discovered = store.discovered_movies()
+    known = store.read_details()
+    state = store.read_json(store.details_state_file, {})
+    today = dt.date.today()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            context.log.info(f"details: {done}/{total} fetched")
+
+    with tmdb.open_client(store.http_cache) as client:
+        changed: set[int] = set()
+        if config.check_changes and known:
+            since = dt.date.fromisoformat(state.get("last_changes_check", (today - dt.timedelta(days=1)).isoformat()))
+            since = max(since, today - dt.timedelta(days=MAX_CHANGES_LOOKBACK_DAYS))
+            changed = ingest.changed_movie_ids(client, since, today) & known.keys()
+            state["last_changes_check"] = today.isoformat()
+        result = ingest.fetch_details(client, discovered, known=known, refetch_ids=changed, progress=progress)
+        metadata = _client_metadata(tmdb, client, started)
+    # Keep every detail fetched so far, even if the step then fails: nothing is fetched twice.
+    store.write_details(result.details)
+    state.update(not_found=result.not_found, failed=sorted(result.failed))
+    store.write_json(store.details_state_file, state)
+    if discovered and len(result.failed) > config.max_failed_fraction * len(discovered):
+        raise dg.Failure(
+            f"{len(result.failed)} of {len(discovered)} detail requests failed after retries; "
+            f"the {len(result.details)} fetched are kept and the rest are fetched on the next run",
+            metadata={"failed_examples": dg.MetadataValue.json(dict(list(result.failed.items())[:5]))},
+        )
+    frame = pd.DataFrame(result.details.values(), columns=["id", "title", "release_date", "tagline", "runtime"])
+    with_tagline = int(frame["tagline"].fillna("").str.strip().astype(bool).sum()) if len(frame) else 0
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "movies": len(result.details),
+            "fetched": result.fetched,
+            "reused": result.reused,
+            "changed_refetched": len(changed),
+            "not_found": len(result.not_found),
+            "failed": len(result.failed),
+            "with_tagline": with_tagline,
+            "preview": _preview(frame),
+        },
+        data_version=dg.DataVersion(ingest.content_fingerprint(
+            [result.details[i] for i in sorted(result.details)]
+        )),
+    )
+
+
+@dg.asset(group_name="ingestion", deps=[movie_details, tmdb_configuration], pool=TMDB_POOL,
+          retry_policy=TMDB_RETRY, automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"python"})
+def posters(context: dg.AssetExecutionContext, config: PostersConfig, tmdb: TMDbResource,
+            storage: StorageResource) -> dg.MaterializeResult:
+    """Each movie's poster, downloaded, verified with PIL and stored, with a status per movie."""
+    store, started = storage.store, time.monotonic()
+    configuration = store.read_json(store.raw_dir / "configuration.json", {})
+    sizes = configuration.get("images", {}).get("poster_sizes", [])
+    if sizes and config.size not in sizes:
+        raise dg.Failure(f"poster size {config.size!r} is not one TMDb serves: {', '.join(sizes)}")
+    details = store.read_details()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            context.log.info(f"posters: {done}/{total} downloaded and verified")
+
+    with tmdb.open_client(store.http_cache) as client:
+        base = client.image_base_url or configuration.get("images", {}).get("secure_base_url")
+        if not base:
+            raise dg.Failure("no image base URL: materialize tmdb_configuration first")
+        frame, summary = ingest.download_posters(
+            client, store, details.values(), image_base_url=base, size=config.size,
+            min_width=config.min_width, min_height=config.min_height,
+            previous=store.read_poster_status(), progress=progress,
+        )
+        metadata = _client_metadata(tmdb, client, started)
+    store.write_poster_status(frame)
+    failures = frame[frame["status"].isin(["http_error", "corrupt"])]
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            **{f"status_{status}": count for status, count in summary.items()},
+            "failures_preview": _preview(failures[["id", "poster_path", "status", "error"]]),
+        },
+        data_version=dg.DataVersion(ingest.content_fingerprint(
+            frame[["id", "poster_path", "status"]].astype(str).values.tolist()
+        )),
+    )
+
+
+@dg.asset_check(asset=movie_details, description="Every discovered movie has details, or TMDb said it is gone.")
+def details_cover_discovered(storage: StorageResource) -> dg.AssetCheckResult:
+    store = storage.store
+    discovered = store.discovered_movies().keys()
+    state = store.read_json(store.details_state_file, {})
+    missing = set(discovered) - store.read_details().keys() - set(state.get("not_found", []))
+    return dg.AssetCheckResult(passed=not missing, metadata={"missing": len(missing),
+                                                               "examples": dg.MetadataValue.json(sorted(missing)[:10])})
+
+
+@dg.asset_check(asset=posters, description="Every 'ok' poster is a stored file; nothing else is in images/.")
+def posters_stored_as_recorded(storage: StorageResource) -> dg.AssetCheckResult:
+    store = storage.store
+    frame = store.read_poster_status()
+    ok_files = {store.root / f for f in frame.loc[frame["status"] == "ok", "file"]}
+    missing = [str(f) for f in ok_files if not f.is_file()]
+    stray = [p.name for p in store.poster_images_dir.glob("*") if p not in ok_files] if store.poster_images_dir.is_dir() else []
+    return dg.AssetCheckResult(
+        passed=not missing and not stray,
+        metadata={"ok": len(ok_files), "missing_files": len(missing), "unrecorded_files": len(stray)},
+    )

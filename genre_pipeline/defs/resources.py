@@ -1,0 +1,108 @@
+"""Resources: the TMDb source and the data folder, chosen from the environment without code edits."""
+
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator, Optional
+
+import dagster as dg
+from pydantic import Field
+
+from genre_pipeline import settings
+from genre_pipeline.ingest import DataStore
+from genre_pipeline.tmdb import demo_catalog
+from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, TMDbClient
+from genre_pipeline.tmdb.replay import serve_snapshot
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The data folder of one TMDb source: ``<data_dir>/<source>``."""
+
+    data_dir: str = Field(description="Root folder of all pipeline data (git-ignored).")
+    source: str = Field(description="Folder name of the TMDb source's data under data_dir.")
+
+    @property
+    def store(self) -> DataStore:
+        return DataStore(Path(self.data_dir) / self.source)
+
+
+class TMDbResource(dg.ConfigurableResource):
+    """Where TMDb data comes from and how politely the client asks.
+
+    With a token or key it talks to the real API (or ``base_url``); with ``snapshot_dir``
+    it starts a replay server over that folder for the duration of the step; with
+    neither it serves the built-in, synthetic demo catalog the same way.
+    """
+
+    api_read_access_token: Optional[str] = Field(default=None, description=f"From {TOKEN_ENV}.")
+    api_key: Optional[str] = Field(default=None, description=f"From {API_KEY_ENV}.")
+    base_url: Optional[str] = Field(default=None, description="A TMDb-compatible API root (TMDB_BASE_URL).")
+    snapshot_dir: Optional[str] = Field(default=None, description="Replay this snapshot folder instead.")
+    demo_catalog_dir: Optional[str] = Field(default=None, description="Where the demo catalog is generated.")
+    rate_limit_per_s: float = Field(default=35.0, description="Client-side limit, under TMDb's ~40 requests/s.")
+    max_workers: int = Field(default=8, description="Concurrent requests for details and posters.")
+    timeout_s: float = 10.0
+    max_retries: int = 6
+    backoff_base_s: float = 0.5
+
+    @property
+    def source_kind(self) -> str:
+        if self.snapshot_dir:
+            return "snapshot"
+        return "tmdb" if self.api_read_access_token or self.api_key else "demo"
+
+    @property
+    def source_label(self) -> str:
+        if self.source_kind == "snapshot":
+            return f"replay of snapshot {self.snapshot_dir}"
+        if self.source_kind == "tmdb":
+            return f"TMDb API at {self.base_url or TMDB_API_URL}"
+        return demo_catalog.DEMO_LABEL
+
+    @contextlib.contextmanager
+    def open_client(self, cache_dir: Path | None) -> Iterator[TMDbClient]:
+        options = dict(
+            cache_dir=cache_dir, rate_limit_per_s=self.rate_limit_per_s, max_workers=self.max_workers,
+            timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,
+        )
+        if self.source_kind == "tmdb":
+            with TMDbClient(self.base_url or TMDB_API_URL, token=self.api_read_access_token,
+                            api_key=self.api_key, **options) as client:
+                yield client
+            return
+        folder = self.snapshot_dir
+        if folder is None:
+            folder = self.demo_catalog_dir or str(settings.default_data_dir() / "demo-catalog")
+            demo_catalog.generate(folder)
+        # A fresh local credential per server: the replay checks it as TMDb would.
+        token = secrets.token_urlsafe(24)
+        with serve_snapshot(folder, token=token) as server, TMDbClient(
+            server.api_url, token=token, credential_hint="the replay server's token",
+            image_base_url=f"{server.base_url}/t/p", **options
+        ) as client:
+            yield client
+
+
+def build_resources(env=os.environ) -> dict:
+    """Resources for the source the environment selects (see genre_pipeline.settings)."""
+    source = settings.choose_source(env)
+    data_dir = settings.default_data_dir(env)
+    tmdb_options = {}
+    if source.kind == "tmdb":
+        # EnvVar keeps the secret out of the run config; only set variables may be named.
+        if env.get(TOKEN_ENV):
+            tmdb_options["api_read_access_token"] = dg.EnvVar(TOKEN_ENV)
+        if env.get(API_KEY_ENV):
+            tmdb_options["api_key"] = dg.EnvVar(API_KEY_ENV)
+        if env.get(settings.BASE_URL_ENV):
+            tmdb_options["base_url"] = dg.EnvVar(settings.BASE_URL_ENV)
+    elif source.kind == "snapshot":
+        tmdb_options["snapshot_dir"] = source.snapshot_dir
+    else:
+        tmdb_options["demo_catalog_dir"] = str(data_dir / "demo-catalog")
+    return {
+        "tmdb": TMDbResource(**tmdb_options),
+        "storage": StorageResource(data_dir=str(data_dir), source=source.slug),
+    }

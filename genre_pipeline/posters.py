@@ -1,0 +1,61 @@
+"""Poster verification with PIL: a file is a poster only if it fully decodes to RGB at a usable size."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+MIN_WIDTH = 32
+MIN_HEIGHT = 32
+
+
+class PosterError(ValueError):
+    """The bytes are not a usable poster; ``kind`` is 'corrupt' or 'too_small'."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclasses.dataclass
+class VerifiedPoster:
+    image: Image.Image  # RGB
+    source_format: str | None
+    source_mode: str
+
+    @property
+    def is_rgb_jpeg(self) -> bool:
+        return self.source_format == "JPEG" and self.source_mode == "RGB"
+
+
+def verify_poster(data: bytes, *, min_width: int = MIN_WIDTH, min_height: int = MIN_HEIGHT) -> VerifiedPoster:
+    """Return the poster decoded to RGB, or raise PosterError.
+
+    ``verify()`` checks the container without decoding, so a full ``load()`` follows:
+    a truncated JPEG passes the first and fails the second.
+    """
+    if not data:
+        raise PosterError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            source_format, source_mode = image.format, image.mode
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise PosterError(f"not a readable image: {error}") from None
+    if rgb.width < min_width or rgb.height < min_height:
+        raise PosterError(f"image is {rgb.width}x{rgb.height}, smaller than {min_width}x{min_height}", "too_small")
+    return VerifiedPoster(rgb, source_format, source_mode)
+
+
+def load_poster(path: Path | str, **limits) -> VerifiedPoster:
+    """Read and verify a poster file; a missing file is a PosterError with kind 'missing'."""
+    path = Path(path)
+    if not path.is_file():
+        raise PosterError(f"poster file {path} does not exist", "missing")
+    return verify_poster(path.read_bytes(), **limits)

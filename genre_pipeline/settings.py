@@ -1,0 +1,72 @@
+"""Which TMDb source to use and where data lives, read from the environment.
+
+``TMDB_API_READ_ACCESS_TOKEN`` (or ``TMDB_API_KEY``) selects the real API,
+``GENRE_PIPELINE_SNAPSHOT=DIR`` a replay of that folder, neither the demo catalog.
+``TMDB_BASE_URL`` points the client at any TMDb-compatible server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+from genre_pipeline.tmdb import demo_catalog
+from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV
+from genre_pipeline.tmdb.snapshot import snapshot_years
+
+DATA_DIR_ENV = "GENRE_PIPELINE_DATA"
+SNAPSHOT_ENV = "GENRE_PIPELINE_SNAPSHOT"
+YEARS_ENV = "GENRE_PIPELINE_YEARS"
+BASE_URL_ENV = "TMDB_BASE_URL"
+FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return Path(env.get(DATA_DIR_ENV) or Path.cwd() / "data").expanduser().resolve()
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    kind: str  # "tmdb", "snapshot" or "demo"
+    label: str  # shown in the UI and metadata
+    slug: str  # folder name under the data dir
+    snapshot_dir: str | None = None
+    base_url: str | None = None
+
+
+def choose_source(env: Mapping[str, str] = os.environ) -> Source:
+    snapshot = env.get(SNAPSHOT_ENV)
+    base_url = env.get(BASE_URL_ENV) or None
+    if snapshot:
+        path = str(Path(snapshot).expanduser().resolve())
+        digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+        return Source("snapshot", f"replay of snapshot {path}", f"snapshot-{Path(path).name}-{digest}", path)
+    if env.get(TOKEN_ENV) or env.get(API_KEY_ENV):
+        url = base_url or TMDB_API_URL
+        slug = "tmdb" if url == TMDB_API_URL else "tmdb-" + hashlib.sha256(url.encode()).hexdigest()[:8]
+        return Source("tmdb", f"TMDb API at {url}", slug, base_url=url)
+    return Source("demo", demo_catalog.DEMO_LABEL, "demo")
+
+
+def year_range(source: Source, env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """The release years to partition by: ``GENRE_PIPELINE_YEARS=FIRST-LAST`` or the source's own."""
+    configured = env.get(YEARS_ENV)
+    if configured:
+        match = re.fullmatch(r"\s*(\d{4})\s*-\s*(\d{4})?\s*", configured)
+        if not match:
+            raise ValueError(f"{YEARS_ENV}={configured!r}: expected FIRST-LAST (e.g. 1995-2024) or FIRST-")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) else dt.date.today().year
+        if last < first:
+            raise ValueError(f"{YEARS_ENV}={configured!r}: the last year is before the first")
+        return first, last
+    if source.kind == "demo":
+        return demo_catalog.FIRST_YEAR, demo_catalog.LAST_YEAR
+    if source.kind == "snapshot":
+        return snapshot_years(source.snapshot_dir)
+    return FIRST_API_YEAR, dt.date.today().year

@@ -1,0 +1,366 @@
+"""The TMDb API v3 client: pooled session, client-side rate limit, retries, on-disk cache.
+
+The credential never appears in a message this module writes: every error is built
+from redacted text and raised without its cause (whose text could hold the URL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+from urllib.parse import urlencode
+
+import requests
+from requests.adapters import HTTPAdapter
+
+TMDB_API_URL = "https://api.themoviedb.org/3"
+TOKEN_ENV = "TMDB_API_READ_ACCESS_TOKEN"
+API_KEY_ENV = "TMDB_API_KEY"
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class TMDbError(RuntimeError):
+    """A TMDb request failed; the message never contains the credential."""
+
+
+class TMDbAuthError(TMDbError):
+    pass
+
+
+class TMDbNotFound(TMDbError):
+    pass
+
+
+class TMDbUnavailable(TMDbError):
+    """Retries exhausted on 429, 5xx, timeouts or broken connections."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class RateLimiter:
+    """Spaces requests at ``rate_per_s`` across threads (GCRA), allowing a small burst."""
+
+    def __init__(self, rate_per_s: float, burst: int = 4):
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self.interval = 1.0 / rate_per_s
+        self.tolerance = self.interval * max(burst - 1, 0)
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now - self.tolerance)
+            self._next = start + self.interval
+            wait = start - now
+        if wait > 0:
+            time.sleep(wait)
+
+    def pause_until(self, monotonic_deadline: float) -> None:
+        """Hold every thread back until the deadline (TMDb's 429 applies to the whole client)."""
+        with self._lock:
+            self._next = max(self._next, monotonic_deadline)
+
+
+class ResponseCache:
+    """Raw response bodies on disk, one file per request, written atomically."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(path: str, params: dict) -> str:
+        canonical = path + "?" + urlencode(sorted((k, str(v)) for k, v in params.items() if k != "api_key"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def _file(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._file(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, body: bytes) -> None:
+        atomic_write_bytes(self._file(key), body)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclasses.dataclass
+class ClientStats:
+    requests: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    bytes_received: int = 0
+    retry_reasons: Counter = dataclasses.field(default_factory=Counter)
+    failures: Counter = dataclasses.field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "retries": self.retries,
+            "bytes_received": self.bytes_received,
+            "retry_reasons": dict(self.retry_reasons),
+            "failures": dict(self.failures),
+        }
+
+
+class _RedactingFilter(logging.Filter):
+    """urllib3 logs request lines, which carry ?api_key=...; mask the key there."""
+
+    def __init__(self, secret: str):
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = message.replace(self.secret, "***"), ()
+        return True
+
+
+class TMDbClient:
+    """Talks to TMDb (or anything that answers like it) at ``api_url``.
+
+    ``token`` is TMDb's API read-access token (sent as a Bearer header); ``api_key`` the
+    v3 key (sent as a query parameter). ``credential_hint`` names what a user should set
+    when the credential is missing or refused.
+    """
+
+    def __init__(
+        self,
+        api_url: str = TMDB_API_URL,
+        *,
+        token: str | None = None,
+        api_key: str | None = None,
+        cache_dir: Path | None = None,
+        rate_limit_per_s: float = 35.0,
+        burst: int = 4,
+        timeout_s: float = 10.0,
+        max_retries: int = 6,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_workers: int = 8,
+        credential_hint: str = f"{TOKEN_ENV} (or {API_KEY_ENV})",
+        image_base_url: str | None = None,
+    ):
+        if not token and not api_key:
+            raise TMDbAuthError(f"no TMDb credential: set {credential_hint}")
+        self.api_url = api_url.rstrip("/")
+        # Where posters live when the server says so itself (a replay); else from /configuration.
+        self.image_base_url = image_base_url
+        self._token = token
+        self._api_key = api_key
+        self._secrets = [s for s in (token, api_key) if s]
+        self.credential_hint = credential_hint
+        self.cache = ResponseCache(cache_dir) if cache_dir else None
+        self.limiter = RateLimiter(rate_limit_per_s, burst)
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.max_workers = max_workers
+        self.stats = ClientStats()
+        self._stats_lock = threading.Lock()
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(max_workers, 4), max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Accept": "application/json", "User-Agent": "genre-pipeline/0.1"})
+        if api_key:
+            self._log_filter = _RedactingFilter(api_key)
+            logging.getLogger("urllib3.connectionpool").addFilter(self._log_filter)
+
+    # --- lifecycle -----------------------------------------------------------------
+    def close(self) -> None:
+        self.session.close()
+        if self._api_key:
+            logging.getLogger("urllib3.connectionpool").removeFilter(self._log_filter)
+
+    def __enter__(self) -> "TMDbClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TMDbClient(api_url={self.api_url!r}, credential=***)"
+
+    # --- public API ----------------------------------------------------------------
+    def get_json(self, path: str, params: dict | None = None, *, use_cache: bool = True) -> dict:
+        """GET ``{api_url}{path}``; served from the cache when there, stored in it after."""
+        params = dict(params or {})
+        key = ResponseCache.key(path, params) if self.cache else None
+        if self.cache and use_cache:
+            cached = self.cache.get(key)
+            if cached is not None:
+                self._count(cache_hits=1)
+                return json.loads(cached)
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        if not self._token:
+            params["api_key"] = self._api_key
+        response = self._request(f"{self.api_url}{path}", params, headers, label=path)
+        body = response.content
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise TMDbError(f"TMDb returned a body that is not JSON for {path}") from None
+        if self.cache:
+            self.cache.put(key, body)
+        return payload
+
+    def get_bytes(self, url: str) -> bytes:
+        """GET an absolute URL (an image) without the credential: image hosts are not the API."""
+        return self._request(url, {}, {"Accept": "image/*"}, label=url).content
+
+    def map_concurrent(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R | BaseException]]:
+        """Apply ``fn`` with at most ``max_workers`` in flight; yields (item, result or error) as done."""
+        items = list(items)
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="tmdb") as pool:
+            window: dict = {}
+            iterator = iter(items)
+
+            def submit_next() -> bool:
+                item = next(iterator, _END)
+                if item is _END:
+                    return False
+                window[pool.submit(fn, item)] = item
+                return True
+
+            # Bounded submission keeps memory flat and lets an interrupt stop quickly.
+            for _ in range(self.max_workers * 2):
+                if not submit_next():
+                    break
+            while window:
+                done = next(iter(wait(list(window), return_when=FIRST_COMPLETED)[0]))
+                item = window.pop(done)
+                error = done.exception()
+                yield item, (error if error is not None else done.result())
+                submit_next()
+
+    # --- internals -----------------------------------------------------------------
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _count(self, **fields: int) -> None:
+        with self._stats_lock:
+            for name, value in fields.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+
+    def _retry(self, reason: str) -> None:
+        with self._stats_lock:
+            self.stats.retries += 1
+            self.stats.retry_reasons[reason] += 1
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _request(self, url: str, params: dict, headers: dict, *, label: str) -> requests.Response:
+        label = self.redact(label)
+        last_problem = ""
+        for attempt in range(self.max_retries + 1):
+            self.limiter.acquire()
+            self._count(requests=1)
+            try:
+                response = self.session.get(url, params=params, headers=headers, timeout=self.timeout_s)
+                body_length = len(response.content)
+            except requests.Timeout:
+                kind, last_problem = "timeout", f"timed out after {self.timeout_s:g}s"
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
+                kind, last_problem = "connection", f"connection failed ({type(error).__name__})"
+            else:
+                self._count(bytes_received=body_length)
+                status = response.status_code
+                if status < 400:
+                    return response
+                if status == 401:
+                    raise TMDbAuthError(
+                        f"TMDb refused the credential (HTTP 401{_tmdb_status(response)}) for {label}: "
+                        f"check {self.credential_hint}"
+                    )
+                if status == 404:
+                    raise TMDbNotFound(f"not found (HTTP 404) at {label}")
+                if status == 429:
+                    kind, last_problem = "rate_limited", "HTTP 429"
+                    wait = _retry_after_s(response) or self._backoff(attempt)
+                    self.limiter.pause_until(time.monotonic() + wait)
+                    if attempt < self.max_retries:
+                        self._retry(kind)
+                        continue
+                elif status >= 500:
+                    kind, last_problem = "server_error", f"HTTP {status}"
+                else:
+                    raise TMDbError(f"HTTP {status}{_tmdb_status(response)} at {label}")
+            if attempt < self.max_retries:
+                self._retry(kind)
+                delay = self._backoff(attempt)
+                logger.debug("retrying %s in %.2fs after %s", label, delay, last_problem)
+                time.sleep(delay)
+        raise TMDbUnavailable(
+            f"gave up on {label} after {self.max_retries + 1} attempts: {last_problem}", kind=kind
+        )
+
+
+_END = object()
+
+
+def _tmdb_status(response: requests.Response) -> str:
+    try:
+        payload = response.json()
+        return f", TMDb status_code {payload['status_code']}: {payload.get('status_message', '')}"
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _retry_after_s(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
