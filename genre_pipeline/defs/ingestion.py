@@ -187,7 +187,8 @@ def posters(context: dg.AssetExecutionContext, config: PostersConfig, tmdb: TMDb
     configuration = store.read_json(store.raw_dir / "configuration.json", {})
     sizes = configuration.get("images", {}).get("poster_sizes", [])
     if sizes and config.size not in sizes:
-        raise dg.Failure(f"poster size {config.size!r} is not one TMDb serves: {', '.join(sizes)}")
+        raise dg.Failure(f"poster size {config.size!r} is not one TMDb serves: {', '.join(sizes)}",
+                         allow_retries=False)
     details = store.read_details()
 
     def progress(done: int, total: int) -> None:
@@ -197,7 +198,7 @@ def posters(context: dg.AssetExecutionContext, config: PostersConfig, tmdb: TMDb
     with tmdb.open_client(store.http_cache) as client:
         base = client.image_base_url or configuration.get("images", {}).get("secure_base_url")
         if not base:
-            raise dg.Failure("no image base URL: materialize tmdb_configuration first")
+            raise dg.Failure("no image base URL: materialize tmdb_configuration first", allow_retries=False)
         frame, summary = ingest.download_posters(
             client, store, details.values(), image_base_url=base, size=config.size,
             min_width=config.min_width, min_height=config.min_height,

@@ -13,7 +13,7 @@ from pydantic import Field
 from genre_pipeline import settings
 from genre_pipeline.ingest import DataStore
 from genre_pipeline.tmdb import demo_catalog
-from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, TMDbClient
+from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, TMDbAuthError, TMDbClient
 from genre_pipeline.tmdb.replay import serve_snapshot
 
 
@@ -63,6 +63,15 @@ class TMDbResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def open_client(self, cache_dir: Path | None) -> Iterator[TMDbClient]:
+        try:
+            with self._client(cache_dir) as client:
+                yield client
+        except TMDbAuthError as error:
+            # Retrying cannot fix a refused credential: fail now, with the variable to set.
+            raise dg.Failure(str(error), allow_retries=False) from None
+
+    @contextlib.contextmanager
+    def _client(self, cache_dir: Path | None) -> Iterator[TMDbClient]:
         options = dict(
             cache_dir=cache_dir, rate_limit_per_s=self.rate_limit_per_s, max_workers=self.max_workers,
             timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,

@@ -89,14 +89,16 @@ class ReplayState:
         self.dated = [m for m in snapshot.movies.values() if m.get("release_date")]
         self.random = random.Random(faults.seed)
         self.lock = threading.Lock()
-        self.requests: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()  # by route
+        self.paths: Counter[str] = Counter()  # by path, to tell whether anything was fetched twice
         self.faults_injected: Counter[str] = Counter()
         self._faults_per_path: Counter[str] = Counter()
         self.base_url = ""
 
-    def count(self, route: str) -> None:
+    def count(self, route: str, path: str) -> None:
         with self.lock:
             self.requests[route] += 1
+            self.paths[path] += 1
 
     def draw_fault(self, path: str, kind: str, fraction: float) -> bool:
         if fraction <= 0:
@@ -141,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         path = url.path
         route = self._route_name(path)
-        state.count(route)
+        state.count(route, path)
         faults = state.faults
         if state.draw_fault(path, "slow", faults.slow_fraction):
             time.sleep(faults.slow_s)

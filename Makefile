@@ -1,0 +1,36 @@
+# make run: set up and materialize every asset on the selected TMDb source (the demo catalog by default).
+# make test: set up and run the test suite.  make dev: the Dagster UI.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+DAGSTER := $(BIN)/dagster asset materialize -m genre_pipeline.definitions
+
+.PHONY: setup run test dev clean-data
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+run: setup
+	$(DAGSTER) --select tmdb_configuration,tmdb_genres
+	$(DAGSTER) --select raw_discover_pages --partition-range "$$($(BIN)/genre-pipeline years)"
+	$(DAGSTER) --select 'movie_details*'
+
+test: setup
+	$(BIN)/python -m pytest
+
+dev: setup
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean-data:
+	rm -rf data .dagster_home

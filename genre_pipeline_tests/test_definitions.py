@@ -1,0 +1,58 @@
+"""The code location loads, sources are chosen from the environment, the refresh schedule asks for the right runs."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from genre_pipeline import settings
+from genre_pipeline.defs.resources import build_resources
+from genre_pipeline.defs.schedules import tmdb_refresh_schedule
+from genre_pipeline.definitions import defs
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {"tmdb_configuration", "tmdb_genres", "raw_discover_pages", "movie_details", "posters"} <= keys
+    assert len(graph.asset_check_keys) >= 2
+    assert defs.resolve_schedule_def("tmdb_refresh_schedule")
+    assert graph.get(dg.AssetKey("movie_details")).automation_condition is not None
+
+
+def test_the_schedule_refreshes_the_two_latest_years_and_changes():
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2025, 6, 1, 4, 0))
+    request = tmdb_refresh_schedule(context)
+    assert request.tags["dagster/asset_partition_range_start"] == "2023"
+    assert request.tags["dagster/asset_partition_range_end"] == "2024"
+    ops = request.run_config["ops"]
+    assert ops["raw_discover_pages"]["config"]["refresh"] is True
+    assert ops["movie_details"]["config"]["check_changes"] is True
+
+
+@pytest.mark.parametrize(
+    ("env", "kind"),
+    [
+        ({}, "demo"),
+        ({"TMDB_API_READ_ACCESS_TOKEN": "secret-token"}, "tmdb"),
+        ({"TMDB_API_KEY": "secret-key", "TMDB_BASE_URL": "http://127.0.0.1:1/3"}, "tmdb"),
+        ({"GENRE_PIPELINE_SNAPSHOT": "/somewhere/snap"}, "snapshot"),
+    ],
+)
+def test_the_environment_selects_the_source(env, kind, tmp_path):
+    env = {**env, "GENRE_PIPELINE_DATA": str(tmp_path)}
+    assert settings.choose_source(env).kind == kind
+    resources = build_resources(env)
+    assert resources["storage"].data_dir == str(tmp_path)
+    # Secrets stay environment references: the value is not in the resource's config.
+    tmdb_config = repr(resources["tmdb"]._get_non_default_public_field_values())  # noqa: SLF001
+    assert "secret-token" not in tmdb_config and "secret-key" not in tmdb_config
+
+
+def test_year_range_from_the_environment():
+    demo = settings.choose_source({})
+    assert settings.year_range(demo, {"GENRE_PIPELINE_YEARS": "1999-2003"}) == (1999, 2003)
+    assert settings.year_range(demo, {}) == (2015, 2024)
+    with pytest.raises(ValueError, match="GENRE_PIPELINE_YEARS"):
+        settings.year_range(demo, {"GENRE_PIPELINE_YEARS": "2003-1999"})
