@@ -1,0 +1,109 @@
+"""Ingest a whole snapshot folder through the replay server at a fixed client rate limit.
+
+    python benchmarks/ingest.py --snapshot ../shared/data/tmdb-snapshot --rate 40
+
+Materializes every ingestion asset (all release-year partitions in one run) into a fresh
+temporary data folder, then again with everything cached. The last line printed is one
+JSON object with the figures.
+"""
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from genre_pipeline.tmdb.snapshot import load_snapshot
+
+
+def ingest_once(resources: dict, first_year: int, last_year: int) -> tuple[float, dict]:
+    """Materialize every ingestion asset the way `make run` does; return wall time and per-asset metadata."""
+    # Imported here: the release-year partitions follow GENRE_PIPELINE_SNAPSHOT, set by main().
+    from genre_pipeline.defs import ingestion
+
+    assets = [ingestion.tmdb_configuration, ingestion.tmdb_genres, ingestion.raw_discover_pages,
+              ingestion.movie_details, ingestion.posters]
+    instance = dg.DagsterInstance.ephemeral()
+    tags = {ASSET_PARTITION_RANGE_START_TAG: str(first_year), ASSET_PARTITION_RANGE_END_TAG: str(last_year)}
+    started = time.monotonic()
+    runs = [
+        dg.materialize(assets, selection=[ingestion.tmdb_configuration, ingestion.tmdb_genres],
+                       resources=resources, instance=instance),
+        dg.materialize(assets, selection=[ingestion.raw_discover_pages], resources=resources, instance=instance,
+                       tags=tags),
+        dg.materialize(assets, selection=[ingestion.movie_details, ingestion.posters], resources=resources,
+                       instance=instance),
+    ]
+    wall = time.monotonic() - started
+    metadata = {}
+    for run in runs:
+        for event in run.get_asset_materialization_events():
+            key = event.asset_key.to_user_string()
+            metadata[key] = {k: v.value for k, v in event.materialization.metadata.items()}
+    return wall, metadata
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--snapshot", required=True, type=Path)
+    parser.add_argument("--rate", type=float, default=40.0, help="client rate limit, requests per second")
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+
+    os.environ["GENRE_PIPELINE_SNAPSHOT"] = str(args.snapshot.resolve())
+    os.environ.pop("GENRE_PIPELINE_YEARS", None)
+    from genre_pipeline.defs.resources import StorageResource, TMDbResource
+
+    snapshot = load_snapshot(args.snapshot)
+    years = snapshot.years()
+    dated = [m for m in snapshot.movies.values() if m.get("release_date")]
+    expected_posters = sum(1 for m in dated if m.get("poster_path")
+                           and (snapshot.posters_dir / m["poster_path"].lstrip("/")).is_file())
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as data_dir:
+        resources = {
+            "tmdb": TMDbResource(snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.rate,
+                                 max_workers=args.workers),
+            "storage": StorageResource(data_dir=data_dir, source="bench"),
+        }
+        wall, fresh = ingest_once(resources, years[0], years[-1])
+        cached_wall, cached = ingest_once(resources, years[0], years[-1])
+
+    def total(metadata: dict, field: str) -> int:
+        return sum(int(m.get(field, 0)) for m in metadata.values())
+
+    requests = total(fresh, "requests")
+    figures = {
+        "snapshot_movies": len(snapshot.movies),
+        "undiscoverable_without_release_date": len(snapshot.movies) - len(dated),
+        "expected_movies": len(dated),
+        "expected_posters": expected_posters,
+        "years": f"{years[0]}-{years[-1]}",
+        "movies": fresh["movie_details"]["movies"],
+        "posters_ok": fresh["posters"]["status_ok"],
+        "posters_failed": fresh["posters"]["status_http_error"] + fresh["posters"]["status_corrupt"],
+        "requests": requests,
+        "retries": total(fresh, "retries"),
+        "rate_per_s": args.rate,
+        "wall_s": round(wall, 1),
+        "floor_s": round(requests / args.rate, 1),
+        "ratio": round(wall / (requests / args.rate), 3),
+        "per_asset_s": {key: m["elapsed_s"] for key, m in fresh.items()},
+        "cached_wall_s": round(cached_wall, 1),
+        "cached_requests": total(cached, "requests"),
+        "cached_fraction": round(cached_wall / wall, 3),
+    }
+    for key, value in figures.items():
+        print(f"{key:>38}: {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
