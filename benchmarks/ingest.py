@@ -27,18 +27,29 @@ def ingest_once(resources: dict, first_year: int, last_year: int) -> tuple[float
     # Imported here: the release-year partitions follow GENRE_PIPELINE_SNAPSHOT, set by main().
     from genre_pipeline.defs import ingestion
 
-    assets = [ingestion.tmdb_configuration, ingestion.tmdb_genres, ingestion.raw_discover_pages,
-              ingestion.movie_details, ingestion.posters]
+    assets = [
+        ingestion.tmdb_configuration,
+        ingestion.tmdb_genres,
+        ingestion.raw_discover_pages,
+        ingestion.movie_details,
+        ingestion.posters,
+    ]
     instance = dg.DagsterInstance.ephemeral()
     tags = {ASSET_PARTITION_RANGE_START_TAG: str(first_year), ASSET_PARTITION_RANGE_END_TAG: str(last_year)}
     started = time.monotonic()
     runs = [
-        dg.materialize(assets, selection=[ingestion.tmdb_configuration, ingestion.tmdb_genres],
-                       resources=resources, instance=instance),
-        dg.materialize(assets, selection=[ingestion.raw_discover_pages], resources=resources, instance=instance,
-                       tags=tags),
-        dg.materialize(assets, selection=[ingestion.movie_details, ingestion.posters], resources=resources,
-                       instance=instance),
+        dg.materialize(
+            assets,
+            selection=[ingestion.tmdb_configuration, ingestion.tmdb_genres],
+            resources=resources,
+            instance=instance,
+        ),
+        dg.materialize(
+            assets, selection=[ingestion.raw_discover_pages], resources=resources, instance=instance, tags=tags
+        ),
+        dg.materialize(
+            assets, selection=[ingestion.movie_details, ingestion.posters], resources=resources, instance=instance
+        ),
     ]
     wall = time.monotonic() - started
     metadata = {}
@@ -65,12 +76,14 @@ def main() -> None:
     snapshot = load_snapshot(args.snapshot)
     years = snapshot.years()
     dated = [m for m in snapshot.movies.values() if m.get("release_date")]
-    expected_posters = sum(1 for m in dated if m.get("poster_path")
-                           and (snapshot.posters_dir / m["poster_path"].lstrip("/")).is_file())
+    expected_posters = sum(
+        1 for m in dated if m.get("poster_path") and (snapshot.posters_dir / m["poster_path"].lstrip("/")).is_file()
+    )
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as data_dir:
         resources = {
-            "tmdb": TMDbResource(snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.rate,
-                                 max_workers=args.workers),
+            "tmdb": TMDbResource(
+                snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.rate, max_workers=args.workers
+            ),
             "storage": StorageResource(data_dir=data_dir, source="bench"),
         }
         wall, fresh = ingest_once(resources, years[0], years[-1])

@@ -13,17 +13,24 @@ from genre_pipeline.tmdb.snapshot import SnapshotLayoutError
 
 def _tmdb_replay(args: argparse.Namespace) -> int:
     faults = Faults(
-        rate_limit_fraction=args.rate_limit_fraction, retry_after_s=args.retry_after,
-        server_error_fraction=args.server_error_fraction, slow_fraction=args.slow_fraction, slow_s=args.slow_s,
-        truncated_image_fraction=args.truncated_image_fraction, corrupt_image_fraction=args.corrupt_image_fraction,
-        max_per_path=args.max_faults_per_path, seed=args.seed,
+        rate_limit_fraction=args.rate_limit_fraction,
+        retry_after_s=args.retry_after,
+        server_error_fraction=args.server_error_fraction,
+        slow_fraction=args.slow_fraction,
+        slow_s=args.slow_s,
+        truncated_image_fraction=args.truncated_image_fraction,
+        corrupt_image_fraction=args.corrupt_image_fraction,
+        max_per_path=args.max_faults_per_path,
+        seed=args.seed,
     )
-    server = ReplayServer(args.snapshot, host=args.host, port=args.port, token=args.token,
-                          api_key=args.api_key, faults=faults)
+    server = ReplayServer(
+        args.snapshot, host=args.host, port=args.port, token=args.token, api_key=args.api_key, faults=faults
+    )
     movies = len(server.state.snapshot.movies)
     print(f"TMDb replay of {args.snapshot} ({movies} movies) at {server.api_url}", flush=True)
-    print(f"point the pipeline at it: TMDB_BASE_URL={server.api_url} and the credential the server was given",
-          flush=True)
+    print(
+        f"point the pipeline at it: TMDB_BASE_URL={server.api_url} and the credential the server was given", flush=True
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -51,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--snapshot", required=True, help="folder laid out like ../shared/data/tmdb-snapshot")
     replay.add_argument("--host", default="127.0.0.1")
     replay.add_argument("--port", type=int, default=8765)
-    replay.add_argument("--token", default=DEFAULT_REPLAY_TOKEN,
-                        help="read-access token the server accepts (a local value, not a TMDb secret)")
+    replay.add_argument(
+        "--token",
+        default=DEFAULT_REPLAY_TOKEN,
+        help="read-access token the server accepts (a local value, not a TMDb secret)",
+    )
     replay.add_argument("--api-key", default=None, help="also accept this ?api_key=")
     faults = replay.add_argument_group("fault injection")
     faults.add_argument("--rate-limit-fraction", type=float, default=0.0, help="share of requests answered 429")

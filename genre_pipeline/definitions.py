@@ -2,13 +2,16 @@
 
 import dagster as dg
 
-from genre_pipeline.defs import ingestion
+from genre_pipeline.defs import dataset, ingestion
 from genre_pipeline.defs.resources import build_resources
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion]),
-    asset_checks=dg.load_asset_checks_from_modules([ingestion]),
+    assets=dg.load_assets_from_modules([ingestion, dataset]),
+    asset_checks=dg.load_asset_checks_from_modules([ingestion, dataset]),
     schedules=[tmdb_refresh_schedule],
     resources=build_resources(),
+    # Steps run one after another in the run's process: on a small machine a subprocess per
+    # step costs seconds each and buys no parallelism the TMDb pool would allow anyway.
+    executor=dg.in_process_executor,
 )

@@ -1,23 +1,22 @@
 """TMDb ingestion steps as plain functions: discover pages, detail re-query, poster download.
 
-Each step takes a TMDbClient and a DataStore and knows nothing of Dagster.
+Each step takes a TMDbClient (and, for posters, a DataStore) and knows nothing of Dagster.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
 
 from genre_pipeline.posters import PosterError, verify_poster
+from genre_pipeline.store import POSTER_STATUS_COLUMNS, DataStore
 from genre_pipeline.tmdb.client import TMDbAuthError, TMDbClient, TMDbError, TMDbNotFound, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -25,82 +24,6 @@ logger = logging.getLogger(__name__)
 MAX_DISCOVER_RESULTS = 10_000  # TMDb serves pages 1..500 of 20 results
 POSTER_STATUSES = ("ok", "no_poster", "http_error", "corrupt")
 Progress = Callable[[int, int], None]
-
-
-class DataStore:
-    """Where one TMDb source's ingested files live (``<data_dir>/<source slug>``)."""
-
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
-
-    http_cache = property(lambda self: self.root / "http_cache")
-    raw_dir = property(lambda self: self.root / "raw")
-    discover_dir = property(lambda self: self.root / "raw" / "discover")
-    details_file = property(lambda self: self.root / "details" / "movie_details.jsonl")
-    details_state_file = property(lambda self: self.root / "details" / "state.json")
-    poster_images_dir = property(lambda self: self.root / "posters" / "images")
-    poster_rejected_dir = property(lambda self: self.root / "posters" / "rejected")
-    poster_status_file = property(lambda self: self.root / "posters" / "poster_status.parquet")
-
-    def discover_file(self, year: int | str) -> Path:
-        return self.discover_dir / f"{year}.jsonl"
-
-    def write_json(self, path: Path, payload) -> None:
-        atomic_write_bytes(path, json.dumps(payload, ensure_ascii=False).encode())
-
-    def read_json(self, path: Path, default=None):
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
-
-    # --- discover ------------------------------------------------------------------
-    def write_discover_pages(self, year: int, pages: list[dict]) -> None:
-        lines = "".join(json.dumps(page, ensure_ascii=False) + "\n" for page in pages)
-        atomic_write_bytes(self.discover_file(year), lines.encode())
-
-    def read_discover_pages(self, year: int | str) -> list[dict]:
-        path = self.discover_file(year)
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-    def discovered_movies(self) -> dict[int, dict]:
-        """Every movie on every stored discover page, by id (first sighting wins)."""
-        movies: dict[int, dict] = {}
-        for path in sorted(self.discover_dir.glob("*.jsonl")):
-            for page in self.read_discover_pages(path.stem):
-                for result in page["body"].get("results", []):
-                    movies.setdefault(result["id"], result)
-        return movies
-
-    # --- details -------------------------------------------------------------------
-    def read_details(self) -> dict[int, dict]:
-        if not self.details_file.is_file():
-            return {}
-        details = {}
-        for line in self.details_file.read_text(encoding="utf-8").splitlines():
-            if line:
-                movie = json.loads(line)
-                details[movie["id"]] = movie
-        return details
-
-    def write_details(self, details: dict[int, dict]) -> None:
-        lines = "".join(json.dumps(details[i], ensure_ascii=False, sort_keys=True) + "\n" for i in sorted(details))
-        atomic_write_bytes(self.details_file, lines.encode())
-
-    # --- posters -------------------------------------------------------------------
-    def read_poster_status(self) -> pd.DataFrame:
-        if not self.poster_status_file.is_file():
-            return pd.DataFrame(columns=POSTER_STATUS_COLUMNS)
-        return pd.read_parquet(self.poster_status_file)
-
-    def write_poster_status(self, frame: pd.DataFrame) -> None:
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        atomic_write_bytes(self.poster_status_file, buffer.getvalue())
-
-
-def content_fingerprint(payload) -> str:
-    """A short, order-stable hash of JSON-able content, used as a Dagster data version."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 # --- discover ----------------------------------------------------------------------
@@ -213,9 +136,7 @@ def fetch_details(
     to_fetch = [i for i in movie_ids if i not in details]
     not_found, failed = [], {}
     for done, (movie_id, result) in enumerate(
-        client.map_concurrent(
-            lambda i: client.get_json(f"/movie/{i}", use_cache=i not in refetch_ids), to_fetch
-        ),
+        client.map_concurrent(lambda i: client.get_json(f"/movie/{i}", use_cache=i not in refetch_ids), to_fetch),
         start=1,
     ):
         if isinstance(result, TMDbAuthError):
@@ -230,14 +151,12 @@ def fetch_details(
             details[movie_id] = result
         if progress:
             progress(done, len(to_fetch))
-    return DetailsResult(details, len(to_fetch) - len(failed) - len(not_found), len(movie_ids) - len(to_fetch),
-                         sorted(not_found), failed)
+    return DetailsResult(
+        details, len(to_fetch) - len(failed) - len(not_found), len(movie_ids) - len(to_fetch), sorted(not_found), failed
+    )
 
 
 # --- posters -----------------------------------------------------------------------
-POSTER_STATUS_COLUMNS = ["id", "poster_path", "status", "file", "width", "height", "bytes", "error"]
-
-
 def poster_file_name(poster_path: str) -> str:
     name = poster_path.rsplit("/", 1)[-1]
     if not name or name.startswith("."):
@@ -293,8 +212,15 @@ def download_posters(
         target = store.poster_images_dir / name
         atomic_write_bytes(target, data if poster.is_rgb_jpeg else _to_jpeg(poster.image))
         (store.poster_rejected_dir / name).unlink(missing_ok=True)
-        return _status_row(movie_id, poster_path, "ok", file=str(target.relative_to(store.root)),
-                           width=poster.image.width, height=poster.image.height, size=len(data))
+        return _status_row(
+            movie_id,
+            poster_path,
+            "ok",
+            file=str(target.relative_to(store.root)),
+            width=poster.image.width,
+            height=poster.image.height,
+            size=len(data),
+        )
 
     for done, (item, result) in enumerate(client.map_concurrent(fetch_and_verify, to_download), start=1):
         movie_id, poster_path = item
@@ -316,8 +242,16 @@ def download_posters(
 
 
 def _status_row(movie_id, poster_path, status, *, file=None, width=None, height=None, size=None, error=None) -> dict:
-    return {"id": movie_id, "poster_path": poster_path, "status": status, "file": file,
-            "width": width, "height": height, "bytes": size, "error": error}
+    return {
+        "id": movie_id,
+        "poster_path": poster_path,
+        "status": status,
+        "file": file,
+        "width": width,
+        "height": height,
+        "bytes": size,
+        "error": error,
+    }
 
 
 def _to_jpeg(image) -> bytes:

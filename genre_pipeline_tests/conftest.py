@@ -2,8 +2,12 @@
 
 import shutil
 
+import dagster as dg
 import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from genre_pipeline.defs import dataset, ingestion
+from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource
 from genre_pipeline.tmdb import demo_catalog
 from genre_pipeline.tmdb.client import TMDbClient
 from genre_pipeline.tmdb.replay import Faults, serve_snapshot
@@ -31,8 +35,13 @@ def replay(demo_dir):
 
 
 def make_client(server, tmp_path=None, **options) -> TMDbClient:
-    defaults = dict(token=TOKEN, rate_limit_per_s=500, backoff_base_s=0.01, timeout_s=5,
-                    cache_dir=(tmp_path / "cache") if tmp_path else None)
+    defaults = dict(
+        token=TOKEN,
+        rate_limit_per_s=500,
+        backoff_base_s=0.01,
+        timeout_s=5,
+        cache_dir=(tmp_path / "cache") if tmp_path else None,
+    )
     return TMDbClient(server.api_url, **{**defaults, **options})
 
 
@@ -40,3 +49,59 @@ def make_client(server, tmp_path=None, **options) -> TMDbClient:
 def faulty_replay(demo_dir, request):
     with serve_snapshot(demo_dir, token=TOKEN, faults=Faults(**request.param)) as server:
         yield server
+
+
+# --- materializing the assets --------------------------------------------------------------
+ALL_YEARS = {ASSET_PARTITION_RANGE_START_TAG: "2015", ASSET_PARTITION_RANGE_END_TAG: "2024"}
+ASSETS = [
+    ingestion.tmdb_configuration,
+    ingestion.tmdb_genres,
+    ingestion.raw_discover_pages,
+    ingestion.movie_details,
+    ingestion.posters,
+]
+CHECKS = [ingestion.details_cover_discovered, ingestion.posters_stored_as_recorded]
+DATASET_ASSETS = [dataset.movies_clean, dataset.genre_labels, dataset.dataset_splits, dataset.eda_report]
+DATASET_CHECKS = [
+    dataset.movies_clean_unique_ids,
+    dataset.cleaning_drop_fractions,
+    dataset.poster_ok_rate,
+    dataset.label_matrices_consistent,
+    dataset.splits_disjoint_and_covering,
+]
+
+
+def pipeline_resources(snapshot_dir, data_dir, **tmdb_options):
+    """Resources for a replay of ``snapshot_dir`` into ``data_dir``, with a fast client for tests."""
+    tmdb = TMDbResource(snapshot_dir=str(snapshot_dir), rate_limit_per_s=500, backoff_base_s=0.01, **tmdb_options)
+    return {
+        "tmdb": tmdb,
+        "storage": StorageResource(data_dir=str(data_dir), source="test"),
+        "quality": DataQualityResource(),
+    }
+
+
+def materialize_all(res, instance, run_config=None):
+    """What `make run` does for ingestion: reference data, every year partition in one run, then the rest."""
+    results = [
+        dg.materialize([ingestion.tmdb_configuration, ingestion.tmdb_genres], resources=res, instance=instance),
+        dg.materialize(
+            [ingestion.raw_discover_pages], resources=res, instance=instance, tags=ALL_YEARS, run_config=run_config
+        ),
+        dg.materialize(
+            ASSETS + CHECKS, selection=[ingestion.movie_details, ingestion.posters], resources=res, instance=instance
+        ),
+    ]
+    assert all(r.success for r in results)
+    return results
+
+
+def materialize_dataset(res, instance, run_config=None, raise_on_error=True):
+    return dg.materialize(
+        ASSETS + DATASET_ASSETS + DATASET_CHECKS,
+        selection=dg.AssetSelection.assets(*DATASET_ASSETS),
+        resources=res,
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=raise_on_error,
+    )

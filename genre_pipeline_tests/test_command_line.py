@@ -23,8 +23,13 @@ def test_dagster_cli_materializes_the_ingestion_assets(demo_dir, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "GENRE_PIPELINE_DATA": str(tmp_path / "data"),
-           "GENRE_PIPELINE_SNAPSHOT": str(demo_dir), "GENRE_PIPELINE_YEARS": "2023-2024"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "GENRE_PIPELINE_DATA": str(tmp_path / "data"),
+        "GENRE_PIPELINE_SNAPSHOT": str(demo_dir),
+        "GENRE_PIPELINE_YEARS": "2023-2024",
+    }
     for name in ("TMDB_API_READ_ACCESS_TOKEN", "TMDB_API_KEY", "TMDB_BASE_URL"):
         env.pop(name, None)
     years = run([BIN / "genre-pipeline", "years"], env).stdout.strip()
@@ -43,7 +48,8 @@ def test_dagster_cli_materializes_the_ingestion_assets(demo_dir, tmp_path):
 def test_tmdb_replay_command_serves_a_snapshot(demo_dir):
     process = subprocess.Popen(
         [BIN / "genre-pipeline", "tmdb-replay", "--snapshot", str(demo_dir), "--port", "0", "--token", "t0k"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         first_line = process.stdout.readline()
@@ -51,7 +57,9 @@ def test_tmdb_replay_command_serves_a_snapshot(demo_dir):
         deadline = time.monotonic() + 10
         while True:
             try:
-                response = requests.get(f"{api_url}/genre/movie/list", headers={"Authorization": "Bearer t0k"}, timeout=2)
+                response = requests.get(
+                    f"{api_url}/genre/movie/list", headers={"Authorization": "Bearer t0k"}, timeout=2
+                )
                 break
             except requests.ConnectionError:
                 assert time.monotonic() < deadline
@@ -63,6 +71,7 @@ def test_tmdb_replay_command_serves_a_snapshot(demo_dir):
 
 
 def test_tmdb_replay_refuses_a_folder_in_the_wrong_layout(tmp_path):
-    result = subprocess.run([BIN / "genre-pipeline", "tmdb-replay", "--snapshot", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [BIN / "genre-pipeline", "tmdb-replay", "--snapshot", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "not laid out like a TMDb snapshot" in result.stderr

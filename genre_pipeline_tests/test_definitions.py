@@ -6,9 +6,9 @@ import dagster as dg
 import pytest
 
 from genre_pipeline import settings
+from genre_pipeline.definitions import defs
 from genre_pipeline.defs.resources import build_resources
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
-from genre_pipeline.definitions import defs
 
 
 def test_definitions_load():
@@ -16,7 +16,8 @@ def test_definitions_load():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert {"tmdb_configuration", "tmdb_genres", "raw_discover_pages", "movie_details", "posters"} <= keys
-    assert len(graph.asset_check_keys) >= 2
+    assert {"movies_clean", "genre_labels", "dataset_splits", "eda_report"} <= keys
+    assert len(graph.asset_check_keys) == 7
     assert defs.resolve_schedule_def("tmdb_refresh_schedule")
     assert graph.get(dg.AssetKey("movie_details")).automation_condition is not None
 

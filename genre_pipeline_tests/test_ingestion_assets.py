@@ -4,37 +4,13 @@ import datetime as dt
 import json
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from genre_pipeline.defs import ingestion
 from genre_pipeline.defs.resources import StorageResource, TMDbResource
-from genre_pipeline.tmdb.replay import serve_snapshot
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
-from .conftest import API_KEY
-
-ALL_YEARS = {ASSET_PARTITION_RANGE_START_TAG: "2015", ASSET_PARTITION_RANGE_END_TAG: "2024"}
-ASSETS = [ingestion.tmdb_configuration, ingestion.tmdb_genres, ingestion.raw_discover_pages,
-          ingestion.movie_details, ingestion.posters]
-CHECKS = [ingestion.details_cover_discovered, ingestion.posters_stored_as_recorded]
-
-
-def resources(snapshot_dir, data_dir, **tmdb_options):
-    tmdb = TMDbResource(snapshot_dir=str(snapshot_dir), rate_limit_per_s=500, backoff_base_s=0.01, **tmdb_options)
-    return {"tmdb": tmdb, "storage": StorageResource(data_dir=str(data_dir), source="test")}
-
-
-def materialize_all(res, instance, run_config=None):
-    """What `make run` does: reference data, every year partition in one run, then the rest."""
-    results = [
-        dg.materialize([ingestion.tmdb_configuration, ingestion.tmdb_genres], resources=res, instance=instance),
-        dg.materialize([ingestion.raw_discover_pages], resources=res, instance=instance, tags=ALL_YEARS,
-                       run_config=run_config),
-        dg.materialize(ASSETS + CHECKS, selection=[ingestion.movie_details, ingestion.posters], resources=res,
-                       instance=instance),
-    ]
-    assert all(r.success for r in results)
-    return results
+from .conftest import ALL_YEARS, API_KEY, ASSETS, CHECKS, materialize_all
+from .conftest import pipeline_resources as resources
 
 
 def metadata(result, node):
@@ -56,9 +32,15 @@ def test_every_asset_materializes_and_a_rerun_costs_no_requests(catalog_copy, tm
     assert {json.loads(line)["id"] for line in stored} == set(snapshot.movies)
 
     again = materialize_all(res, instance)
-    assert sum(metadata(r, node)["requests"] for r in again for node in
-               ["tmdb_configuration", "tmdb_genres", "raw_discover_pages", "movie_details", "posters"]
-               if r.asset_materializations_for_node(node)) == 0
+    assert (
+        sum(
+            metadata(r, node)["requests"]
+            for r in again
+            for node in ["tmdb_configuration", "tmdb_genres", "raw_discover_pages", "movie_details", "posters"]
+            if r.asset_materializations_for_node(node)
+        )
+        == 0
+    )
     assert metadata(again[-1], "movie_details")["reused"] == len(snapshot.movies)
     assert _data_version(again[-1], "movie_details") == _data_version(first, "movie_details")
 
@@ -74,14 +56,24 @@ def test_a_refresh_refetches_only_what_tmdb_says_changed(catalog_copy, tmp_path)
     lines = [json.loads(line) for line in (catalog_copy / "movies.jsonl").read_text().splitlines()]
     lines[3]["tagline"] = "A brand new tagline."
     (catalog_copy / "movies.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
-    (catalog_copy / "changes.jsonl").write_text(json.dumps({"id": lines[3]["id"], "changed_at": dt.date.today().isoformat()}) + "\n")
+    (catalog_copy / "changes.jsonl").write_text(
+        json.dumps({"id": lines[3]["id"], "changed_at": dt.date.today().isoformat()}) + "\n"
+    )
 
-    after = dg.materialize(ASSETS, selection=[ingestion.movie_details], resources=res, instance=instance,
-                           run_config={"ops": {"movie_details": {"config": {"check_changes": True}}}})
+    after = dg.materialize(
+        ASSETS,
+        selection=[ingestion.movie_details],
+        resources=res,
+        instance=instance,
+        run_config={"ops": {"movie_details": {"config": {"check_changes": True}}}},
+    )
     meta = metadata(after, "movie_details")
     assert meta["changed_refetched"] == 1 and meta["fetched"] == 1 and meta["requests"] == 2  # changes + 1 movie
     assert _data_version(after, "movie_details") != _data_version(before, "movie_details")
-    stored = [json.loads(line) for line in (tmp_path / "data" / "test" / "details" / "movie_details.jsonl").read_text().splitlines()]
+    stored = [
+        json.loads(line)
+        for line in (tmp_path / "data" / "test" / "details" / "movie_details.jsonl").read_text().splitlines()
+    ]
     assert next(m for m in stored if m["id"] == lines[3]["id"])["tagline"] == "A brand new tagline."
 
 
@@ -111,8 +103,10 @@ def test_downstream_follows_only_when_the_data_changed(catalog_copy, tmp_path):
 
 def test_the_credential_never_reaches_dagster_events(replay, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    res = {"tmdb": TMDbResource(api_key=API_KEY, base_url=replay.api_url, rate_limit_per_s=500),
-           "storage": StorageResource(data_dir=str(tmp_path), source="test")}
+    res = {
+        "tmdb": TMDbResource(api_key=API_KEY, base_url=replay.api_url, rate_limit_per_s=500),
+        "storage": StorageResource(data_dir=str(tmp_path), source="test"),
+    }
     assert dg.materialize([ingestion.tmdb_configuration], resources=res, instance=instance).success
     bad = {**res, "tmdb": TMDbResource(api_key="not-the-key-77", base_url=replay.api_url, rate_limit_per_s=500)}
     failed = dg.materialize([ingestion.tmdb_genres], resources=bad, instance=instance, raise_on_error=False)
@@ -132,8 +126,13 @@ def test_a_missing_poster_file_fails_its_check(catalog_copy, tmp_path):
     res = resources(catalog_copy, tmp_path / "data")
     materialize_all(res, instance)
     next((tmp_path / "data" / "test" / "posters" / "images").iterdir()).unlink()
-    result = dg.materialize(ASSETS + CHECKS, selection=dg.AssetSelection.checks(ingestion.posters_stored_as_recorded),
-                            resources=res, instance=instance, raise_on_error=False)
+    result = dg.materialize(
+        ASSETS + CHECKS,
+        selection=dg.AssetSelection.checks(ingestion.posters_stored_as_recorded),
+        resources=res,
+        instance=instance,
+        raise_on_error=False,
+    )
     evaluation = result.get_asset_check_evaluations()[0]
     assert not evaluation.passed and evaluation.metadata["missing_files"].value == 1
 
@@ -142,8 +141,14 @@ def test_an_unknown_poster_size_is_refused(catalog_copy, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     res = resources(catalog_copy, tmp_path / "data")
     materialize_all(res, instance)
-    result = dg.materialize(ASSETS, selection=[ingestion.posters], resources=res, instance=instance,
-                            run_config={"ops": {"posters": {"config": {"size": "w999"}}}}, raise_on_error=False)
+    result = dg.materialize(
+        ASSETS,
+        selection=[ingestion.posters],
+        resources=res,
+        instance=instance,
+        run_config={"ops": {"posters": {"config": {"size": "w999"}}}},
+        raise_on_error=False,
+    )
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "'w999' is not one TMDb serves" in failure.event_specific_data.error.message
     assert not any(e.event_type_value == "STEP_RESTARTED" for e in result.all_events)

@@ -12,7 +12,9 @@ from .conftest import API_KEY, TOKEN
 
 
 def get(server, path, **params):
-    return requests.get(f"{server.api_url}{path}", params=params, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    return requests.get(
+        f"{server.api_url}{path}", params=params, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+    )
 
 
 def test_unauthenticated_requests_get_tmdb_status_7(replay):
@@ -24,8 +26,12 @@ def test_unauthenticated_requests_get_tmdb_status_7(replay):
 
 def test_discover_filters_and_sorts_like_tmdb(replay, demo_dir):
     movies = load_snapshot(demo_dir).movies.values()
-    body = get(replay, "/discover/movie", with_genres="18", **{"primary_release_date.gte": "2016-01-01",
-                                                               "primary_release_date.lte": "2018-12-31"}).json()
+    body = get(
+        replay,
+        "/discover/movie",
+        with_genres="18",
+        **{"primary_release_date.gte": "2016-01-01", "primary_release_date.lte": "2018-12-31"},
+    ).json()
     expected = [m for m in movies if 18 in {g["id"] for g in m["genres"]} and "2016" <= m["release_date"][:4] <= "2018"]
     assert body["total_results"] == len(expected)
     popularity = [r["popularity"] for r in body["results"]]
@@ -54,7 +60,10 @@ def test_configuration_points_images_at_the_replay(replay):
 
 def test_changes_lists_movies_changed_in_the_window(catalog_copy):
     (catalog_copy / "changes.jsonl").write_text(
-        json.dumps({"id": 900005, "changed_at": "2026-01-10"}) + "\n" + json.dumps({"id": 900006, "changed_at": "2025-01-01"}) + "\n"
+        json.dumps({"id": 900005, "changed_at": "2026-01-10"})
+        + "\n"
+        + json.dumps({"id": 900006, "changed_at": "2025-01-01"})
+        + "\n"
     )
     with serve_snapshot(catalog_copy, token=TOKEN) as server:
         body = get(server, "/movie/changes", start_date="2026-01-01", end_date="2026-01-14").json()

@@ -6,15 +6,17 @@ import time
 import pytest
 
 from genre_pipeline import ingest
-from genre_pipeline.ingest import DataStore
+from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.client import RateLimiter, TMDbAuthError, TMDbClient, TMDbUnavailable
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
-from .conftest import API_KEY, TOKEN, make_client
+from .conftest import API_KEY, make_client
 
 
 def test_discover_pages_through_every_page_of_a_year(replay, demo_dir):
-    expected = {m["id"] for m in load_snapshot(demo_dir).movies.values() if (m["release_date"] or "").startswith("2019")}
+    expected = {
+        m["id"] for m in load_snapshot(demo_dir).movies.values() if (m["release_date"] or "").startswith("2019")
+    }
     with make_client(replay) as client:
         result = ingest.discover_year(client, 2019)
     pages = [p["body"] for p in result.pages]
@@ -116,10 +118,10 @@ def test_corrupt_and_truncated_posters_are_detected_and_recorded(faulty_replay, 
     store = DataStore(tmp_path / "store")
     movies = list(load_snapshot(demo_dir).movies.values())
     with make_client(faulty_replay) as client:
-        frame, summary = ingest.download_posters(
-            client, store, movies, image_base_url=f"{faulty_replay.base_url}/t/p"
-        )
-    broken = faulty_replay.state.faults_injected["corrupt_image"] + faulty_replay.state.faults_injected["truncated_image"]
+        frame, summary = ingest.download_posters(client, store, movies, image_base_url=f"{faulty_replay.base_url}/t/p")
+    broken = (
+        faulty_replay.state.faults_injected["corrupt_image"] + faulty_replay.state.faults_injected["truncated_image"]
+    )
     assert broken > 0 and summary["corrupt"] == broken
     assert summary["ok"] + summary["corrupt"] == sum(1 for m in movies if m["poster_path"])
     assert summary["no_poster"] == sum(1 for m in movies if not m["poster_path"])

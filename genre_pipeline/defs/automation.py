@@ -8,8 +8,7 @@ AC = dg.AutomationCondition
 # version changed: a refresh that brings nothing new reruns nothing downstream.
 ON_UPSTREAM_DATA_CHANGE = (
     (
-        AC.newly_missing()
-        | AC.any_deps_match(AC.data_version_changed() & ~AC.executed_with_root_target())
+        AC.newly_missing() | AC.any_deps_match(AC.data_version_changed() & ~AC.executed_with_root_target())
     ).since_last_handled()
     & ~AC.any_deps_missing()
     & ~AC.any_deps_in_progress()

@@ -1,6 +1,5 @@
 """Ingestion assets: TMDb configuration and genres, discover pages per release year, details, posters."""
 
-
 import datetime as dt
 import time
 
@@ -11,6 +10,7 @@ from pydantic import Field
 from genre_pipeline import ingest, settings
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_POOL, TMDB_RETRY
 from genre_pipeline.defs.resources import StorageResource, TMDbResource
+from genre_pipeline.store import content_fingerprint
 
 SOURCE = settings.choose_source()
 FIRST_YEAR, LAST_YEAR = settings.year_range(SOURCE)
@@ -59,8 +59,9 @@ def _preview(frame: pd.DataFrame, rows: int = 10) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False))
 
 
-def _fetch_reference(path: str, file_name: str, config: RefreshConfig, tmdb: TMDbResource,
-                     storage: StorageResource) -> tuple[dict, dict]:
+def _fetch_reference(
+    path: str, file_name: str, config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource
+) -> tuple[dict, dict]:
     store, started = storage.store, time.monotonic()
     with tmdb.open_client(store.http_cache) as client:
         payload = client.get_json(path, use_cache=not config.refresh)
@@ -76,7 +77,7 @@ def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: Stora
     images = payload.get("images", {})
     return dg.MaterializeResult(
         metadata={**metadata, "poster_sizes": ", ".join(images.get("poster_sizes", []))},
-        data_version=dg.DataVersion(ingest.content_fingerprint(images.get("poster_sizes", []))),
+        data_version=dg.DataVersion(content_fingerprint(images.get("poster_sizes", []))),
     )
 
 
@@ -87,7 +88,7 @@ def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResou
     genres = pd.DataFrame(payload.get("genres", []))
     return dg.MaterializeResult(
         metadata={**metadata, "genres": len(genres), "preview": _preview(genres, 25)},
-        data_version=dg.DataVersion(ingest.content_fingerprint(payload)),
+        data_version=dg.DataVersion(content_fingerprint(payload)),
     )
 
 
@@ -99,35 +100,54 @@ def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResou
     retry_policy=TMDB_RETRY,
     kinds={"python"},
 )
-def raw_discover_pages(context: dg.AssetExecutionContext, config: DiscoverConfig, tmdb: TMDbResource,
-                       storage: StorageResource) -> dg.MaterializeResult:
+def raw_discover_pages(
+    context: dg.AssetExecutionContext, config: DiscoverConfig, tmdb: TMDbResource, storage: StorageResource
+) -> dg.MaterializeResult:
     """Every /discover/movie page for each release year, stored exactly as TMDb returned it."""
     store, started = storage.store, time.monotonic()
     years = [int(key) for key in context.partition_keys]
     rows, ids_by_year = [], {}
     with tmdb.open_client(store.http_cache) as client:
         for year in years:
-            result = ingest.discover_year(client, year, sort_by=config.sort_by,
-                                          augment_genre_ids=config.augment_genre_ids, use_cache=not config.refresh)
+            result = ingest.discover_year(
+                client,
+                year,
+                sort_by=config.sort_by,
+                augment_genre_ids=config.augment_genre_ids,
+                use_cache=not config.refresh,
+            )
             store.write_discover_pages(year, result.pages)
             ids_by_year[year] = sorted(result.movie_ids)
-            rows.append({"year": year, "movies": len(result.movie_ids), "pages": len(result.pages),
-                         "queries": result.queries})
+            rows.append(
+                {"year": year, "movies": len(result.movie_ids), "pages": len(result.pages), "queries": result.queries}
+            )
             context.log.info(f"{year}: {len(result.movie_ids)} movies on {len(result.pages)} pages")
         metadata = _client_metadata(tmdb, client, started)
     per_year = pd.DataFrame(rows)
     return dg.MaterializeResult(
-        metadata={**metadata, "years": len(years), "movies": int(per_year["movies"].sum()),
-                  "pages": int(per_year["pages"].sum()), "per_year": _preview(per_year, 200)},
+        metadata={
+            **metadata,
+            "years": len(years),
+            "movies": int(per_year["movies"].sum()),
+            "pages": int(per_year["pages"].sum()),
+            "per_year": _preview(per_year, 200),
+        },
         # The data version follows the discovered ids, not volatile fields like popularity.
-        data_version=dg.DataVersion(ingest.content_fingerprint(ids_by_year)),
+        data_version=dg.DataVersion(content_fingerprint(ids_by_year)),
     )
 
 
-@dg.asset(group_name="ingestion", deps=[raw_discover_pages], pool=TMDB_POOL, retry_policy=TMDB_RETRY,
-          automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"python"})
-def movie_details(context: dg.AssetExecutionContext, config: MovieDetailsConfig, tmdb: TMDbResource,
-                  storage: StorageResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="ingestion",
+    deps=[raw_discover_pages],
+    pool=TMDB_POOL,
+    retry_policy=TMDB_RETRY,
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"python"},
+)
+def movie_details(
+    context: dg.AssetExecutionContext, config: MovieDetailsConfig, tmdb: TMDbResource, storage: StorageResource
+) -> dg.MaterializeResult:
     """/movie/{id} for every discovered movie (tagline, full genres, poster_path, runtime). Incremental."""
     store, started = storage.store, time.monotonic()
     discovered = store.discovered_movies()
@@ -172,23 +192,27 @@ def movie_details(context: dg.AssetExecutionContext, config: MovieDetailsConfig,
             "with_tagline": with_tagline,
             "preview": _preview(frame),
         },
-        data_version=dg.DataVersion(ingest.content_fingerprint(
-            [result.details[i] for i in sorted(result.details)]
-        )),
+        data_version=dg.DataVersion(content_fingerprint([result.details[i] for i in sorted(result.details)])),
     )
 
 
-@dg.asset(group_name="ingestion", deps=[movie_details, tmdb_configuration], pool=TMDB_POOL,
-          retry_policy=TMDB_RETRY, automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"python"})
-def posters(context: dg.AssetExecutionContext, config: PostersConfig, tmdb: TMDbResource,
-            storage: StorageResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="ingestion",
+    deps=[movie_details, tmdb_configuration],
+    pool=TMDB_POOL,
+    retry_policy=TMDB_RETRY,
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"python"},
+)
+def posters(
+    context: dg.AssetExecutionContext, config: PostersConfig, tmdb: TMDbResource, storage: StorageResource
+) -> dg.MaterializeResult:
     """Each movie's poster, downloaded, verified with PIL and stored, with a status per movie."""
     store, started = storage.store, time.monotonic()
     configuration = store.read_json(store.raw_dir / "configuration.json", {})
     sizes = configuration.get("images", {}).get("poster_sizes", [])
     if sizes and config.size not in sizes:
-        raise dg.Failure(f"poster size {config.size!r} is not one TMDb serves: {', '.join(sizes)}",
-                         allow_retries=False)
+        raise dg.Failure(f"poster size {config.size!r} is not one TMDb serves: {', '.join(sizes)}", allow_retries=False)
     details = store.read_details()
 
     def progress(done: int, total: int) -> None:
@@ -200,9 +224,15 @@ def posters(context: dg.AssetExecutionContext, config: PostersConfig, tmdb: TMDb
         if not base:
             raise dg.Failure("no image base URL: materialize tmdb_configuration first", allow_retries=False)
         frame, summary = ingest.download_posters(
-            client, store, details.values(), image_base_url=base, size=config.size,
-            min_width=config.min_width, min_height=config.min_height,
-            previous=store.read_poster_status(), progress=progress,
+            client,
+            store,
+            details.values(),
+            image_base_url=base,
+            size=config.size,
+            min_width=config.min_width,
+            min_height=config.min_height,
+            previous=store.read_poster_status(),
+            progress=progress,
         )
         metadata = _client_metadata(tmdb, client, started)
     store.write_poster_status(frame)
@@ -213,9 +243,9 @@ def posters(context: dg.AssetExecutionContext, config: PostersConfig, tmdb: TMDb
             **{f"status_{status}": count for status, count in summary.items()},
             "failures_preview": _preview(failures[["id", "poster_path", "status", "error"]]),
         },
-        data_version=dg.DataVersion(ingest.content_fingerprint(
-            frame[["id", "poster_path", "status"]].astype(str).values.tolist()
-        )),
+        data_version=dg.DataVersion(
+            content_fingerprint(frame[["id", "poster_path", "status"]].astype(str).values.tolist())
+        ),
     )
 
 
@@ -225,8 +255,9 @@ def details_cover_discovered(storage: StorageResource) -> dg.AssetCheckResult:
     discovered = store.discovered_movies().keys()
     state = store.read_json(store.details_state_file, {})
     missing = set(discovered) - store.read_details().keys() - set(state.get("not_found", []))
-    return dg.AssetCheckResult(passed=not missing, metadata={"missing": len(missing),
-                                                               "examples": dg.MetadataValue.json(sorted(missing)[:10])})
+    return dg.AssetCheckResult(
+        passed=not missing, metadata={"missing": len(missing), "examples": dg.MetadataValue.json(sorted(missing)[:10])}
+    )
 
 
 @dg.asset_check(asset=posters, description="Every 'ok' poster is a stored file; nothing else is in images/.")
@@ -235,7 +266,11 @@ def posters_stored_as_recorded(storage: StorageResource) -> dg.AssetCheckResult:
     frame = store.read_poster_status()
     ok_files = {store.root / f for f in frame.loc[frame["status"] == "ok", "file"]}
     missing = [str(f) for f in ok_files if not f.is_file()]
-    stray = [p.name for p in store.poster_images_dir.glob("*") if p not in ok_files] if store.poster_images_dir.is_dir() else []
+    stray = (
+        [p.name for p in store.poster_images_dir.glob("*") if p not in ok_files]
+        if store.poster_images_dir.is_dir()
+        else []
+    )
     return dg.AssetCheckResult(
         passed=not missing and not stray,
         metadata={"ok": len(ok_files), "missing_files": len(missing), "unrecorded_files": len(stray)},

@@ -1,6 +1,5 @@
 """Resources: the TMDb source and the data folder, chosen from the environment without code edits."""
 
-
 import contextlib
 import os
 import secrets
@@ -11,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from genre_pipeline import settings
-from genre_pipeline.ingest import DataStore
+from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
 from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, TMDbAuthError, TMDbClient
 from genre_pipeline.tmdb.replay import serve_snapshot
@@ -73,12 +72,17 @@ class TMDbResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def _client(self, cache_dir: Path | None) -> Iterator[TMDbClient]:
         options = dict(
-            cache_dir=cache_dir, rate_limit_per_s=self.rate_limit_per_s, max_workers=self.max_workers,
-            timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,
+            cache_dir=cache_dir,
+            rate_limit_per_s=self.rate_limit_per_s,
+            max_workers=self.max_workers,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            backoff_base_s=self.backoff_base_s,
         )
         if self.source_kind == "tmdb":
-            with TMDbClient(self.base_url or TMDB_API_URL, token=self.api_read_access_token,
-                            api_key=self.api_key, **options) as client:
+            with TMDbClient(
+                self.base_url or TMDB_API_URL, token=self.api_read_access_token, api_key=self.api_key, **options
+            ) as client:
                 yield client
             return
         folder = self.snapshot_dir
@@ -87,10 +91,16 @@ class TMDbResource(dg.ConfigurableResource):
             demo_catalog.generate(folder)
         # A fresh local credential per server: the replay checks it as TMDb would.
         token = secrets.token_urlsafe(24)
-        with serve_snapshot(folder, token=token) as server, TMDbClient(
-            server.api_url, token=token, credential_hint="the replay server's token",
-            image_base_url=f"{server.base_url}/t/p", **options
-        ) as client:
+        with (
+            serve_snapshot(folder, token=token) as server,
+            TMDbClient(
+                server.api_url,
+                token=token,
+                credential_hint="the replay server's token",
+                image_base_url=f"{server.base_url}/t/p",
+                **options,
+            ) as client,
+        ):
             yield client
 
 
@@ -114,4 +124,16 @@ def build_resources(env=os.environ) -> dict:
     return {
         "tmdb": TMDbResource(**tmdb_options),
         "storage": StorageResource(data_dir=str(data_dir), source=source.slug),
+        "quality": DataQualityResource(),
     }
+
+
+class DataQualityResource(dg.ConfigurableResource):
+    """Thresholds of the data-set asset checks."""
+
+    min_poster_ok_rate: float = Field(
+        default=0.9, description="Share of movies with a poster_path whose poster must verify as ok."
+    )
+    max_drop_fraction: float = Field(
+        default=0.25, description="Warn when one cleaning rule drops more than this share of the rows."
+    )

@@ -335,9 +335,7 @@ class TMDbClient:
                 delay = self._backoff(attempt)
                 logger.debug("retrying %s in %.2fs after %s", label, delay, last_problem)
                 time.sleep(delay)
-        raise TMDbUnavailable(
-            f"gave up on {label} after {self.max_retries + 1} attempts: {last_problem}", kind=kind
-        )
+        raise TMDbUnavailable(f"gave up on {label} after {self.max_retries + 1} attempts: {last_problem}", kind=kind)
 
 
 _END = object()

@@ -17,76 +17,255 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from genre_pipeline.tmdb.client import atomic_write_bytes
 
-CATALOG_VERSION = "1"
+CATALOG_VERSION = "2"
 DEMO_LABEL = "demo catalog (synthetic data)"
 FIRST_YEAR, LAST_YEAR = 2015, 2024
 DEFAULT_MOVIES = 360
 
 # TMDb's own genre list (GET /3/genre/movie/list).
 TMDB_GENRES = [
-    (28, "Action"), (12, "Adventure"), (16, "Animation"), (35, "Comedy"), (80, "Crime"),
-    (99, "Documentary"), (18, "Drama"), (10751, "Family"), (14, "Fantasy"), (36, "History"),
-    (27, "Horror"), (10402, "Music"), (9648, "Mystery"), (10749, "Romance"), (878, "Science Fiction"),
-    (10770, "TV Movie"), (53, "Thriller"), (10752, "War"), (37, "Western"),
+    (28, "Action"),
+    (12, "Adventure"),
+    (16, "Animation"),
+    (35, "Comedy"),
+    (80, "Crime"),
+    (99, "Documentary"),
+    (18, "Drama"),
+    (10751, "Family"),
+    (14, "Fantasy"),
+    (36, "History"),
+    (27, "Horror"),
+    (10402, "Music"),
+    (9648, "Mystery"),
+    (10749, "Romance"),
+    (878, "Science Fiction"),
+    (10770, "TV Movie"),
+    (53, "Thriller"),
+    (10752, "War"),
+    (37, "Western"),
 ]
 GENRE_NAMES = dict(TMDB_GENRES)
 
 # How often each genre leads a movie, roughly TMDb's shape: Drama and Comedy common, Western rare.
 PRIMARY_WEIGHTS = {
-    18: 16, 35: 13, 28: 9, 53: 7, 27: 7, 10749: 6, 80: 5, 878: 5, 16: 4, 12: 4, 14: 3,
-    99: 3, 9648: 3, 10751: 3, 10402: 2, 36: 2, 10752: 2, 37: 1, 10770: 1,
+    18: 16,
+    35: 13,
+    28: 9,
+    53: 7,
+    27: 7,
+    10749: 6,
+    80: 5,
+    878: 5,
+    16: 4,
+    12: 4,
+    14: 3,
+    99: 3,
+    9648: 3,
+    10751: 3,
+    10402: 2,
+    36: 2,
+    10752: 2,
+    37: 1,
+    10770: 1,
 }
 # Genres that tend to come with the leading one.
 COMPANIONS = {
-    28: [12, 53, 878, 80], 12: [28, 14, 10751], 16: [10751, 35, 12, 14], 35: [10749, 18, 10751],
-    80: [53, 18, 9648], 99: [36, 10402], 18: [10749, 36, 80], 10751: [16, 35, 12], 14: [12, 10751, 28],
-    36: [18, 10752], 27: [53, 9648], 10402: [18, 35], 9648: [53, 80], 10749: [35, 18],
-    878: [28, 53, 12], 10770: [18, 10749], 53: [80, 9648, 28], 10752: [36, 18, 28], 37: [28, 18],
+    28: [12, 53, 878, 80],
+    12: [28, 14, 10751],
+    16: [10751, 35, 12, 14],
+    35: [10749, 18, 10751],
+    80: [53, 18, 9648],
+    99: [36, 10402],
+    18: [10749, 36, 80],
+    10751: [16, 35, 12],
+    14: [12, 10751, 28],
+    36: [18, 10752],
+    27: [53, 9648],
+    10402: [18, 35],
+    9648: [53, 80],
+    10749: [35, 18],
+    878: [28, 53, 12],
+    10770: [18, 10749],
+    53: [80, 9648, 28],
+    10752: [36, 18, 28],
+    37: [28, 18],
 }
 WORDS = {
-    28: ["a relentless mercenary", "explosive car chases", "a heist gone wrong", "an elite strike team", "a final showdown"],
+    28: [
+        "a relentless mercenary",
+        "explosive car chases",
+        "a heist gone wrong",
+        "an elite strike team",
+        "a final showdown",
+    ],
     12: ["a perilous expedition", "a lost map", "uncharted islands", "a daring quest", "ancient ruins"],
     16: ["a talking fox", "a toy-sized hero", "a colourful kingdom", "a clumsy robot sidekick", "a magical paintbrush"],
-    35: ["a hopeless wedding planner", "an awkward family reunion", "a string of hilarious mix-ups", "a bet between roommates", "a disastrous road trip"],
-    80: ["a corrupt detective", "the city's crime syndicate", "a money-laundering ring", "a botched robbery", "a mob informant"],
-    99: ["archival footage", "interviews with survivors", "the true story behind", "a filmmaker follows", "rare field recordings"],
-    18: ["a grieving mother", "a fractured marriage", "a small-town teacher", "years of silence", "an unlikely friendship"],
-    10751: ["a family dog", "siblings on summer holiday", "a kind-hearted grandfather", "a backyard adventure", "learning to share"],
+    35: [
+        "a hopeless wedding planner",
+        "an awkward family reunion",
+        "a string of hilarious mix-ups",
+        "a bet between roommates",
+        "a disastrous road trip",
+    ],
+    80: [
+        "a corrupt detective",
+        "the city's crime syndicate",
+        "a money-laundering ring",
+        "a botched robbery",
+        "a mob informant",
+    ],
+    99: [
+        "archival footage",
+        "interviews with survivors",
+        "the true story behind",
+        "a filmmaker follows",
+        "rare field recordings",
+    ],
+    18: [
+        "a grieving mother",
+        "a fractured marriage",
+        "a small-town teacher",
+        "years of silence",
+        "an unlikely friendship",
+    ],
+    10751: [
+        "a family dog",
+        "siblings on summer holiday",
+        "a kind-hearted grandfather",
+        "a backyard adventure",
+        "learning to share",
+    ],
     14: ["an enchanted sword", "a dragon's curse", "a hidden realm of elves", "an ancient prophecy", "a sorceress"],
-    36: ["the royal court", "a nineteenth-century reformer", "the industrial revolution", "a forgotten empire", "a historic treaty"],
-    27: ["a haunted farmhouse", "something in the cellar", "a demonic presence", "a masked killer", "whispers after midnight"],
-    10402: ["a struggling band", "a singing competition", "a gifted violinist", "a last concert", "the jazz clubs of the city"],
-    9648: ["a locked-room puzzle", "a vanished heiress", "cryptic letters", "a village full of secrets", "an unsolved disappearance"],
-    10749: ["a chance meeting in Paris", "falling in love", "a summer romance", "two rivals who become lovers", "a second chance at love"],
-    878: ["a distant space station", "an artificial intelligence", "time travel", "an alien signal", "a colony on Mars"],
-    10770: ["a television special", "a holiday made-for-TV story", "a network premiere", "a cosy seasonal tale", "a small-screen reunion"],
+    36: [
+        "the royal court",
+        "a nineteenth-century reformer",
+        "the industrial revolution",
+        "a forgotten empire",
+        "a historic treaty",
+    ],
+    27: [
+        "a haunted farmhouse",
+        "something in the cellar",
+        "a demonic presence",
+        "a masked killer",
+        "whispers after midnight",
+    ],
+    10402: [
+        "a struggling band",
+        "a singing competition",
+        "a gifted violinist",
+        "a last concert",
+        "the jazz clubs of the city",
+    ],
+    9648: [
+        "a locked-room puzzle",
+        "a vanished heiress",
+        "cryptic letters",
+        "a village full of secrets",
+        "an unsolved disappearance",
+    ],
+    10749: [
+        "a chance meeting in Paris",
+        "falling in love",
+        "a summer romance",
+        "two rivals who become lovers",
+        "a second chance at love",
+    ],
+    878: [
+        "a distant space station",
+        "an artificial intelligence",
+        "time travel",
+        "an alien signal",
+        "a colony on Mars",
+    ],
+    10770: [
+        "a television special",
+        "a holiday made-for-TV story",
+        "a network premiere",
+        "a cosy seasonal tale",
+        "a small-screen reunion",
+    ],
     53: ["a ticking clock", "a stalker", "a deadly conspiracy", "a hostage negotiation", "a cat-and-mouse pursuit"],
-    10752: ["the front line", "a platoon behind enemy lines", "a wartime nurse", "the last battalion", "an occupied town"],
+    10752: [
+        "the front line",
+        "a platoon behind enemy lines",
+        "a wartime nurse",
+        "the last battalion",
+        "an occupied town",
+    ],
     37: ["a dusty frontier town", "a gunslinger", "cattle rustlers", "a sheriff's badge", "the open prairie"],
 }
 TAGLINES = {
-    28: "No rules. No mercy.", 12: "The adventure of a lifetime.", 16: "Big dreams come in small sizes.",
-    35: "What could possibly go wrong?", 80: "Everyone has a price.", 99: "The untold story.",
-    18: "Some wounds never heal.", 10751: "Fun for the whole family.", 14: "Magic has a price.",
-    36: "History was written by the brave.", 27: "Don't look behind you.", 10402: "Feel the music.",
-    9648: "Nothing is what it seems.", 10749: "Love finds a way.", 878: "The future is now.",
-    10770: "Tonight, on your screen.", 53: "Time is running out.", 10752: "No one comes home the same.",
+    28: "No rules. No mercy.",
+    12: "The adventure of a lifetime.",
+    16: "Big dreams come in small sizes.",
+    35: "What could possibly go wrong?",
+    80: "Everyone has a price.",
+    99: "The untold story.",
+    18: "Some wounds never heal.",
+    10751: "Fun for the whole family.",
+    14: "Magic has a price.",
+    36: "History was written by the brave.",
+    27: "Don't look behind you.",
+    10402: "Feel the music.",
+    9648: "Nothing is what it seems.",
+    10749: "Love finds a way.",
+    878: "The future is now.",
+    10770: "Tonight, on your screen.",
+    53: "Time is running out.",
+    10752: "No one comes home the same.",
     37: "Justice rides alone.",
 }
 FILLER = [
-    "Set over one unforgettable year,", "When everything changes,", "Against all odds,",
-    "In a world on the edge,", "After a mysterious phone call,", "Years later,",
+    "Set over one unforgettable year,",
+    "When everything changes,",
+    "Against all odds,",
+    "In a world on the edge,",
+    "After a mysterious phone call,",
+    "Years later,",
 ]
-TITLE_WORDS = ["Night", "River", "Echo", "Crown", "Shadow", "Harbor", "Glass", "Storm", "Signal", "Garden",
-               "Iron", "Paper", "Velvet", "Winter", "Ember", "Atlas", "Silver", "Hollow", "Summit", "Lantern"]
+TITLE_WORDS = [
+    "Night",
+    "River",
+    "Echo",
+    "Crown",
+    "Shadow",
+    "Harbor",
+    "Glass",
+    "Storm",
+    "Signal",
+    "Garden",
+    "Iron",
+    "Paper",
+    "Velvet",
+    "Winter",
+    "Ember",
+    "Atlas",
+    "Silver",
+    "Hollow",
+    "Summit",
+    "Lantern",
+]
 # Poster palettes per genre (background, accent), so posters carry a learnable genre signal.
 PALETTES = {
-    28: ((200, 60, 20), (255, 200, 0)), 12: ((30, 110, 60), (240, 200, 120)), 16: ((90, 180, 250), (255, 120, 200)),
-    35: ((250, 220, 60), (255, 90, 60)), 80: ((40, 40, 50), (200, 20, 30)), 99: ((150, 150, 140), (30, 30, 30)),
-    18: ((70, 80, 110), (220, 210, 190)), 10751: ((120, 200, 120), (255, 240, 150)), 14: ((90, 40, 140), (200, 170, 255)),
-    36: ((130, 100, 60), (230, 210, 160)), 27: ((15, 10, 10), (150, 0, 0)), 10402: ((180, 30, 160), (60, 230, 230)),
-    9648: ((25, 35, 70), (160, 160, 200)), 10749: ((240, 150, 180), (255, 240, 245)), 878: ((10, 30, 80), (0, 230, 255)),
-    10770: ((100, 140, 180), (250, 250, 250)), 53: ((50, 60, 60), (230, 230, 80)), 10752: ((80, 90, 50), (170, 150, 100)),
+    28: ((200, 60, 20), (255, 200, 0)),
+    12: ((30, 110, 60), (240, 200, 120)),
+    16: ((90, 180, 250), (255, 120, 200)),
+    35: ((250, 220, 60), (255, 90, 60)),
+    80: ((40, 40, 50), (200, 20, 30)),
+    99: ((150, 150, 140), (30, 30, 30)),
+    18: ((70, 80, 110), (220, 210, 190)),
+    10751: ((120, 200, 120), (255, 240, 150)),
+    14: ((90, 40, 140), (200, 170, 255)),
+    36: ((130, 100, 60), (230, 210, 160)),
+    27: ((15, 10, 10), (150, 0, 0)),
+    10402: ((180, 30, 160), (60, 230, 230)),
+    9648: ((25, 35, 70), (160, 160, 200)),
+    10749: ((240, 150, 180), (255, 240, 245)),
+    878: ((10, 30, 80), (0, 230, 255)),
+    10770: ((100, 140, 180), (250, 250, 250)),
+    53: ((50, 60, 60), (230, 230, 80)),
+    10752: ((80, 90, 50), (170, 150, 100)),
     37: ((200, 120, 50), (90, 50, 20)),
 }
 
@@ -102,8 +281,11 @@ def _pick_genres(rng: random.Random) -> list[int]:
 def _overview(rng: random.Random, genres: list[int]) -> str:
     phrases = [rng.choice(WORDS[g]) for g in genres for _ in range(2 if g == genres[0] else 1)]
     rng.shuffle(phrases)
-    return f"{rng.choice(FILLER)} a story of {', '.join(phrases[:-1])} and {phrases[-1]}." if len(phrases) > 1 \
+    return (
+        f"{rng.choice(FILLER)} a story of {', '.join(phrases[:-1])} and {phrases[-1]}."
+        if len(phrases) > 1
         else f"{rng.choice(FILLER)} a story of {phrases[0]}."
+    )
 
 
 def _poster(rng: random.Random, genres: list[int], title: str) -> bytes:
@@ -140,7 +322,7 @@ def generate(root: Path | str, *, n_movies: int = DEFAULT_MOVIES, seed: int = 7)
         movie_id = 900_001 + index
         genres = _pick_genres(rng)
         year = FIRST_YEAR + index % (LAST_YEAR - FIRST_YEAR + 1)
-        title = f"The {rng.choice(TITLE_WORDS)} {rng.choice(TITLE_WORDS)}"
+        title = f"{rng.choice(TITLE_WORDS)} of the {rng.choice(TITLE_WORDS)} {rng.choice(TITLE_WORDS)}"
         has_poster = rng.random() < 0.85
         movie = {
             "id": movie_id,
@@ -172,12 +354,18 @@ def generate(root: Path | str, *, n_movies: int = DEFAULT_MOVIES, seed: int = 7)
         twin = {**original, "id": original["id"] + 50_000, "poster_path": None, "popularity": 0.5}
         lines.append(twin)
     atomic_write_bytes(root / "movies.jsonl", "".join(json.dumps(m) + "\n" for m in lines).encode())
-    atomic_write_bytes(root / "genres.json", json.dumps({"genres": [{"id": i, "name": n} for i, n in TMDB_GENRES]}).encode())
+    atomic_write_bytes(
+        root / "genres.json", json.dumps({"genres": [{"id": i, "name": n} for i, n in TMDB_GENRES]}).encode()
+    )
     sizes = ["w92", "w154", "w185", "w342", "w500", "w780", "original"]
     configuration = {"images": {"base_url": "", "secure_base_url": "", "poster_sizes": sizes}, "change_keys": []}
     atomic_write_bytes(root / "configuration.json", json.dumps(configuration).encode())
-    atomic_write_bytes(root / "README.md", (
-        "# Demo catalog (SYNTHETIC)\n\nGenerated by genre_pipeline.tmdb.demo_catalog: invented titles, "
-        "overviews, taglines and posters derived from each movie's genres. Not TMDb data.\n").encode())
+    atomic_write_bytes(
+        root / "README.md",
+        (
+            "# Demo catalog (SYNTHETIC)\n\nGenerated by genre_pipeline.tmdb.demo_catalog: invented titles, "
+            "overviews, taglines and posters derived from each movie's genres. Not TMDb data.\n"
+        ).encode(),
+    )
     atomic_write_bytes(marker, json.dumps(stamp).encode())
     return root

@@ -18,7 +18,6 @@ import random
 import threading
 import time
 from collections import Counter
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -31,15 +30,27 @@ PAGE_SIZE = 20
 MAX_PAGE = 500
 DEFAULT_REPLAY_TOKEN = "replay-token"  # not a secret: the local replay server's default credential
 
-INVALID_KEY = {"status_code": 7, "status_message": "Invalid API key: You must be granted a valid key.", "success": False}
+INVALID_KEY = {
+    "status_code": 7,
+    "status_message": "Invalid API key: You must be granted a valid key.",
+    "success": False,
+}
 NOT_FOUND = {"status_code": 34, "status_message": "The resource you requested could not be found.", "success": False}
 INVALID_PAGE = {
     "status_code": 22,
     "status_message": "Invalid page: Pages start at 1 and max at 500. They are expected to be an integer.",
     "success": False,
 }
-RATE_LIMITED = {"status_code": 25, "status_message": "Your request count (#) is over the allowed limit of (40).", "success": False}
-INTERNAL_ERROR = {"status_code": 11, "status_message": "Internal error: Something went wrong, contact TMDb.", "success": False}
+RATE_LIMITED = {
+    "status_code": 25,
+    "status_message": "Your request count (#) is over the allowed limit of (40).",
+    "success": False,
+}
+INTERNAL_ERROR = {
+    "status_code": 11,
+    "status_message": "Internal error: Something went wrong, contact TMDb.",
+    "success": False,
+}
 
 SORT_KEYS = {
     "popularity": lambda m: m.get("popularity") or 0.0,
@@ -188,7 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorized(self, query: dict) -> bool:
         state = self.state
         header = self.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and header[len("Bearer "):] == state.token:
+        if header.startswith("Bearer ") and header[len("Bearer ") :] == state.token:
             return True
         return state.api_key is not None and query.get("api_key") == state.api_key
 
@@ -234,13 +245,16 @@ class _Handler(BaseHTTPRequestHandler):
         # Ties broken by id so that paging is stable.
         movies = sorted(movies, key=lambda m: (key(m), -m["id"] if descending else m["id"]), reverse=descending)
         start = (page - 1) * PAGE_SIZE
-        results = [state.snapshot.discover_record(m) for m in movies[start:start + PAGE_SIZE]]
-        self._json(200, {
-            "page": page,
-            "results": results,
-            "total_pages": math.ceil(len(movies) / PAGE_SIZE),
-            "total_results": len(movies),
-        })
+        results = [state.snapshot.discover_record(m) for m in movies[start : start + PAGE_SIZE]]
+        self._json(
+            200,
+            {
+                "page": page,
+                "results": results,
+                "total_pages": math.ceil(len(movies) / PAGE_SIZE),
+                "total_results": len(movies),
+            },
+        )
 
     def _changes(self, query: dict) -> None:
         today = dt.date.today()
@@ -252,11 +266,16 @@ class _Handler(BaseHTTPRequestHandler):
             page = 1
         changed = sorted({c["id"] for c in self.state.snapshot.changes if start <= c["changed_at"][:10] <= end})
         chunk = 100
-        results = [{"id": movie_id, "adult": False} for movie_id in changed[(page - 1) * chunk: page * chunk]]
-        self._json(200, {
-            "results": results, "page": page,
-            "total_pages": max(1, math.ceil(len(changed) / chunk)), "total_results": len(changed),
-        })
+        results = [{"id": movie_id, "adult": False} for movie_id in changed[(page - 1) * chunk : page * chunk]]
+        self._json(
+            200,
+            {
+                "results": results,
+                "page": page,
+                "total_pages": max(1, math.ceil(len(changed) / chunk)),
+                "total_results": len(changed),
+            },
+        )
 
     def _movie(self, movie_id: str) -> None:
         try:
@@ -303,8 +322,16 @@ def _downscale(data: bytes, width: int) -> bytes:
 class ReplayServer:
     """A running replay server; use ``serve_snapshot`` for a managed one."""
 
-    def __init__(self, snapshot: Snapshot | Path | str, *, host: str = "127.0.0.1", port: int = 0,
-                 token: str = DEFAULT_REPLAY_TOKEN, api_key: str | None = None, faults: Faults | None = None):
+    def __init__(
+        self,
+        snapshot: Snapshot | Path | str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str = DEFAULT_REPLAY_TOKEN,
+        api_key: str | None = None,
+        faults: Faults | None = None,
+    ):
         if not isinstance(snapshot, Snapshot):
             snapshot = load_snapshot(snapshot)
         self.state = ReplayState(snapshot, token=token, api_key=api_key, faults=faults or Faults())

@@ -19,8 +19,19 @@ REQUIRED_FILES = ("movies.jsonl", "genres.json", "configuration.json")
 
 # Fields of a /discover/movie result; TMDb's discover results carry genre_ids, no tagline.
 DISCOVER_FIELDS = (
-    "adult", "backdrop_path", "id", "original_language", "original_title", "overview",
-    "popularity", "poster_path", "release_date", "title", "video", "vote_average", "vote_count",
+    "adult",
+    "backdrop_path",
+    "id",
+    "original_language",
+    "original_title",
+    "overview",
+    "popularity",
+    "poster_path",
+    "release_date",
+    "title",
+    "video",
+    "vote_average",
+    "vote_count",
 )
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

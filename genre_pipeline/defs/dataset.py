@@ -1,0 +1,286 @@
+"""Data-set assets: clean movies, genre label matrices, stable stratified splits, the EDA report."""
+
+import time
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from genre_pipeline.dataset import cleaning, eda, labels, splits
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.ingestion import movie_details, posters
+from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource
+from genre_pipeline.store import frame_fingerprint
+
+LABEL_SETS = ("full", "merged")
+
+
+class CleaningConfig(dg.Config):
+    require_tagline: bool = Field(default=False, description="Drop movies without a tagline (the seed's rule).")
+    min_overview_tokens: int = 5
+    max_overview_tokens: int = 300
+
+
+class LabelConfig(dg.Config):
+    min_genre_count: int = Field(default=10, description="Prune genres on fewer movies than this.")
+    n_merged_labels: int = Field(default=12, description="Labels after merging, Others included.")
+    merge_min_fraction: float = Field(default=0.03, description="Genres rarer than this merge into Others.")
+
+
+class SplitConfig(dg.Config):
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+
+
+def _elapsed(started: float) -> float:
+    return round(time.monotonic() - started, 2)
+
+
+def _md_table(frame: pd.DataFrame, rows: int = 20) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False))
+
+
+def _load_label_set(storage: StorageResource, name: str) -> labels.LabelSet:
+    return labels.LabelSet.from_frame(name, storage.store.read_table(storage.store.labels_file(name)))
+
+
+@dg.asset(
+    group_name="dataset",
+    deps=[movie_details, posters],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"pandas"},
+)
+def movies_clean(config: CleaningConfig, storage: StorageResource) -> dg.MaterializeResult:
+    """One row per movie: title, year, overview, tagline, the model text, poster file and status, genres."""
+    store, started = storage.store, time.monotonic()
+    frame = cleaning.details_frame(list(store.read_details().values()), store.read_poster_status())
+    rules = cleaning.CleaningRules(config.require_tagline, config.min_overview_tokens, config.max_overview_tokens)
+    result = cleaning.clean_movies(frame, rules)
+    store.write_table(store.movies_clean_file, result.movies)
+    report = {
+        "rows_in": result.rows_in,
+        "rows_kept": len(result.movies),
+        "dropped": result.dropped,
+        "kept_by_tagline_policy": result.kept_by_tagline_policy,
+        "rules": vars(config),
+    }
+    store.write_json(store.cleaning_report_file, report)
+    drops = pd.DataFrame({"rule": list(result.dropped), "dropped": list(result.dropped.values())})
+    return dg.MaterializeResult(
+        metadata={
+            "rows_in": result.rows_in,
+            "rows_kept": len(result.movies),
+            **{f"dropped_{rule}": count for rule, count in result.dropped.items()},
+            "drops": _md_table(drops),
+            "kept_if_require_tagline": result.kept_by_tagline_policy["require_tagline"],
+            "kept_if_tagline_optional": result.kept_by_tagline_policy["keep_without_tagline"],
+            "with_usable_poster": int((result.movies["poster_status"] == "ok").sum()),
+            "preview": _md_table(result.movies[["id", "title", "release_year", "text", "genres", "poster_status"]], 10),
+            "elapsed_s": _elapsed(started),
+        },
+        data_version=dg.DataVersion(frame_fingerprint(result.movies)),
+    )
+
+
+@dg.asset(group_name="dataset", deps=[movies_clean], automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"pandas"})
+def genre_labels(config: LabelConfig, storage: StorageResource) -> dg.MaterializeResult:
+    """The full genre matrix (rare genres pruned) and its merge into fewer labels with Others, with class lists."""
+    store, started = storage.store, time.monotonic()
+    movies = store.read_table(store.movies_clean_file)
+    result = labels.build_labels(
+        movies["id"],
+        [list(g) for g in movies["genres"]],
+        min_genre_count=config.min_genre_count,
+        n_merged=config.n_merged_labels,
+        merge_min_fraction=config.merge_min_fraction,
+    )
+    for label_set in (result.full, result.merged):
+        store.write_table(store.labels_file(label_set.name), label_set.frame())
+    store.write_json(
+        store.label_sets_file,
+        {
+            "full": result.full.classes,
+            "merged": result.merged.classes,
+            "pruned": result.pruned,
+            "merged_into_others": result.merge_reasons,
+            "connectivity": result.connectivity,
+            "rule": labels.__doc__,
+        },
+    )
+    merges = pd.DataFrame(
+        {
+            "genre": list(result.merge_reasons),
+            "movies": [result.full.counts()[g] for g in result.merge_reasons],
+            "reason": list(result.merge_reasons.values()),
+        }
+    )
+    counts = pd.DataFrame({"genre": result.full.classes, "movies": list(result.full.counts().values())})
+    return dg.MaterializeResult(
+        metadata={
+            "movies": len(result.full.ids),
+            "labels_full": len(result.full.classes),
+            "labels_merged": len(result.merged.classes),
+            "pruned_genres": dg.MetadataValue.json(result.pruned),
+            "dropped_without_label": result.dropped_without_label,
+            "merged_into_others": _md_table(merges),
+            "merge_rule": dg.MetadataValue.md(labels.__doc__),
+            "genre_counts": _md_table(counts.sort_values("movies", ascending=False), 30),
+            "merged_counts": dg.MetadataValue.json(result.merged.counts()),
+            "elapsed_s": _elapsed(started),
+        },
+        data_version=dg.DataVersion(frame_fingerprint(result.merged.frame()) + frame_fingerprint(result.full.frame())),
+    )
+
+
+@dg.asset(group_name="dataset", deps=[genre_labels], automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"pandas"})
+def dataset_splits(config: SplitConfig, storage: StorageResource) -> dg.MaterializeResult:
+    """Train / validation / test by iterative stratification on the full labels; a movie keeps its split."""
+    store, started = storage.store, time.monotonic()
+    full = _load_label_set(storage, "full")
+    history = store.read_table(store.split_history_file) if store.split_history_file.is_file() else None
+    current, updated, newly_assigned = splits.assign_splits(
+        full.ids,
+        full.matrix,
+        history,
+        fractions=splits.SplitFractions(config.validation_fraction, config.test_fraction),
+        seed=config.seed,
+    )
+    store.write_table(store.split_history_file, updated)
+    store.write_table(store.splits_file, current)
+    counts = splits.split_label_counts(current, full.frame())
+    sizes = current["split"].value_counts().reindex(list(splits.SPLITS), fill_value=0)
+    return dg.MaterializeResult(
+        metadata={
+            **{f"{name}_movies": int(sizes[name]) for name in splits.SPLITS},
+            "newly_assigned": newly_assigned,
+            "kept_from_history": len(current) - newly_assigned,
+            "genre_counts_per_split": _md_table(counts.reset_index(names="genre"), 30),
+            "elapsed_s": _elapsed(started),
+        },
+        data_version=dg.DataVersion(frame_fingerprint(current)),
+    )
+
+
+@dg.asset(
+    group_name="dataset",
+    deps=[movies_clean, genre_labels, dataset_splits, posters],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"matplotlib", "html"},
+)
+def eda_report(storage: StorageResource, tmdb: TMDbResource) -> dg.MaterializeResult:
+    """The seed's exploratory plots as PNG files and one self-contained HTML page."""
+    store, started = storage.store, time.monotonic()
+    movies = store.read_table(store.movies_clean_file)
+    report = store.read_json(store.cleaning_report_file, {})
+    rules = report.get("rules", {})
+    status_counts = store.read_poster_status()["status"].value_counts().to_dict()
+    paths = eda.write_eda_report(
+        movies,
+        _load_label_set(storage, "full"),
+        _load_label_set(storage, "merged"),
+        {status: int(status_counts.get(status, 0)) for status in ("ok", "no_poster", "http_error", "corrupt")},
+        store.eda_dir,
+        token_limits=(rules.get("min_overview_tokens", 0), rules.get("max_overview_tokens", 0)),
+        source_label=tmdb.source_label,
+    )
+    plots = "\n\n".join(
+        f"### {eda.PLOTS[name]}\n![{name}](data:image/png;base64,{eda.png_base64(path)})"
+        for name, path in paths.items()
+        if name in eda.PLOTS
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "plots": dg.MetadataValue.md(plots),
+            "html_report": dg.MetadataValue.path(str(paths["html"])),
+            "png_files": len(paths) - 1,
+            "elapsed_s": _elapsed(started),
+        }
+    )
+
+
+# --- checks --------------------------------------------------------------------------
+@dg.asset_check(asset=movies_clean, blocking=True, description="No movie id appears twice.")
+def movies_clean_unique_ids(storage: StorageResource) -> dg.AssetCheckResult:
+    movies = storage.store.read_table(storage.store.movies_clean_file)
+    duplicates = movies["id"][movies["id"].duplicated()].tolist()
+    return dg.AssetCheckResult(
+        passed=not duplicates, metadata={"duplicates": len(duplicates), "examples": duplicates[:10]}
+    )
+
+
+@dg.asset_check(
+    asset=movies_clean, description="No cleaning rule drops more than the configured share of the rows (warning)."
+)
+def cleaning_drop_fractions(storage: StorageResource, quality: DataQualityResource) -> dg.AssetCheckResult:
+    report = storage.store.read_json(storage.store.cleaning_report_file, {})
+    rows_in = max(report.get("rows_in", 0), 1)
+    fractions = {rule: count / rows_in for rule, count in report.get("dropped", {}).items()}
+    too_many = {rule: round(f, 4) for rule, f in fractions.items() if f > quality.max_drop_fraction}
+    return dg.AssetCheckResult(
+        passed=not too_many,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "ceiling": quality.max_drop_fraction,
+            "fractions": dg.MetadataValue.json({r: round(f, 4) for r, f in fractions.items()}),
+            "over_ceiling": dg.MetadataValue.json(too_many),
+        },
+    )
+
+
+@dg.asset_check(asset=movies_clean, description="Enough posters verified: ok / movies with a poster_path.")
+def poster_ok_rate(storage: StorageResource, quality: DataQualityResource) -> dg.AssetCheckResult:
+    movies = storage.store.read_table(storage.store.movies_clean_file)
+    with_path = movies[movies["poster_status"] != "no_poster"]
+    rate = float((with_path["poster_status"] == "ok").mean()) if len(with_path) else 1.0
+    return dg.AssetCheckResult(
+        passed=rate >= quality.min_poster_ok_rate,
+        metadata={"ok_rate": round(rate, 4), "floor": quality.min_poster_ok_rate, "with_poster_path": len(with_path)},
+    )
+
+
+@dg.asset_check(
+    asset=genre_labels,
+    blocking=True,
+    description="Each label matrix matches its class list, is 0/1, covers movies_clean, and every movie has a label.",
+)
+def label_matrices_consistent(storage: StorageResource) -> dg.AssetCheckResult:
+    store = storage.store
+    classes = store.read_json(store.label_sets_file, {})
+    movie_ids = set(store.read_table(store.movies_clean_file)["id"])
+    problems = []
+    for name in LABEL_SETS:
+        frame = store.read_table(store.labels_file(name))
+        columns = [c for c in frame.columns if c != "id"]
+        values = frame[columns].to_numpy()
+        if columns != classes.get(name):
+            problems.append(f"{name}: columns differ from the class list")
+        if not set(pd.unique(values.ravel())) <= {0, 1}:
+            problems.append(f"{name}: values other than 0 and 1")
+        if (values.sum(axis=1) == 0).any():
+            problems.append(f"{name}: {(values.sum(axis=1) == 0).sum()} movies without a label")
+        if not set(frame["id"]) <= movie_ids or frame["id"].duplicated().any():
+            problems.append(f"{name}: ids not a unique subset of movies_clean")
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+
+
+@dg.asset_check(
+    asset=dataset_splits,
+    blocking=True,
+    description="Splits are disjoint, cover every labelled movie, and every label appears in every split.",
+)
+def splits_disjoint_and_covering(storage: StorageResource) -> dg.AssetCheckResult:
+    store = storage.store
+    current = store.read_table(store.splits_file)
+    problems = []
+    if current["id"].duplicated().any():
+        problems.append("a movie is in more than one split")
+    for name in LABEL_SETS:
+        label_frame = store.read_table(store.labels_file(name))
+        if set(label_frame["id"]) != set(current["id"]):
+            problems.append(f"{name}: splits do not cover exactly the labelled movies")
+        counts = splits.split_label_counts(current, label_frame)
+        missing = [(genre, split) for genre in counts.index for split in counts.columns if counts.at[genre, split] == 0]
+        if missing:
+            problems.append(f"{name}: labels missing from a split: {missing[:10]}")
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
