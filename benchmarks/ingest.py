@@ -9,55 +9,13 @@ JSON object with the figures.
 
 import argparse
 import json
-import logging
-import os
 import tempfile
-import time
-import warnings
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from common import materialize_ingestion, select_snapshot
 
 from genre_pipeline.tmdb.snapshot import load_snapshot
-
-
-def ingest_once(resources: dict, first_year: int, last_year: int) -> tuple[float, dict]:
-    """Materialize every ingestion asset the way `make run` does; return wall time and per-asset metadata."""
-    # Imported here: the release-year partitions follow GENRE_PIPELINE_SNAPSHOT, set by main().
-    from genre_pipeline.defs import ingestion
-
-    assets = [
-        ingestion.tmdb_configuration,
-        ingestion.tmdb_genres,
-        ingestion.raw_discover_pages,
-        ingestion.movie_details,
-        ingestion.posters,
-    ]
-    instance = dg.DagsterInstance.ephemeral()
-    tags = {ASSET_PARTITION_RANGE_START_TAG: str(first_year), ASSET_PARTITION_RANGE_END_TAG: str(last_year)}
-    started = time.monotonic()
-    runs = [
-        dg.materialize(
-            assets,
-            selection=[ingestion.tmdb_configuration, ingestion.tmdb_genres],
-            resources=resources,
-            instance=instance,
-        ),
-        dg.materialize(
-            assets, selection=[ingestion.raw_discover_pages], resources=resources, instance=instance, tags=tags
-        ),
-        dg.materialize(
-            assets, selection=[ingestion.movie_details, ingestion.posters], resources=resources, instance=instance
-        ),
-    ]
-    wall = time.monotonic() - started
-    metadata = {}
-    for run in runs:
-        for event in run.get_asset_materialization_events():
-            key = event.asset_key.to_user_string()
-            metadata[key] = {k: v.value for k, v in event.materialization.metadata.items()}
-    return wall, metadata
 
 
 def main() -> None:
@@ -66,11 +24,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="client rate limit, requests per second")
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("dagster").setLevel(logging.WARNING)
-
-    os.environ["GENRE_PIPELINE_SNAPSHOT"] = str(args.snapshot.resolve())
-    os.environ.pop("GENRE_PIPELINE_YEARS", None)
+    select_snapshot(args.snapshot)
     from genre_pipeline.defs.resources import StorageResource, TMDbResource
 
     snapshot = load_snapshot(args.snapshot)
@@ -86,8 +40,8 @@ def main() -> None:
             ),
             "storage": StorageResource(data_dir=data_dir, source="bench"),
         }
-        wall, fresh = ingest_once(resources, years[0], years[-1])
-        cached_wall, cached = ingest_once(resources, years[0], years[-1])
+        wall, fresh = materialize_ingestion(resources, dg.DagsterInstance.ephemeral(), years[0], years[-1])
+        cached_wall, cached = materialize_ingestion(resources, dg.DagsterInstance.ephemeral(), years[0], years[-1])
 
     def total(metadata: dict, field: str) -> int:
         return sum(int(m.get(field, 0)) for m in metadata.values())

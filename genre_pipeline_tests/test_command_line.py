@@ -9,6 +9,8 @@ from pathlib import Path
 
 import requests
 
+from genre_pipeline.tmdb.snapshot import load_snapshot
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -19,7 +21,7 @@ def run(args, env, timeout=300):
     return result
 
 
-def test_dagster_cli_materializes_the_ingestion_assets(demo_dir, tmp_path):
+def test_dagster_cli_materializes_every_asset_like_make_run(demo_dir, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -28,20 +30,23 @@ def test_dagster_cli_materializes_the_ingestion_assets(demo_dir, tmp_path):
         "DAGSTER_HOME": str(home),
         "GENRE_PIPELINE_DATA": str(tmp_path / "data"),
         "GENRE_PIPELINE_SNAPSHOT": str(demo_dir),
-        "GENRE_PIPELINE_YEARS": "2023-2024",
+        "GENRE_PIPELINE_YEARS": "2015-2024",
     }
     for name in ("TMDB_API_READ_ACCESS_TOKEN", "TMDB_API_KEY", "TMDB_BASE_URL"):
         env.pop(name, None)
     years = run([BIN / "genre-pipeline", "years"], env).stdout.strip()
-    assert years == "2023...2024"
+    assert years == "2015...2024"
     materialize = [BIN / "dagster", "asset", "materialize", "-m", "genre_pipeline.definitions"]
     run(materialize + ["--select", "tmdb_configuration,tmdb_genres"], env)
     run(materialize + ["--select", "raw_discover_pages", "--partition-range", years], env)
     run(materialize + ["--select", "movie_details*"], env)
     store = next((tmp_path / "data").glob("snapshot-catalog-*"))
-    assert {p.stem for p in (store / "raw" / "discover").glob("*.jsonl")} == {"2023", "2024"}
-    assert (store / "details" / "movie_details.jsonl").read_text().count("\n") == 24
+    assert {p.stem for p in (store / "raw" / "discover").glob("*.jsonl")} == {str(y) for y in range(2015, 2025)}
+    assert (store / "details" / "movie_details.jsonl").read_text().count("\n") == len(load_snapshot(demo_dir).movies)
     assert (store / "posters" / "poster_status.parquet").is_file()
+    assert (store / "dataset" / "splits.parquet").is_file() and (
+        store / "reports" / "eda" / "eda_report.html"
+    ).is_file()
     assert any((home / "storage").iterdir())  # the runs are in the instance's sqlite storage
 
 

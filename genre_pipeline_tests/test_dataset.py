@@ -205,3 +205,16 @@ def test_eda_plots_are_readable_pngs_and_one_html_page(tmp_path):
             assert image.format == "PNG" and image.width > 200 and image.height > 150
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == len(eda.PLOTS) and "test data" in page
+
+
+def test_pruning_follows_the_share_of_movies_as_well_as_the_count():
+    rows = [["Drama"]] * 180 + [["Comedy"]] * 18 + [["TV Movie", "Drama"]] * 2
+    result = labels.build_labels(range(200), rows, min_genre_count=1, min_genre_fraction=0.015)
+    assert result.pruned == {"TV Movie": 2} and result.full.classes == ["Comedy", "Drama"]
+    result = labels.build_labels(range(200), rows, min_genre_count=1, min_genre_fraction=0.0)
+    assert result.pruned == {} and "TV Movie" in result.full.classes
+
+
+def test_too_few_movies_for_two_genres_is_a_clear_error():
+    with pytest.raises(ValueError, match="too few to learn genres"):
+        labels.build_labels(range(12), [["Drama"]] * 11 + [["Comedy"]], min_genre_count=10)

@@ -1,5 +1,10 @@
 """Genre label matrices: the pruned full set (18 genres on TMDb data) and its merge into 12 with "Others".
 
+Pruning: a genre on fewer than ``min_genre_fraction`` of the movies (1.5%), or fewer than
+``min_genre_count``, is too rare to learn and leaves the full set: with 15% of movies in
+the test split, such a genre would have only a few dozen test examples, too few to
+measure. (On TMDb data this removes "TV Movie": 19 genres become 18.)
+
 The merge rule, data-driven and deterministic:
 
 1. Every genre below ``min_fraction`` of the movies merges into "Others" (too rare to learn).
@@ -17,6 +22,7 @@ The merge rule, data-driven and deterministic:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import networkx as nx
 import numpy as np
@@ -121,8 +127,21 @@ def merge_into_others(
 
 
 def build_labels(
-    ids, genre_lists, *, min_genre_count: int = 10, n_merged: int = 12, merge_min_fraction: float = 0.03
+    ids,
+    genre_lists,
+    *,
+    min_genre_count: int = 10,
+    min_genre_fraction: float = 0.015,
+    n_merged: int = 12,
+    merge_min_fraction: float = 0.03,
 ) -> LabelResult:
-    full, pruned, dropped = binarize(ids, genre_lists, min_count=min_genre_count)
+    genre_lists = list(genre_lists)
+    min_count = max(min_genre_count, math.ceil(min_genre_fraction * len(genre_lists)))
+    full, pruned, dropped = binarize(ids, genre_lists, min_count=min_count)
+    if len(full.classes) < 2:
+        raise ValueError(
+            f"only {len(full.classes)} genre(s) have at least {min_count} of the {len(genre_lists)} movies: "
+            f"too few to learn genres from; ingest more movies (a wider GENRE_PIPELINE_YEARS range)"
+        )
     merged, reasons, degree = merge_into_others(full, n_labels=n_merged, min_fraction=merge_min_fraction)
     return LabelResult(full, merged, pruned, reasons, degree, dropped)

