@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from genre_pipeline import settings
 from genre_pipeline.tmdb import demo_catalog
@@ -50,6 +52,89 @@ def _years(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_tracking_uri() -> str:
+    from genre_pipeline.models.tracking import sqlite_uri
+    from genre_pipeline.store import DataStore
+
+    source = settings.choose_source()
+    return sqlite_uri(DataStore(settings.default_data_dir() / source.slug).mlflow_db)
+
+
+def _champion(args: argparse.Namespace):
+    from genre_pipeline.models.predictor import GenrePredictor
+
+    return GenrePredictor.from_registry(args.tracking_uri or _default_tracking_uri())
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if not (args.overview or "").strip():
+        raise ValueError("--overview is empty: give the movie's plot overview")
+    if args.poster is not None and not Path(args.poster).is_file():
+        print(f"genre-pipeline predict: poster {args.poster} does not exist: text-only prediction", file=sys.stderr)
+        args.poster = None
+    prediction = _champion(args).predict(args.overview, args.tagline, args.poster, top_k=args.top_k)
+    if prediction.note:
+        print(f"genre-pipeline predict: {prediction.note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(prediction.as_dict()))
+        return 0
+    print("predicted genres: " + (", ".join(prediction.genres) or "(none above its threshold)"))
+    for genre, probability in prediction.top:
+        print(f"  {genre:<16} {probability:.3f}")
+    print("used the poster" if prediction.used_poster else "text only")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from genre_pipeline.models.predictor import evaluate_snapshot
+    from genre_pipeline.tmdb.snapshot import check_layout
+
+    check_layout(Path(args.snapshot))
+    predictor = _champion(args)
+    train_ids_file = mlflow.artifacts.download_artifacts(
+        run_id=predictor.info["run_id"], artifact_path="report/train_ids.json"
+    )
+    train_ids = set(json.loads(Path(train_ids_file).read_text()))
+
+    def progress(done: int, total: int) -> None:
+        print(f"scored {done}/{total}", file=sys.stderr, flush=True)
+
+    result = evaluate_snapshot(predictor, args.snapshot, limit=args.limit, train_ids=train_ids, progress=progress)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "per_genre"} | {"per_genre": result["per_genre"]}))
+        return 0
+    champion = result["champion"]
+    print(
+        f"champion: {champion['model']} ({champion['kind']}) v{champion['version']}, label set {champion['label_set']}"
+    )
+    print(
+        f"movies scored: {result['n_movies']} (with a usable poster: {result['with_poster']}; "
+        f"skipped: {result['skipped']}; seen in training: {result['seen_in_training']})"
+    )
+    for key in (
+        "macro_f1",
+        "micro_f1",
+        "weighted_f1",
+        "samples_f1",
+        "macro_precision",
+        "macro_recall",
+        "hamming_loss",
+        "jaccard_samples",
+        "subset_accuracy",
+        "macro_roc_auc",
+    ):
+        print(f"  {key:<16} {result[key]:.4f}")
+    print(f"  {'genre':<16} {'support':>7} {'precision':>9} {'recall':>7} {'f1':>6} {'auc':>6}")
+    for row in result["per_genre"]:
+        print(
+            f"  {row['genre']:<16} {row['support']:>7} {row['precision']:>9.3f} {row['recall']:>7.3f} "
+            f"{row['f1']:>6.3f} {row['roc_auc']:>6.3f}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genre-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,14 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     years = commands.add_parser("years", help="print the release-year partition range as FIRST...LAST")
     years.set_defaults(handler=_years)
+
+    predict = commands.add_parser("predict", help="top genres for an overview (and poster) from the champion")
+    predict.add_argument("--overview", required=True)
+    predict.add_argument("--tagline", default=None)
+    predict.add_argument("--poster", default=None, help="a poster image file")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--tracking-uri", default=None, help="MLflow store (default: the data folder's sqlite)")
+    predict.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="score every movie of a snapshot folder with the champion")
+    evaluate.add_argument("--snapshot", required=True, help="folder laid out like ../shared/data/tmdb-snapshot")
+    evaluate.add_argument("--limit", type=int, default=None, help="score only the first N movies")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--tracking-uri", default=None)
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from genre_pipeline.models.predictor import NoChampion
+
     try:
         return args.handler(args)
-    except (SnapshotLayoutError, ValueError, OSError) as error:
+    except (SnapshotLayoutError, NoChampion, ValueError, OSError) as error:
         print(f"genre-pipeline {args.command}: error: {error}", file=sys.stderr)
         return 2
 

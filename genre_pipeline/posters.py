@@ -46,7 +46,9 @@ def verify_poster(data: bytes, *, min_width: int = MIN_WIDTH, min_height: int = 
             image.load()
             source_format, source_mode = image.format, image.mode
             rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:
+        raise PosterError("not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise PosterError(f"not a readable image: {error}") from None
     if rgb.width < min_width or rgb.height < min_height:
         raise PosterError(f"image is {rgb.width}x{rgb.height}, smaller than {min_width}x{min_height}", "too_small")

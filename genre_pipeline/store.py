@@ -35,6 +35,14 @@ class DataStore:
     splits_file = property(lambda self: self.root / "dataset" / "splits.parquet")
     split_history_file = property(lambda self: self.root / "dataset" / "split_history.parquet")
     eda_dir = property(lambda self: self.root / "reports" / "eda")
+    embeddings_dir = property(lambda self: self.root / "embeddings")
+    models_dir = property(lambda self: self.root / "models")
+    mlflow_db = property(lambda self: self.root / "mlflow.db")
+    mlflow_artifacts_dir = property(lambda self: self.root / "mlartifacts")
+
+    def embeddings_file(self, modality: str, encoder: str) -> Path:
+        slug = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in encoder.rsplit("/", 1)[-1])
+        return self.embeddings_dir / f"{modality}-{slug}.npz"
 
     def labels_file(self, label_set: str) -> Path:
         return self.dataset_dir / f"labels_{label_set}.parquet"

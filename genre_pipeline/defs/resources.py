@@ -125,6 +125,7 @@ def build_resources(env=os.environ) -> dict:
         "tmdb": TMDbResource(**tmdb_options),
         "storage": StorageResource(data_dir=str(data_dir), source=source.slug),
         "quality": DataQualityResource(),
+        "training": TrainingResource(),
     }
 
 
@@ -137,3 +138,25 @@ class DataQualityResource(dg.ConfigurableResource):
     max_drop_fraction: float = Field(
         default=0.25, description="Warn when one cleaning rule drops more than this share of the rows."
     )
+
+
+class TrainingResource(dg.ConfigurableResource):
+    """What every model asset shares: label set, encoders, device and MLflow tracking."""
+
+    label_set: str = Field(default="full", description="'full' (18 genres on TMDb data) or 'merged' (12 with Others).")
+    text_encoder: str = Field(default="all-MiniLM-L6-v2", description="A transformers encoder name or local path.")
+    image_encoder: str = Field(
+        default="efficientnet-lite0", description="efficientnet-lite0, efficientnet-lite2 or resnet18."
+    )
+    device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    experiment: str = Field(default="genre-pipeline", description="MLflow experiment name.")
+    tracking_uri: Optional[str] = Field(
+        default=None, description="MLflow tracking URI; default sqlite in the data folder."
+    )
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device

@@ -1,0 +1,402 @@
+"""Model assets: cached embeddings, the baseline, text, image and fusion models, and their comparison.
+
+Every training asset logs one MLflow run; model_comparison registers the better of text and
+fusion on validation as genre-classifier@champion when it beats the current champion.
+"""
+
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from genre_pipeline.dataset.labels import LabelSet
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
+from genre_pipeline.defs.resources import StorageResource, TrainingResource
+from genre_pipeline.models import genre_models, tracking
+from genre_pipeline.models.embeddings import Embeddings, content_key, update_embeddings
+from genre_pipeline.models.encoders import EncoderUnavailable, ImageEncoder, TextEncoder
+from genre_pipeline.models.training import TrainingConfig
+from genre_pipeline.store import DataStore, frame_fingerprint
+
+MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model")
+THROUGHPUT_SAMPLE = 256
+
+
+class EmbeddingConfig(dg.Config):
+    batch_size: int = 64
+
+
+class HeadConfig(dg.Config):
+    max_epochs: int = 60
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = Field(default=8, description="Stop after this many epochs without a better validation macro-F1.")
+    max_pos_weight: float = 10.0
+    seed: int = 42
+
+    def training_config(self) -> TrainingConfig:
+        return TrainingConfig(**self.model_dump())
+
+
+class BaselineConfig(dg.Config):
+    C: float = Field(default=4.0, description="Inverse regularization of the logistic regressions.")
+    seed: int = 42
+
+
+def _md(frame: pd.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=".4f"))
+
+
+def _load_encoder(factory, *args, **kwargs):
+    try:
+        return factory(*args, **kwargs)
+    except EncoderUnavailable as error:
+        raise dg.Failure(str(error), allow_retries=False) from None
+
+
+@dg.asset(group_name="models", deps=[movies_clean], automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"pytorch"})
+def text_embeddings(
+    context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """Frozen text-encoder embeddings of each movie's model text; only new or changed texts are encoded."""
+    store = storage.store
+    movies = store.read_table(store.movies_clean_file)
+    texts = movies["text"].tolist()
+    encoder = None
+
+    def get_encoder():
+        nonlocal encoder
+        encoder = encoder or _load_encoder(
+            TextEncoder, training.text_encoder, batch_size=config.batch_size, device=training.resolved_device()
+        )
+        return encoder
+
+    def progress(done, total):
+        if done == total or done % (config.batch_size * 20) == 0:
+            context.log.info(f"text embeddings: {done}/{total}")
+
+    embeddings, stats = update_embeddings(
+        store.embeddings_file("text", training.text_encoder),
+        movies["id"].tolist(),
+        [content_key(t) for t in texts],
+        texts,
+        lambda batch: get_encoder().encode(batch, progress),
+        lambda: get_encoder().dim,
+    )
+    metadata = {
+        "encoder": training.text_encoder,
+        "dim": int(embeddings.vectors.shape[1]),
+        "movies": len(texts),
+        "computed": stats.computed,
+        "reused": stats.reused,
+        "encode_s": round(stats.seconds, 2),
+        "embeddings_per_s": round(stats.per_second, 1),
+    }
+    if stats.computed:
+        # The encoder's forward pass alone, on texts of this run: how much the pipeline around it costs.
+        sample = texts[: min(THROUGHPUT_SAMPLE, len(texts))]
+        raw = get_encoder().raw_forward_throughput(sample, repeats=1)
+        metadata.update(raw_forward_per_s=round(raw, 1), throughput_ratio=round(stats.per_second / raw, 3))
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(frame_fingerprint(pd.DataFrame({"k": embeddings.keys})))
+    )
+
+
+@dg.asset(group_name="models", deps=[movies_clean], automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"pytorch"})
+def poster_embeddings(
+    context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """Frozen ImageNet features of every verified poster; only new or changed posters are encoded."""
+    store = storage.store
+    movies = store.read_table(store.movies_clean_file)
+    with_poster = movies[movies["poster_status"] == "ok"]
+    files = [store.root / f for f in with_poster["poster_file"]]
+    encoder = None
+
+    def get_encoder():
+        nonlocal encoder
+        encoder = encoder or _load_encoder(
+            ImageEncoder, training.image_encoder, batch_size=config.batch_size // 2, device=training.resolved_device()
+        )
+        return encoder
+
+    def progress(done, total):
+        if done == total or done % (config.batch_size * 10) == 0:
+            context.log.info(f"poster embeddings: {done}/{total}")
+
+    embeddings, stats = update_embeddings(
+        store.embeddings_file("image", training.image_encoder),
+        with_poster["id"].tolist(),
+        [content_key(f.read_bytes()) for f in files],
+        files,
+        lambda batch: get_encoder().encode(batch, progress),
+        lambda: get_encoder().dim,
+    )
+    metadata = {
+        "encoder": training.image_encoder,
+        "dim": int(embeddings.vectors.shape[1]),
+        "posters": len(files),
+        "movies_without_poster": len(movies) - len(files),
+        "computed": stats.computed,
+        "reused": stats.reused,
+        "encode_s": round(stats.seconds, 2),
+        "embeddings_per_s": round(stats.per_second, 1),
+    }
+    if stats.computed:
+        sample = files[: min(THROUGHPUT_SAMPLE // 2, len(files))]
+        raw = get_encoder().raw_forward_throughput(sample, repeats=1)
+        metadata.update(raw_forward_per_s=round(raw, 1), throughput_ratio=round(stats.per_second / raw, 3))
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(frame_fingerprint(pd.DataFrame({"k": embeddings.keys})))
+    )
+
+
+def _training_data(store: DataStore, training: TrainingResource, *, text: bool, image: bool):
+    label_frame = store.read_table(store.labels_file(training.label_set))
+    label_set = LabelSet.from_frame(training.label_set, label_frame)
+    splits = store.read_table(store.splits_file)
+    data = genre_models.assemble(
+        store.read_table(store.movies_clean_file),
+        label_set,
+        splits,
+        Embeddings.load(store.embeddings_file("text", training.text_encoder)) if text else None,
+        Embeddings.load(store.embeddings_file("image", training.image_encoder)) if image else None,
+    )
+    fingerprint = frame_fingerprint(label_frame) + frame_fingerprint(splits)
+    return data, fingerprint
+
+
+def _log_and_report(
+    context,
+    name: str,
+    outcome,
+    data,
+    store: DataStore,
+    training: TrainingResource,
+    params: dict,
+    fingerprint: str,
+    log_model,
+) -> dg.MaterializeResult:
+    """One MLflow run for the trained model; the report files; the asset's metadata."""
+    out_dir = store.models_dir / name
+    paths = outcome.write_report(data, out_dir)
+    tracking_uri = training.tracking_uri or tracking.sqlite_uri(store.mlflow_db)
+    experiment_id = tracking.use_tracking(tracking_uri, training.experiment, store.mlflow_artifacts_dir)
+    all_params = {
+        **params,
+        "model": name,
+        "kind": outcome.kind,
+        "label_set": training.label_set,
+        "labels": data.classes,
+        "text_encoder": training.text_encoder,
+        "image_encoder": training.image_encoder,
+        "data_fingerprint": fingerprint,
+        "code_version": tracking.code_version(),
+        "n_train": int(data.rows("train").sum()),
+    }
+    with tracking.training_run(name, all_params, tags={"dagster_run_id": context.run_id}) as run:
+        tracking.log_history(outcome.history)
+        tracking.log_test_metrics(outcome.test["summary"])
+        tracking.log_test_metrics(outcome.test_seed_rule["summary"], prefix="test_seed_rule_")
+        for subset, summary in outcome.test_subsets.items():
+            tracking.log_test_metrics(summary, prefix=f"test_{subset}_")
+        tracking.mlflow.log_metric("validation_macro_f1_tuned", outcome.validation_macro_f1)
+        tracking.mlflow.log_artifacts(str(out_dir), artifact_path="report")
+        model_info = log_model()
+    report = json.loads(paths["report"].read_text())
+    report.update(
+        run_id=run.info.run_id, model_uri=model_info.model_uri, experiment_id=experiment_id, tracking_uri=tracking_uri
+    )
+    paths["report"].write_text(json.dumps(report, indent=2, default=float))
+    summary = outcome.test["summary"]
+    per_genre = outcome.test["per_genre"][["genre", "support", "predicted", "precision", "recall", "f1", "roc_auc"]]
+    plots = "\n\n".join(f"![{key}](data:image/png;base64,{_b64(paths[key])})" for key in ("f1_per_genre", "roc_curves"))
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": run.info.run_id,
+            "mlflow_run": dg.MetadataValue.url(
+                f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+            ),
+            "label_set": training.label_set,
+            "validation_macro_f1": round(outcome.validation_macro_f1, 4),
+            **{f"test_{k}": round(v, 4) for k, v in summary.items() if k != "n_movies"},
+            "test_movies": summary["n_movies"],
+            "test_macro_f1_seed_rule": round(outcome.test_seed_rule["summary"]["macro_f1"], 4),
+            **{f"test_{s}_macro_f1": round(v["macro_f1"], 4) for s, v in outcome.test_subsets.items()},
+            "best_epoch": outcome.best_epoch or 0,
+            "per_genre": _md(per_genre),
+            "plots": dg.MetadataValue.md(plots),
+        }
+    )
+
+
+def _b64(path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _epoch_logger(context, label: str = ""):
+    def log(record):
+        if record["epoch"] % 5 == 0 or record["epoch"] == 1:
+            context.log.info(
+                f"{label}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
+                f"validation loss {record['validation_loss']:.4f}, "
+                f"macro-F1 {record['validation_macro_f1']:.4f}"
+            )
+
+    return log
+
+
+@dg.asset(
+    group_name="models",
+    deps=[movies_clean, genre_labels, dataset_splits],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"scikit-learn", "mlflow"},
+)
+def baseline_model(
+    context: dg.AssetExecutionContext, config: BaselineConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """TF-IDF + one-vs-rest logistic regression: the reference every neural model must beat."""
+    store = storage.store
+    data, fingerprint = _training_data(store, training, text=False, image=False)
+    outcome = genre_models.train_baseline(data, C=config.C, seed=config.seed)
+    example = list(np.asarray(data.texts, dtype=object)[data.rows("train")][:2])
+    return _log_and_report(
+        context,
+        "baseline_model",
+        outcome,
+        data,
+        store,
+        training,
+        config.model_dump(),
+        fingerprint,
+        lambda: tracking.log_sklearn_model(outcome.model, example),
+    )
+
+
+def _train_head_asset(
+    context, name: str, kind: str, config: HeadConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    store = storage.store
+    data, fingerprint = _training_data(store, training, text=kind != "image", image=kind != "text")
+    if kind == "fusion":
+        outcome, scores = genre_models.train_fusion(
+            data, config.training_config(), on_epoch=lambda k, r: _epoch_logger(context, f"{k} ")(r)
+        )
+        context.log.info(f"fusion heads on validation: {scores}; kept {outcome.kind}")
+    else:
+        outcome = genre_models.train_neural(name, kind, data, config.training_config(), on_epoch=_epoch_logger(context))
+    example = genre_models.torch_input_example(outcome, data)
+    return _log_and_report(
+        context,
+        name,
+        outcome,
+        data,
+        store,
+        training,
+        config.model_dump(),
+        fingerprint,
+        lambda: tracking.log_torch_model(outcome.model, example),
+    )
+
+
+@dg.asset(
+    group_name="models",
+    deps=[text_embeddings, genre_labels, dataset_splits],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"pytorch", "mlflow"},
+)
+def text_model(
+    context: dg.AssetExecutionContext, config: HeadConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """The seed's text head on frozen text embeddings."""
+    return _train_head_asset(context, "text_model", "text", config, storage, training)
+
+
+@dg.asset(
+    group_name="models",
+    deps=[poster_embeddings, genre_labels, dataset_splits],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"pytorch", "mlflow"},
+)
+def image_model(
+    context: dg.AssetExecutionContext, config: HeadConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """Poster only, on movies with a verified poster: for the comparison."""
+    return _train_head_asset(context, "image_model", "image", config, storage, training)
+
+
+@dg.asset(
+    group_name="models",
+    deps=[text_embeddings, poster_embeddings, genre_labels, dataset_splits],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"pytorch", "mlflow"},
+)
+def fusion_model(
+    context: dg.AssetExecutionContext, config: HeadConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """Concatenation fusion and a gated multimodal unit; the better on validation. Predicts without posters too."""
+    return _train_head_asset(context, "fusion_model", "fusion", config, storage, training)
+
+
+@dg.asset(
+    group_name="models",
+    deps=[baseline_model, text_model, image_model, fusion_model],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"mlflow"},
+)
+def model_comparison(storage: StorageResource, training: TrainingResource) -> dg.MaterializeResult:
+    """Every model's test metrics side by side; the better of text and fusion on validation becomes
+    genre-classifier@champion when it beats the current champion."""
+    store = storage.store
+    reports = {name: json.loads((store.models_dir / name / "report.json").read_text()) for name in MODEL_ASSETS}
+    rows = []
+    for name, report in reports.items():
+        test = report["test"]
+        rows.append(
+            {
+                "model": name,
+                "kind": report["kind"],
+                "validation_macro_f1": report["validation_macro_f1"],
+                **{
+                    k: test[k]
+                    for k in (
+                        "macro_f1",
+                        "micro_f1",
+                        "weighted_f1",
+                        "samples_f1",
+                        "macro_precision",
+                        "macro_recall",
+                        "hamming_loss",
+                        "jaccard_samples",
+                        "subset_accuracy",
+                        "macro_roc_auc",
+                    )
+                },
+                "macro_f1_seed_rule": report["test_seed_rule"]["macro_f1"],
+                "macro_f1_with_poster": report["test_subsets"].get("with_poster", {}).get("macro_f1"),
+                "test_movies": report["n_test"],
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.to_csv(store.models_dir / "model_comparison.csv", index=False)
+    candidate = max(("text_model", "fusion_model"), key=lambda n: reports[n]["validation_macro_f1"])
+    chosen = reports[candidate]
+    tracking.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)
+    promoted, decision = tracking.promote_if_better(
+        chosen["model_uri"], chosen["run_id"], chosen["validation_macro_f1"], training.label_set, candidate
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "comparison": _md(table),
+            "candidate": candidate,
+            "promoted": promoted,
+            "decision": decision,
+            "label_set": training.label_set,
+        }
+    )

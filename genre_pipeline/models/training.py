@@ -1,0 +1,149 @@
+"""Training a head on cached features: BCE with per-genre pos_weight, AdamW, cosine schedule,
+early stopping on validation macro-F1, best checkpoint kept, seeds fixed."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    max_epochs: int = 60
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 8
+    max_pos_weight: float = 10.0
+    modality_dropout: float = 0.0  # fusion: hide the poster of this share of training movies per batch
+    seed: int = 42
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    model: nn.Module
+    history: list[dict]  # per epoch: train_loss, validation_loss, validation_macro_f1
+    best_epoch: int
+    best_validation_macro_f1: float
+
+
+def set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pos_weight(labels: np.ndarray, cap: float) -> torch.Tensor:
+    positives = labels.sum(axis=0).clip(min=1)
+    return torch.tensor(np.minimum((len(labels) - positives) / positives, cap), dtype=torch.float32)
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    model.eval()
+    outputs = [
+        torch.sigmoid(model(torch.from_numpy(features[i : i + batch_size]))).numpy()
+        for i in range(0, len(features), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+
+def _hide_posters(batch: torch.Tensor, share: float, generator: torch.Generator, image_dim: int) -> torch.Tensor:
+    """Modality dropout: train fusion to predict from text alone, as it must without a poster."""
+    hide = (torch.rand(len(batch), generator=generator) < share) & (batch[:, -1] > 0)
+    if hide.any():
+        batch = batch.clone()
+        batch[hide, -1 - image_dim : -1] = 0
+        batch[hide, -1] = 0
+    return batch
+
+
+def train_head(
+    model: nn.Module,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    config: TrainingConfig,
+    *,
+    image_dim: int = 0,
+    on_epoch=None,
+) -> TrainingResult:
+    set_seeds(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight(train_y, config.max_pos_weight))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, int(np.ceil(len(train_x) / config.batch_size)))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs * steps_per_epoch)
+    x, y = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.float32))
+    vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y.astype(np.float32))
+    best_state, best_f1, best_epoch, stale = None, -1.0, 0, 0
+    history = []
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), config.batch_size):
+            index = order[start : start + config.batch_size]
+            batch = x[index]
+            if config.modality_dropout and image_dim:
+                batch = _hide_posters(batch, config.modality_dropout, generator, image_dim)
+            loss = criterion(model(batch), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(index)
+        model.eval()
+        with torch.inference_mode():
+            logits = model(vx)
+            val_loss = criterion(logits, vy).item()
+            val_f1 = f1_score(val_y, (torch.sigmoid(logits).numpy() >= 0.5), average="macro", zero_division=0)
+        record = {
+            "epoch": epoch,
+            "train_loss": total / len(x),
+            "validation_loss": val_loss,
+            "validation_macro_f1": float(val_f1),
+        }
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if val_f1 > best_f1:
+            best_state, best_f1, best_epoch, stale = copy.deepcopy(model.state_dict()), float(val_f1), epoch, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainingResult(model, history, best_epoch, best_f1)
+
+
+def tune_thresholds(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per genre, the threshold on the grid with the best F1 on these (validation) predictions."""
+    thresholds = np.full(labels.shape[1], 0.5)
+    for j in range(labels.shape[1]):
+        scores = [f1_score(labels[:, j], probabilities[:, j] >= t, zero_division=0) for t in THRESHOLD_GRID]
+        thresholds[j] = THRESHOLD_GRID[int(np.argmax(scores))]
+    return thresholds
+
+
+def apply_thresholds(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    return (probabilities >= thresholds[None, :]).astype(np.uint8)
+
+
+def seed_rule(probabilities: np.ndarray, k: int = 3, minimum: float = 0.3) -> np.ndarray:
+    """The seed's decision rule: the top k genres whose probability is at least ``minimum``."""
+    predictions = np.zeros_like(probabilities, dtype=np.uint8)
+    top = np.argsort(-probabilities, axis=1)[:, :k]
+    rows = np.arange(len(probabilities))[:, None]
+    predictions[rows, top] = (probabilities[rows, top] >= minimum).astype(np.uint8)
+    return predictions

@@ -1,0 +1,243 @@
+"""The model assets with the bundled encoders on the demo catalog: training, MLflow, the champion,
+and the predict / evaluate commands."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from genre_pipeline.defs import models
+from genre_pipeline.defs.resources import TrainingResource
+from genre_pipeline.models import tracking
+from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.store import DataStore
+
+from .conftest import ASSETS, DATASET_ASSETS, materialize_all, materialize_dataset, pipeline_resources
+
+BIN = Path(sys.executable).parent
+MODEL_ASSETS = [
+    models.text_embeddings,
+    models.poster_embeddings,
+    models.baseline_model,
+    models.text_model,
+    models.image_model,
+    models.fusion_model,
+    models.model_comparison,
+]
+FAST = {"max_epochs": 25, "patience": 5}
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tmp_path_factory):
+    """Ingestion, data set and every model, once for this module, into a temporary data folder."""
+    data_dir = tmp_path_factory.mktemp("models") / "data"
+    instance = dg.DagsterInstance.ephemeral()
+    res = pipeline_resources(demo_dir, data_dir)
+    res["training"] = TrainingResource()
+    materialize_all(res, instance)
+    materialize_dataset(res, instance)
+    result = dg.materialize(
+        ASSETS + DATASET_ASSETS + MODEL_ASSETS,
+        selection=MODEL_ASSETS,
+        resources=res,
+        instance=instance,
+        run_config={"ops": {name: {"config": FAST} for name in ("text_model", "image_model", "fusion_model")}},
+    )
+    store = DataStore(data_dir / "test")
+    return {
+        "result": result,
+        "store": store,
+        "uri": tracking.sqlite_uri(store.mlflow_db),
+        "data_dir": data_dir,
+        "resources": res,
+        "instance": instance,
+    }
+
+
+def metadata(result, node):
+    return {k: v.value for k, v in result.asset_materializations_for_node(node)[-1].metadata.items()}
+
+
+def best_constant_macro_f1(store: DataStore) -> float:
+    """Macro-F1 of predicting every genre for every test movie: the best a label-blind rule does."""
+    labels = pd.read_parquet(store.labels_file("full"))
+    test_ids = pd.read_parquet(store.splits_file).query("split == 'test'")["id"]
+    prevalence = labels[labels["id"].isin(test_ids)].drop(columns="id").mean()
+    return float((2 * prevalence / (1 + prevalence)).mean())
+
+
+def test_every_model_beats_chance_on_the_test_split(trained):
+    chance = best_constant_macro_f1(trained["store"])
+    comparison = pd.read_csv(trained["store"].models_dir / "model_comparison.csv").set_index("model")
+    assert set(comparison.index) == {"baseline_model", "text_model", "image_model", "fusion_model"}
+    for model in comparison.index:
+        assert comparison.at[model, "macro_f1"] > chance + 0.1, (model, comparison.at[model, "macro_f1"], chance)
+    fusion = metadata(trained["result"], "fusion_model")
+    assert fusion["test_with_poster_macro_f1"] > chance
+
+
+def test_reported_metrics_come_from_one_set_of_predictions(trained):
+    report = json.loads((trained["store"].models_dir / "text_model" / "report.json").read_text())
+    per_genre = pd.read_csv(trained["store"].models_dir / "text_model" / "per_genre.csv")
+    assert report["test"]["macro_f1"] == pytest.approx(per_genre["f1"].mean())
+    tp, fp, fn = (
+        per_genre["true_positives"].sum(),
+        per_genre["false_positives"].sum(),
+        per_genre["false_negatives"].sum(),
+    )
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    assert report["test"]["micro_precision"] == pytest.approx(precision)
+    assert report["test"]["micro_f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+    test_ids = set(pd.read_parquet(trained["store"].splits_file).query("split == 'test'")["id"])
+    assert report["n_test"] == len(test_ids)
+    assert set(json.loads((trained["store"].models_dir / "text_model" / "train_ids.json").read_text())).isdisjoint(
+        test_ids
+    )
+
+
+def test_embeddings_are_cached_and_not_recomputed(trained):
+    res, instance = trained["resources"], trained["instance"]
+    again = dg.materialize(
+        ASSETS + DATASET_ASSETS + MODEL_ASSETS, selection=MODEL_ASSETS[:2], resources=res, instance=instance
+    )
+    for node in ("text_embeddings", "poster_embeddings"):
+        first, second = metadata(trained["result"], node), metadata(again, node)
+        assert first["computed"] > 0 and second["computed"] == 0 and second["reused"] == first["computed"]
+
+
+def test_mlflow_holds_each_run_with_params_metrics_artifacts_and_model(trained):
+    mlflow.set_tracking_uri(trained["uri"])
+    runs = mlflow.search_runs(experiment_names=["genre-pipeline"], output_format="list")
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(by_name) == {"baseline_model", "text_model", "image_model", "fusion_model"}
+    text = by_name["text_model"]
+    assert text.data.params["label_set"] == "full" and text.data.params["text_encoder"] == "all-MiniLM-L6-v2"
+    assert "data_fingerprint" in text.data.params and "code_version" in text.data.params
+    assert {
+        "test_macro_f1",
+        "test_micro_f1",
+        "test_seed_rule_macro_f1",
+        "validation_macro_f1",
+    } <= text.data.metrics.keys()
+    history = MlflowClient().get_metric_history(text.info.run_id, "validation_macro_f1")
+    assert len(history) >= 2 and [m.step for m in history] == list(range(1, len(history) + 1))
+    artifacts = {a.path for a in MlflowClient().list_artifacts(text.info.run_id, "report")}
+    assert {"report/report.json", "report/roc_curves.png", "report/confusion_matrices.png"} <= artifacts
+    report = json.loads((trained["store"].models_dir / "text_model" / "report.json").read_text())
+    model = mlflow.pytorch.load_model(report["model_uri"])
+    n_labels = len(json.loads(trained["store"].label_sets_file.read_text())["full"])
+    assert tuple(model(torch.zeros(3, 384)).shape) == (3, n_labels)
+
+
+def test_the_champion_is_registered_loads_and_predicts(trained):
+    decision = metadata(trained["result"], "model_comparison")
+    assert decision["promoted"] is True
+    predictor = GenrePredictor.from_registry(trained["uri"])
+    assert predictor.info["model"] in ("text_model", "fusion_model") and predictor.info["label_set"] == "full"
+    prediction = predictor.predict(
+        "A haunted farmhouse, a demonic presence and whispers after midnight.", "Don't look behind you.", top_k=3
+    )
+    assert len(prediction.top) == 3 and all(0 <= p <= 1 for _, p in prediction.top)
+    assert prediction.top[0][0] in ("Horror", "Thriller", "Mystery")
+    with pytest.raises(ValueError, match="overview is empty"):
+        predictor.predict("   ")
+
+
+def test_a_worse_model_does_not_replace_the_champion(trained):
+    mlflow.set_tracking_uri(trained["uri"])
+    mlflow.set_registry_uri(trained["uri"])
+    champion = tracking.current_champion(MlflowClient())
+    report = json.loads((trained["store"].models_dir / "text_model" / "report.json").read_text())
+    promoted, decision = tracking.promote_if_better(report["model_uri"], report["run_id"], 0.0, "full", "text_model")
+    assert not promoted and "kept champion" in decision
+    assert tracking.current_champion(MlflowClient())["version"] == champion["version"]
+
+
+def cli(args, trained, check=True):
+    env = {**os.environ, "GENRE_PIPELINE_DATA": str(trained["data_dir"])}
+    result = subprocess.run(
+        [BIN / "genre-pipeline", *args, "--tracking-uri", trained["uri"]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_predict_command(trained, demo_dir, tmp_path):
+    poster = next((demo_dir / "posters").iterdir())
+    result = cli(
+        [
+            "predict",
+            "--overview",
+            "A gunslinger rides into a dusty frontier town.",
+            "--poster",
+            str(poster),
+            "--top-k",
+            "2",
+            "--json",
+        ],
+        trained,
+    )
+    prediction = json.loads(result.stdout)
+    assert len(prediction["top"]) == 2 and isinstance(prediction["used_poster"], bool)
+
+    missing = cli(["predict", "--overview", "A love story in Paris.", "--poster", str(tmp_path / "nope.jpg")], trained)
+    assert "does not exist: text-only prediction" in missing.stderr and "text only" in missing.stdout
+
+    not_an_image = tmp_path / "poster.jpg"
+    not_an_image.write_text("this is not a picture")
+    text_only = cli(["predict", "--overview", "A love story in Paris.", "--poster", str(not_an_image)], trained)
+    assert "text only" in text_only.stdout
+    assert "not an image file" in text_only.stderr or "reads text only" in text_only.stderr
+
+    empty = cli(["predict", "--overview", "  "], trained, check=False)
+    assert empty.returncode == 2 and "overview is empty" in empty.stderr
+
+
+def test_evaluate_command(trained, demo_dir, tmp_path):
+    result = json.loads(cli(["evaluate", "--snapshot", str(demo_dir), "--json"], trained).stdout)
+    assert {"macro_f1", "micro_f1", "samples_f1", "n_movies", "labels"} <= result.keys()
+    assert result["n_movies"] > 100 and 0 < result["macro_f1"] <= 1 and result["seen_in_training"] > 0
+    chance = best_constant_macro_f1(trained["store"])
+    assert result["macro_f1"] > chance
+
+    wrong = cli(["evaluate", "--snapshot", str(tmp_path)], trained, check=False)
+    assert wrong.returncode == 2 and "not laid out like a TMDb snapshot" in wrong.stderr
+
+
+def test_no_champion_is_a_clear_error(tmp_path):
+    uri = tracking.sqlite_uri(tmp_path / "empty.db")
+    result = subprocess.run(
+        [BIN / "genre-pipeline", "predict", "--overview", "A story.", "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "no genre-classifier@champion" in result.stderr
+
+
+def test_an_unloadable_encoder_fails_clearly(trained):
+    res = {**trained["resources"], "training": TrainingResource(text_encoder="/nonexistent/encoder")}
+    result = dg.materialize(
+        ASSETS + DATASET_ASSETS + MODEL_ASSETS,
+        selection=[models.text_embeddings],
+        resources=res,
+        instance=trained["instance"],
+        raise_on_error=False,
+    )
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "cannot load the pretrained text encoder" in failure.event_specific_data.error.message
+    assert not np.any([e.event_type_value == "STEP_RESTARTED" for e in result.all_events])
