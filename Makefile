@@ -1,5 +1,5 @@
 # make run: set up and materialize every asset on the selected TMDb source (the demo catalog by default).
-# make test: set up and run the test suite.  make dev: the Dagster UI.
+# make test: set up and run the test suite.  make dev: the Dagster UI.  make mlflow: the MLflow UI.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 DAGSTER := $(BIN)/dagster asset materialize -m genre_pipeline.definitions
 
-.PHONY: setup run test dev clean-data
+.PHONY: setup run test dev mlflow clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: setup
 
 dev: setup
 	$(BIN)/dagster dev -w workspace.yaml
+
+mlflow: setup
+	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/genre-pipeline tracking-uri)" --host 127.0.0.1 --port 5000
 
 clean-data:
 	rm -rf data .dagster_home

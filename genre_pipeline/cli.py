@@ -60,6 +60,11 @@ def _default_tracking_uri() -> str:
     return sqlite_uri(DataStore(settings.default_data_dir() / source.slug).mlflow_db)
 
 
+def _tracking_uri(args: argparse.Namespace) -> int:
+    print(_default_tracking_uri())
+    return 0
+
+
 def _champion(args: argparse.Namespace):
     from genre_pipeline.models.predictor import GenrePredictor
 
@@ -88,6 +93,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import mlflow
 
+    from genre_pipeline.models.metrics import HEADLINE_KEYS
     from genre_pipeline.models.predictor import evaluate_snapshot
     from genre_pipeline.tmdb.snapshot import check_layout
 
@@ -113,18 +119,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"movies scored: {result['n_movies']} (with a usable poster: {result['with_poster']}; "
         f"skipped: {result['skipped']}; seen in training: {result['seen_in_training']})"
     )
-    for key in (
-        "macro_f1",
-        "micro_f1",
-        "weighted_f1",
-        "samples_f1",
-        "macro_precision",
-        "macro_recall",
-        "hamming_loss",
-        "jaccard_samples",
-        "subset_accuracy",
-        "macro_roc_auc",
-    ):
+    for key in HEADLINE_KEYS:
         print(f"  {key:<16} {result[key]:.4f}")
     print(f"  {'genre':<16} {'support':>7} {'precision':>9} {'recall':>7} {'f1':>6} {'auc':>6}")
     for row in result["per_genre"]:
@@ -169,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     years = commands.add_parser("years", help="print the release-year partition range as FIRST...LAST")
     years.set_defaults(handler=_years)
+
+    tracking_uri = commands.add_parser("tracking-uri", help="print the MLflow tracking URI of the selected source")
+    tracking_uri.set_defaults(handler=_tracking_uri)
 
     predict = commands.add_parser("predict", help="top genres for an overview (and poster) from the champion")
     predict.add_argument("--overview", required=True)

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from genre_pipeline.dataset import cleaning, eda, labels, splits
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.common import markdown_images, markdown_table
 from genre_pipeline.defs.ingestion import movie_details, posters
 from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource
 from genre_pipeline.store import frame_fingerprint
@@ -36,10 +37,6 @@ class SplitConfig(dg.Config):
 
 def _elapsed(started: float) -> float:
     return round(time.monotonic() - started, 2)
-
-
-def _md_table(frame: pd.DataFrame, rows: int = 20) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False))
 
 
 def _load_label_set(storage: StorageResource, name: str) -> labels.LabelSet:
@@ -73,11 +70,13 @@ def movies_clean(config: CleaningConfig, storage: StorageResource) -> dg.Materia
             "rows_in": result.rows_in,
             "rows_kept": len(result.movies),
             **{f"dropped_{rule}": count for rule, count in result.dropped.items()},
-            "drops": _md_table(drops),
+            "drops": markdown_table(drops),
             "kept_if_require_tagline": result.kept_by_tagline_policy["require_tagline"],
             "kept_if_tagline_optional": result.kept_by_tagline_policy["keep_without_tagline"],
             "with_usable_poster": int((result.movies["poster_status"] == "ok").sum()),
-            "preview": _md_table(result.movies[["id", "title", "release_year", "text", "genres", "poster_status"]], 10),
+            "preview": markdown_table(
+                result.movies[["id", "title", "release_year", "text", "genres", "poster_status"]], 10
+            ),
             "elapsed_s": _elapsed(started),
         },
         data_version=dg.DataVersion(frame_fingerprint(result.movies)),
@@ -128,9 +127,9 @@ def genre_labels(config: LabelConfig, storage: StorageResource) -> dg.Materializ
             "labels_merged": len(result.merged.classes),
             "pruned_genres": dg.MetadataValue.json(result.pruned),
             "dropped_without_label": result.dropped_without_label,
-            "merged_into_others": _md_table(merges),
+            "merged_into_others": markdown_table(merges),
             "merge_rule": dg.MetadataValue.md(labels.__doc__),
-            "genre_counts": _md_table(counts.sort_values("movies", ascending=False), 30),
+            "genre_counts": markdown_table(counts.sort_values("movies", ascending=False), 30),
             "merged_counts": dg.MetadataValue.json(result.merged.counts()),
             "elapsed_s": _elapsed(started),
         },
@@ -160,7 +159,7 @@ def dataset_splits(config: SplitConfig, storage: StorageResource) -> dg.Material
             **{f"{name}_movies": int(sizes[name]) for name in splits.SPLITS},
             "newly_assigned": newly_assigned,
             "kept_from_history": len(current) - newly_assigned,
-            "genre_counts_per_split": _md_table(counts.reset_index(names="genre"), 30),
+            "genre_counts_per_split": markdown_table(counts.reset_index(names="genre"), 30),
             "elapsed_s": _elapsed(started),
         },
         data_version=dg.DataVersion(frame_fingerprint(current)),
@@ -189,14 +188,10 @@ def eda_report(storage: StorageResource, tmdb: TMDbResource) -> dg.MaterializeRe
         token_limits=(rules.get("min_overview_tokens", 0), rules.get("max_overview_tokens", 0)),
         source_label=tmdb.source_label,
     )
-    plots = "\n\n".join(
-        f"### {eda.PLOTS[name]}\n![{name}](data:image/png;base64,{eda.png_base64(path)})"
-        for name, path in paths.items()
-        if name in eda.PLOTS
-    )
+    plots = markdown_images({eda.PLOTS[name]: path for name, path in paths.items() if name in eda.PLOTS})
     return dg.MaterializeResult(
         metadata={
-            "plots": dg.MetadataValue.md(plots),
+            "plots": plots,
             "html_report": dg.MetadataValue.path(str(paths["html"])),
             "png_files": len(paths) - 1,
             "elapsed_s": _elapsed(started),

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from genre_pipeline import ingest, settings
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_POOL, TMDB_RETRY
+from genre_pipeline.defs.common import markdown_table, progress_logger
 from genre_pipeline.defs.resources import StorageResource, TMDbResource
 from genre_pipeline.store import content_fingerprint
 
@@ -55,10 +56,6 @@ def _client_metadata(tmdb: TMDbResource, client, started: float) -> dict:
     }
 
 
-def _preview(frame: pd.DataFrame, rows: int = 10) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False))
-
-
 def _fetch_reference(
     path: str, file_name: str, config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource
 ) -> tuple[dict, dict]:
@@ -87,7 +84,7 @@ def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResou
     payload, metadata = _fetch_reference("/genre/movie/list", "genres.json", config, tmdb, storage)
     genres = pd.DataFrame(payload.get("genres", []))
     return dg.MaterializeResult(
-        metadata={**metadata, "genres": len(genres), "preview": _preview(genres, 25)},
+        metadata={**metadata, "genres": len(genres), "preview": markdown_table(genres, 25)},
         data_version=dg.DataVersion(content_fingerprint(payload)),
     )
 
@@ -130,7 +127,7 @@ def raw_discover_pages(
             "years": len(years),
             "movies": int(per_year["movies"].sum()),
             "pages": int(per_year["pages"].sum()),
-            "per_year": _preview(per_year, 200),
+            "per_year": markdown_table(per_year, None),
         },
         # The data version follows the discovered ids, not volatile fields like popularity.
         data_version=dg.DataVersion(content_fingerprint(ids_by_year)),
@@ -155,9 +152,7 @@ def movie_details(
     state = store.read_json(store.details_state_file, {})
     today = dt.date.today()
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
-            context.log.info(f"details: {done}/{total} fetched")
+    progress = progress_logger(context, "details fetched")
 
     with tmdb.open_client(store.http_cache) as client:
         changed: set[int] = set()
@@ -190,7 +185,7 @@ def movie_details(
             "not_found": len(result.not_found),
             "failed": len(result.failed),
             "with_tagline": with_tagline,
-            "preview": _preview(frame),
+            "preview": markdown_table(frame, 10),
         },
         data_version=dg.DataVersion(content_fingerprint([result.details[i] for i in sorted(result.details)])),
     )
@@ -215,9 +210,7 @@ def posters(
         raise dg.Failure(f"poster size {config.size!r} is not one TMDb serves: {', '.join(sizes)}", allow_retries=False)
     details = store.read_details()
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
-            context.log.info(f"posters: {done}/{total} downloaded and verified")
+    progress = progress_logger(context, "posters downloaded and verified")
 
     with tmdb.open_client(store.http_cache) as client:
         base = client.image_base_url or configuration.get("images", {}).get("secure_base_url")
@@ -241,7 +234,7 @@ def posters(
         metadata={
             **metadata,
             **{f"status_{status}": count for status, count in summary.items()},
-            "failures_preview": _preview(failures[["id", "poster_path", "status", "error"]]),
+            "failures_preview": markdown_table(failures[["id", "poster_path", "status", "error"]], 10),
         },
         data_version=dg.DataVersion(
             content_fingerprint(frame[["id", "poster_path", "status"]].astype(str).values.tolist())

@@ -13,16 +13,16 @@ from pydantic import Field
 
 from genre_pipeline.dataset.labels import LabelSet
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.common import markdown_images, markdown_table, progress_logger
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
-from genre_pipeline.models import genre_models, tracking
+from genre_pipeline.models import genre_models, metrics, tracking
 from genre_pipeline.models.embeddings import Embeddings, content_key, update_embeddings
 from genre_pipeline.models.encoders import EncoderUnavailable, ImageEncoder, TextEncoder
 from genre_pipeline.models.training import TrainingConfig
 from genre_pipeline.store import DataStore, frame_fingerprint
 
 MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model")
-THROUGHPUT_SAMPLE = 256
 
 
 class EmbeddingConfig(dg.Config):
@@ -47,8 +47,12 @@ class BaselineConfig(dg.Config):
     seed: int = 42
 
 
-def _md(frame: pd.DataFrame) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=".4f"))
+def _throughput(stats, encoder) -> dict:
+    """Embeddings per second beside the encoder's forward pass alone, both from this run."""
+    if not stats.computed or encoder is None or not encoder.forward_seconds:
+        return {}
+    raw = stats.computed / encoder.forward_seconds
+    return {"raw_forward_per_s": round(raw, 1), "throughput_ratio": round(stats.per_second / raw, 3)}
 
 
 def _load_encoder(factory, *args, **kwargs):
@@ -75,9 +79,7 @@ def text_embeddings(
         )
         return encoder
 
-    def progress(done, total):
-        if done == total or done % (config.batch_size * 20) == 0:
-            context.log.info(f"text embeddings: {done}/{total}")
+    progress = progress_logger(context, "text embeddings")
 
     embeddings, stats = update_embeddings(
         store.embeddings_file("text", training.text_encoder),
@@ -96,11 +98,7 @@ def text_embeddings(
         "encode_s": round(stats.seconds, 2),
         "embeddings_per_s": round(stats.per_second, 1),
     }
-    if stats.computed:
-        # The encoder's forward pass alone, on texts of this run: how much the pipeline around it costs.
-        sample = texts[: min(THROUGHPUT_SAMPLE, len(texts))]
-        raw = get_encoder().raw_forward_throughput(sample, repeats=1)
-        metadata.update(raw_forward_per_s=round(raw, 1), throughput_ratio=round(stats.per_second / raw, 3))
+    metadata.update(_throughput(stats, encoder))
     return dg.MaterializeResult(
         metadata=metadata, data_version=dg.DataVersion(frame_fingerprint(pd.DataFrame({"k": embeddings.keys})))
     )
@@ -124,9 +122,7 @@ def poster_embeddings(
         )
         return encoder
 
-    def progress(done, total):
-        if done == total or done % (config.batch_size * 10) == 0:
-            context.log.info(f"poster embeddings: {done}/{total}")
+    progress = progress_logger(context, "poster embeddings")
 
     embeddings, stats = update_embeddings(
         store.embeddings_file("image", training.image_encoder),
@@ -146,10 +142,7 @@ def poster_embeddings(
         "encode_s": round(stats.seconds, 2),
         "embeddings_per_s": round(stats.per_second, 1),
     }
-    if stats.computed:
-        sample = files[: min(THROUGHPUT_SAMPLE // 2, len(files))]
-        raw = get_encoder().raw_forward_throughput(sample, repeats=1)
-        metadata.update(raw_forward_per_s=round(raw, 1), throughput_ratio=round(stats.per_second / raw, 3))
+    metadata.update(_throughput(stats, encoder))
     return dg.MaterializeResult(
         metadata=metadata, data_version=dg.DataVersion(frame_fingerprint(pd.DataFrame({"k": embeddings.keys})))
     )
@@ -214,7 +207,7 @@ def _log_and_report(
     paths["report"].write_text(json.dumps(report, indent=2, default=float))
     summary = outcome.test["summary"]
     per_genre = outcome.test["per_genre"][["genre", "support", "predicted", "precision", "recall", "f1", "roc_auc"]]
-    plots = "\n\n".join(f"![{key}](data:image/png;base64,{_b64(paths[key])})" for key in ("f1_per_genre", "roc_curves"))
+    plots = markdown_images({"F1 per genre (test)": paths["f1_per_genre"], "ROC per genre (test)": paths["roc_curves"]})
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": run.info.run_id,
@@ -228,16 +221,10 @@ def _log_and_report(
             "test_macro_f1_seed_rule": round(outcome.test_seed_rule["summary"]["macro_f1"], 4),
             **{f"test_{s}_macro_f1": round(v["macro_f1"], 4) for s, v in outcome.test_subsets.items()},
             "best_epoch": outcome.best_epoch or 0,
-            "per_genre": _md(per_genre),
-            "plots": dg.MetadataValue.md(plots),
+            "per_genre": markdown_table(per_genre, None),
+            "plots": plots,
         }
     )
-
-
-def _b64(path) -> str:
-    import base64
-
-    return base64.b64encode(path.read_bytes()).decode()
 
 
 def _epoch_logger(context, label: str = ""):
@@ -305,43 +292,37 @@ def _train_head_asset(
     )
 
 
-@dg.asset(
-    group_name="models",
-    deps=[text_embeddings, genre_labels, dataset_splits],
-    automation_condition=ON_UPSTREAM_DATA_CHANGE,
-    kinds={"pytorch", "mlflow"},
+def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.AssetsDefinition:
+    """text_model, image_model and fusion_model differ only in their features."""
+
+    @dg.asset(
+        name=name,
+        description=description,
+        group_name="models",
+        deps=[*deps, genre_labels, dataset_splits],
+        automation_condition=ON_UPSTREAM_DATA_CHANGE,
+        kinds={"pytorch", "mlflow"},
+    )
+    def head_model(
+        context: dg.AssetExecutionContext, config: HeadConfig, storage: StorageResource, training: TrainingResource
+    ) -> dg.MaterializeResult:
+        return _train_head_asset(context, name, kind, config, storage, training)
+
+    return head_model
+
+
+text_model = _head_model_asset(
+    "text_model", "text", [text_embeddings], "The seed's text head on frozen text embeddings."
 )
-def text_model(
-    context: dg.AssetExecutionContext, config: HeadConfig, storage: StorageResource, training: TrainingResource
-) -> dg.MaterializeResult:
-    """The seed's text head on frozen text embeddings."""
-    return _train_head_asset(context, "text_model", "text", config, storage, training)
-
-
-@dg.asset(
-    group_name="models",
-    deps=[poster_embeddings, genre_labels, dataset_splits],
-    automation_condition=ON_UPSTREAM_DATA_CHANGE,
-    kinds={"pytorch", "mlflow"},
+image_model = _head_model_asset(
+    "image_model", "image", [poster_embeddings], "Poster only, on movies with a verified poster: for the comparison."
 )
-def image_model(
-    context: dg.AssetExecutionContext, config: HeadConfig, storage: StorageResource, training: TrainingResource
-) -> dg.MaterializeResult:
-    """Poster only, on movies with a verified poster: for the comparison."""
-    return _train_head_asset(context, "image_model", "image", config, storage, training)
-
-
-@dg.asset(
-    group_name="models",
-    deps=[text_embeddings, poster_embeddings, genre_labels, dataset_splits],
-    automation_condition=ON_UPSTREAM_DATA_CHANGE,
-    kinds={"pytorch", "mlflow"},
+fusion_model = _head_model_asset(
+    "fusion_model",
+    "fusion",
+    [text_embeddings, poster_embeddings],
+    "Concatenation fusion and a gated multimodal unit; the better on validation. Predicts without posters too.",
 )
-def fusion_model(
-    context: dg.AssetExecutionContext, config: HeadConfig, storage: StorageResource, training: TrainingResource
-) -> dg.MaterializeResult:
-    """Concatenation fusion and a gated multimodal unit; the better on validation. Predicts without posters too."""
-    return _train_head_asset(context, "fusion_model", "fusion", config, storage, training)
 
 
 @dg.asset(
@@ -363,21 +344,7 @@ def model_comparison(storage: StorageResource, training: TrainingResource) -> dg
                 "model": name,
                 "kind": report["kind"],
                 "validation_macro_f1": report["validation_macro_f1"],
-                **{
-                    k: test[k]
-                    for k in (
-                        "macro_f1",
-                        "micro_f1",
-                        "weighted_f1",
-                        "samples_f1",
-                        "macro_precision",
-                        "macro_recall",
-                        "hamming_loss",
-                        "jaccard_samples",
-                        "subset_accuracy",
-                        "macro_roc_auc",
-                    )
-                },
+                **{k: test[k] for k in metrics.HEADLINE_KEYS},
                 "macro_f1_seed_rule": report["test_seed_rule"]["macro_f1"],
                 "macro_f1_with_poster": report["test_subsets"].get("with_poster", {}).get("macro_f1"),
                 "test_movies": report["n_test"],
@@ -393,7 +360,7 @@ def model_comparison(storage: StorageResource, training: TrainingResource) -> dg
     )
     return dg.MaterializeResult(
         metadata={
-            "comparison": _md(table),
+            "comparison": markdown_table(table, None),
             "candidate": candidate,
             "promoted": promoted,
             "decision": decision,

@@ -75,6 +75,9 @@ class TextEncoder:
             )
         self.model = model.to(self.device).eval()
         self.dim = int(model.config.hidden_size)
+        # Time spent in the model's forward pass alone, so that a caller can tell what the
+        # pipeline around it (tokenizing, decoding, copying) costs.
+        self.forward_seconds = 0.0
 
     def _forward(self, batch: dict) -> torch.Tensor:
         output = self.model(**batch).last_hidden_state
@@ -95,39 +98,21 @@ class TextEncoder:
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             index = order[start : start + self.batch_size]
-            result[index] = self._forward(self.tokenize([texts[i] for i in index])).float().cpu().numpy()
+            batch = self.tokenize([texts[i] for i in index])
+            started = time.perf_counter()
+            result[index] = self._forward(batch).float().cpu().numpy()
+            self.forward_seconds += time.perf_counter() - started
             if progress:
                 progress(min(start + self.batch_size, len(texts)), len(texts))
         return result
 
-    @torch.inference_mode()
-    def raw_forward_throughput(self, texts: list[str], repeats: int = 3) -> float:
-        """Sequences per second of the model's forward pass alone, on batches already tokenized."""
-        batches = [self.tokenize(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-        self._forward(batches[0])  # warm-up
-        started = time.perf_counter()
-        for _ in range(repeats):
-            for batch in batches:
-                self._forward(batch)
-        return repeats * len(texts) / (time.perf_counter() - started)
 
-
-def image_transform(train: bool = False) -> v2.Compose:
-    """Resize to 224 and ImageNet-normalize; augment only when the encoder is fine-tuned."""
-    augment = (
-        [
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(0.2, 0.2, 0.2, 0.02),
-            v2.RandomAffine(degrees=8, translate=(0.05, 0.05), scale=(0.95, 1.05)),
-        ]
-        if train
-        else []
-    )
+def image_transform() -> v2.Compose:
+    """Resize to 224 and ImageNet-normalize (frozen encoders: no augmentation)."""
     return v2.Compose(
         [
             v2.ToImage(),
             v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True),
-            *augment,
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
@@ -191,7 +176,8 @@ class ImageEncoder:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
-        self.transform = image_transform(train=False)
+        self.transform = image_transform()
+        self.forward_seconds = 0.0  # as TextEncoder.forward_seconds
 
     def _load(self, source) -> torch.Tensor:
         if isinstance(source, Image.Image):
@@ -208,21 +194,9 @@ class ImageEncoder:
             for start in range(0, len(sources), self.batch_size):
                 images = list(pool.map(self._load, sources[start : start + self.batch_size]))
                 batch = torch.stack(images).to(self.device)
+                started = time.perf_counter()
                 result[start : start + len(images)] = self.network(batch).float().cpu().numpy()
+                self.forward_seconds += time.perf_counter() - started
                 if progress:
                     progress(start + len(images), len(sources))
         return result
-
-    @torch.inference_mode()
-    def raw_forward_throughput(self, sources: list, repeats: int = 2) -> float:
-        """Images per second of the network's forward pass alone, on batches already decoded."""
-        batches = [
-            torch.stack([self._load(s) for s in sources[i : i + self.batch_size]])
-            for i in range(0, len(sources), self.batch_size)
-        ]
-        self.network(batches[0])
-        started = time.perf_counter()
-        for _ in range(repeats):
-            for batch in batches:
-                self.network(batch.to(self.device))
-        return repeats * len(sources) / (time.perf_counter() - started)

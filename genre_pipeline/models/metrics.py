@@ -13,15 +13,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-SUMMARY_KEYS = (
+# The figures a comparison shows, in order.
+HEADLINE_KEYS = (
     "macro_f1",
     "micro_f1",
     "weighted_f1",
     "samples_f1",
     "macro_precision",
     "macro_recall",
-    "micro_precision",
-    "micro_recall",
     "hamming_loss",
     "jaccard_samples",
     "subset_accuracy",

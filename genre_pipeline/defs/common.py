@@ -1,0 +1,37 @@
+"""Helpers the asset modules share: metadata tables and images, progress logs."""
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from genre_pipeline.dataset.eda import png_base64
+
+
+def markdown_table(frame: pd.DataFrame, rows: int | None = 20) -> dg.MetadataValue:
+    """A table for the UI: the first ``rows`` rows (all when None)."""
+    shown = frame if rows is None else frame.head(rows)
+    return dg.MetadataValue.md(shown.to_markdown(index=False, floatfmt=".4f"))
+
+
+def markdown_images(images: dict[str, Path]) -> dg.MetadataValue:
+    """PNG files shown inline in the UI, each under its title."""
+    return dg.MetadataValue.md(
+        "\n\n".join(
+            f"### {title}\n![{title}](data:image/png;base64,{png_base64(path)})" for title, path in images.items()
+        )
+    )
+
+
+def progress_logger(context: dg.AssetExecutionContext, label: str, steps: int = 10):
+    """A progress callback (done, total) that logs at each ``1/steps`` of the way, whatever the increments."""
+    last_step = -1
+
+    def log(done: int, total: int) -> None:
+        nonlocal last_step
+        step = done * steps // max(total, 1)
+        if step > last_step:
+            last_step = step
+            context.log.info(f"{label}: {done}/{total}")
+
+    return log
