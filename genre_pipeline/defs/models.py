@@ -55,11 +55,46 @@ def _throughput(stats, encoder) -> dict:
     return {"raw_forward_per_s": round(raw, 1), "throughput_ratio": round(stats.per_second / raw, 3)}
 
 
-def _load_encoder(factory, *args, **kwargs):
+def _load_encoder(make_encoder):
     try:
-        return factory(*args, **kwargs)
+        return make_encoder()
     except EncoderUnavailable as error:
         raise dg.Failure(str(error), allow_retries=False) from None
+
+
+def _embed(
+    context, store: DataStore, modality: str, encoder_name: str, make_encoder, ids: list, keys: list, inputs: list
+) -> dg.MaterializeResult:
+    """Embeddings cached by (encoder, content key); the encoder loads only if something needs encoding."""
+    encoder = None
+
+    def get_encoder():
+        nonlocal encoder
+        encoder = encoder or _load_encoder(make_encoder)
+        return encoder
+
+    progress = progress_logger(context, f"{modality} embeddings")
+    embeddings, stats = update_embeddings(
+        store.embeddings_file(modality, encoder_name),
+        ids,
+        keys,
+        inputs,
+        lambda batch: get_encoder().encode(batch, progress),
+        lambda: get_encoder().dim,
+    )
+    metadata = {
+        "encoder": encoder_name,
+        "dim": int(embeddings.vectors.shape[1]),
+        "embedded": len(ids),
+        "computed": stats.computed,
+        "reused": stats.reused,
+        "encode_s": round(stats.seconds, 2),
+        "embeddings_per_s": round(stats.per_second, 1),
+        **_throughput(stats, encoder),
+    }
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(frame_fingerprint(pd.DataFrame({"k": embeddings.keys})))
+    )
 
 
 @dg.asset(group_name="models", deps=[movies_clean], automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"pytorch"})
@@ -70,37 +105,15 @@ def text_embeddings(
     store = storage.store
     movies = store.read_table(store.movies_clean_file)
     texts = movies["text"].tolist()
-    encoder = None
-
-    def get_encoder():
-        nonlocal encoder
-        encoder = encoder or _load_encoder(
-            TextEncoder, training.text_encoder, batch_size=config.batch_size, device=training.resolved_device()
-        )
-        return encoder
-
-    progress = progress_logger(context, "text embeddings")
-
-    embeddings, stats = update_embeddings(
-        store.embeddings_file("text", training.text_encoder),
+    return _embed(
+        context,
+        store,
+        "text",
+        training.text_encoder,
+        lambda: TextEncoder(training.text_encoder, batch_size=config.batch_size, device=training.resolved_device()),
         movies["id"].tolist(),
         [content_key(t) for t in texts],
         texts,
-        lambda batch: get_encoder().encode(batch, progress),
-        lambda: get_encoder().dim,
-    )
-    metadata = {
-        "encoder": training.text_encoder,
-        "dim": int(embeddings.vectors.shape[1]),
-        "movies": len(texts),
-        "computed": stats.computed,
-        "reused": stats.reused,
-        "encode_s": round(stats.seconds, 2),
-        "embeddings_per_s": round(stats.per_second, 1),
-    }
-    metadata.update(_throughput(stats, encoder))
-    return dg.MaterializeResult(
-        metadata=metadata, data_version=dg.DataVersion(frame_fingerprint(pd.DataFrame({"k": embeddings.keys})))
     )
 
 
@@ -113,38 +126,17 @@ def poster_embeddings(
     movies = store.read_table(store.movies_clean_file)
     with_poster = movies[movies["poster_status"] == "ok"]
     files = [store.root / f for f in with_poster["poster_file"]]
-    encoder = None
-
-    def get_encoder():
-        nonlocal encoder
-        encoder = encoder or _load_encoder(
-            ImageEncoder, training.image_encoder, batch_size=config.batch_size // 2, device=training.resolved_device()
-        )
-        return encoder
-
-    progress = progress_logger(context, "poster embeddings")
-
-    embeddings, stats = update_embeddings(
-        store.embeddings_file("image", training.image_encoder),
+    return _embed(
+        context,
+        store,
+        "image",
+        training.image_encoder,
+        lambda: ImageEncoder(
+            training.image_encoder, batch_size=config.batch_size // 2, device=training.resolved_device()
+        ),
         with_poster["id"].tolist(),
         [content_key(f.read_bytes()) for f in files],
         files,
-        lambda batch: get_encoder().encode(batch, progress),
-        lambda: get_encoder().dim,
-    )
-    metadata = {
-        "encoder": training.image_encoder,
-        "dim": int(embeddings.vectors.shape[1]),
-        "posters": len(files),
-        "movies_without_poster": len(movies) - len(files),
-        "computed": stats.computed,
-        "reused": stats.reused,
-        "encode_s": round(stats.seconds, 2),
-        "embeddings_per_s": round(stats.per_second, 1),
-    }
-    metadata.update(_throughput(stats, encoder))
-    return dg.MaterializeResult(
-        metadata=metadata, data_version=dg.DataVersion(frame_fingerprint(pd.DataFrame({"k": embeddings.keys})))
     )
 
 
