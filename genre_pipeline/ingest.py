@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import logging
 from collections import Counter
 from typing import Callable, Iterable
 
@@ -18,8 +17,6 @@ import pandas as pd
 from genre_pipeline.posters import PosterError, verify_poster
 from genre_pipeline.store import POSTER_STATUS_COLUMNS, DataStore
 from genre_pipeline.tmdb.client import TMDbAuthError, TMDbClient, TMDbError, TMDbNotFound, atomic_write_bytes
-
-logger = logging.getLogger(__name__)
 
 MAX_DISCOVER_RESULTS = 10_000  # TMDb serves pages 1..500 of 20 results
 POSTER_STATUSES = ("ok", "no_poster", "http_error", "corrupt")

@@ -39,18 +39,28 @@ class Source:
     base_url: str | None = None
 
 
+def source_label(kind: str, *, snapshot_dir: str | None = None, base_url: str | None = None) -> str:
+    """How a source is named in the UI, metadata and reports."""
+    if kind == "snapshot":
+        return f"replay of snapshot {snapshot_dir}"
+    if kind == "tmdb":
+        return f"TMDb API at {base_url or TMDB_API_URL}"
+    return demo_catalog.DEMO_LABEL
+
+
 def choose_source(env: Mapping[str, str] = os.environ) -> Source:
     snapshot = env.get(SNAPSHOT_ENV)
     base_url = env.get(BASE_URL_ENV) or None
     if snapshot:
         path = str(Path(snapshot).expanduser().resolve())
         digest = hashlib.sha256(path.encode()).hexdigest()[:8]
-        return Source("snapshot", f"replay of snapshot {path}", f"snapshot-{Path(path).name}-{digest}", path)
+        label = source_label("snapshot", snapshot_dir=path)
+        return Source("snapshot", label, f"snapshot-{Path(path).name}-{digest}", path)
     if env.get(TOKEN_ENV) or env.get(API_KEY_ENV):
         url = base_url or TMDB_API_URL
         slug = "tmdb" if url == TMDB_API_URL else "tmdb-" + hashlib.sha256(url.encode()).hexdigest()[:8]
-        return Source("tmdb", f"TMDb API at {url}", slug, base_url=url)
-    return Source("demo", demo_catalog.DEMO_LABEL, "demo")
+        return Source("tmdb", source_label("tmdb", base_url=url), slug, base_url=url)
+    return Source("demo", source_label("demo"), "demo")
 
 
 def year_range(source: Source, env: Mapping[str, str] = os.environ) -> tuple[int, int]:

@@ -41,8 +41,10 @@ class DataStore:
     mlflow_artifacts_dir = property(lambda self: self.root / "mlartifacts")
 
     def embeddings_file(self, modality: str, encoder: str) -> Path:
+        """One cache per encoder: the readable basename, plus a hash of the full name or path so that
+        two encoders with the same basename (org-a/model, org-b/model) never share a file."""
         slug = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in encoder.rsplit("/", 1)[-1])
-        return self.embeddings_dir / f"{modality}-{slug}.npz"
+        return self.embeddings_dir / f"{modality}-{slug}-{hashlib.sha256(encoder.encode()).hexdigest()[:8]}.npz"
 
     def labels_file(self, label_set: str) -> Path:
         return self.dataset_dir / f"labels_{label_set}.parquet"

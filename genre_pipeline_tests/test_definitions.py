@@ -57,3 +57,12 @@ def test_year_range_from_the_environment():
     assert settings.year_range(demo, {}) == (2015, 2024)
     with pytest.raises(ValueError, match="GENRE_PIPELINE_YEARS"):
         settings.year_range(demo, {"GENRE_PIPELINE_YEARS": "2003-1999"})
+
+
+def test_encoders_with_the_same_basename_never_share_an_embedding_cache(tmp_path):
+    from genre_pipeline.store import DataStore
+
+    store = DataStore(tmp_path)
+    first, second = store.embeddings_file("text", "org-a/model"), store.embeddings_file("text", "org-b/model")
+    assert first != second and first.name.startswith("text-model-")
+    assert store.embeddings_file("text", "org-a/model") == first

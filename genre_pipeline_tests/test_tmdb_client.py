@@ -47,6 +47,7 @@ def test_a_refused_credential_is_a_clear_error_without_the_secret(replay, creden
     message = str(raised.value)
     assert "TMDB_API_READ_ACCESS_TOKEN" in message and "401" in message
     assert "wrong-token" not in message and "wrong-key" not in message
+    assert client.stats.failures == {"auth": 1}
     assert raised.value.__cause__ is None and raised.value.__context__ is None
 
 
@@ -109,6 +110,7 @@ def test_retries_give_up_with_a_clear_error(faulty_replay):
     with make_client(faulty_replay, max_retries=2) as client, pytest.raises(TMDbUnavailable, match="after 3 attempts"):
         client.get_json("/movie/900003")
     assert client.stats.requests == 3
+    assert client.stats.failures == {"server_error": 1}
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_images, markdown_table
 from genre_pipeline.defs.ingestion import movie_details, posters
 from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource
+from genre_pipeline.ingest import POSTER_STATUSES
 from genre_pipeline.store import frame_fingerprint
 
 LABEL_SETS = ("full", "merged")
@@ -183,7 +184,7 @@ def eda_report(storage: StorageResource, tmdb: TMDbResource) -> dg.MaterializeRe
         movies,
         _load_label_set(storage, "full"),
         _load_label_set(storage, "merged"),
-        {status: int(status_counts.get(status, 0)) for status in ("ok", "no_poster", "http_error", "corrupt")},
+        {status: int(status_counts.get(status, 0)) for status in POSTER_STATUSES},
         store.eda_dir,
         token_limits=(rules.get("min_overview_tokens", 0), rules.get("max_overview_tokens", 0)),
         source_label=tmdb.source_label,

@@ -52,6 +52,7 @@ def _client_metadata(tmdb: TMDbResource, client, started: float) -> dict:
         "cache_hits": stats["cache_hits"],
         "retries": stats["retries"],
         "retries_by_reason": dg.MetadataValue.json(stats["retry_reasons"]),
+        "failures_by_kind": dg.MetadataValue.json(stats["failures"]),
         "elapsed_s": round(time.monotonic() - started, 2),
     }
 

@@ -54,11 +54,7 @@ class TMDbResource(dg.ConfigurableResource):
 
     @property
     def source_label(self) -> str:
-        if self.source_kind == "snapshot":
-            return f"replay of snapshot {self.snapshot_dir}"
-        if self.source_kind == "tmdb":
-            return f"TMDb API at {self.base_url or TMDB_API_URL}"
-        return demo_catalog.DEMO_LABEL
+        return settings.source_label(self.source_kind, snapshot_dir=self.snapshot_dir, base_url=self.base_url)
 
     @contextlib.contextmanager
     def open_client(self, cache_dir: Path | None) -> Iterator[TMDbClient]:

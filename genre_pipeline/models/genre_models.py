@@ -111,7 +111,6 @@ class ModelOutcome:
     def write_report(self, data: TrainingData, out_dir: Path) -> dict[str, Path]:
         """Report files: JSON summary, per-genre table, sample predictions, history, plots."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        rows = np.isin(data.ids, self.test_ids)
         order = {int(i): n for n, i in enumerate(data.ids)}
         index = [order[int(i)] for i in self.test_ids]
         y_true = data.labels[index]
@@ -134,7 +133,7 @@ class ModelOutcome:
             "test": self.test["summary"],
             "test_seed_rule": self.test_seed_rule["summary"],
             "test_subsets": self.test_subsets,
-            "n_test": int(rows.sum()),
+            "n_test": len(self.test_ids),
             **self.extra,
         }
         paths["report"] = out_dir / "report.json"

@@ -171,13 +171,12 @@ def evaluate_snapshot(
         posters.append(poster)
     if not rows:
         raise ValueError(f"{snapshot_dir}: no movie with an overview and a genre of the champion's label set")
-    probabilities = np.zeros((0, len(predictor.classes)), dtype=np.float32)
-    chunk = 512
+    parts, chunk = [], 512
     for start in range(0, len(texts), chunk):
-        part = predictor.probabilities(texts[start : start + chunk], posters[start : start + chunk])
-        probabilities = np.vstack([probabilities, part])
+        parts.append(predictor.probabilities(texts[start : start + chunk], posters[start : start + chunk]))
         if progress:
             progress(min(start + chunk, len(texts)), len(texts))
+    probabilities = np.concatenate(parts)
     y_true = np.stack([labels for _, labels in rows])
     predictions = apply_thresholds(probabilities, predictor.thresholds)
     report = metrics.evaluate(y_true, predictions, probabilities, predictor.classes)

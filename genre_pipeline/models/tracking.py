@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -19,8 +18,6 @@ REGISTERED_MODEL = "genre-classifier"
 CHAMPION_ALIAS = "champion"
 DEFAULT_EXPERIMENT = "genre-pipeline"
 _PINNED = ("torch", "torchvision", "transformers", "numpy", "scikit-learn", "pillow", "mlflow")
-
-logger = logging.getLogger(__name__)
 
 
 def sqlite_uri(db_file: Path) -> str:

@@ -285,6 +285,10 @@ class TMDbClient:
             for name, value in fields.items():
                 setattr(self.stats, name, getattr(self.stats, name) + value)
 
+    def _fail(self, kind: str) -> None:
+        with self._stats_lock:
+            self.stats.failures[kind] += 1
+
     def _retry(self, reason: str) -> None:
         with self._stats_lock:
             self.stats.retries += 1
@@ -313,11 +317,13 @@ class TMDbClient:
                 if status < 400:
                     return response
                 if status == 401:
+                    self._fail("auth")
                     raise TMDbAuthError(
                         f"TMDb refused the credential (HTTP 401{_tmdb_status(response)}) for {label}: "
                         f"check {self.credential_hint}"
                     )
                 if status == 404:
+                    self._fail("not_found")
                     raise TMDbNotFound(f"not found (HTTP 404) at {label}")
                 if status == 429:
                     kind, last_problem = "rate_limited", "HTTP 429"
@@ -329,12 +335,14 @@ class TMDbClient:
                 elif status >= 500:
                     kind, last_problem = "server_error", f"HTTP {status}"
                 else:
+                    self._fail(f"http_{status}")
                     raise TMDbError(f"HTTP {status}{_tmdb_status(response)} at {label}")
             if attempt < self.max_retries:
                 self._retry(kind)
                 delay = self._backoff(attempt)
                 logger.debug("retrying %s in %.2fs after %s", label, delay, last_problem)
                 time.sleep(delay)
+        self._fail(kind)
         raise TMDbUnavailable(f"gave up on {label} after {self.max_retries + 1} attempts: {last_problem}", kind=kind)
 
 
