@@ -4,7 +4,7 @@
 
 Ingestion comes from the data folder's cache (ingested first if missing, untimed). The
 embedding cache is cleared so that embeddings are computed and their throughput measured
-beside each encoder's raw forward throughput; an earlier MLflow store is moved aside
+beside each encoder's raw forward throughput (unless --reuse-embeddings); an earlier MLflow store is moved aside
 (renamed, not deleted) so that the champion this run registers is the one
 `genre-pipeline predict` and `evaluate` then use. Prints per-asset wall times, every
 model's test metrics and warm `predict` latency; the last line is one JSON object.
@@ -33,6 +33,7 @@ CHAIN = [
     "text_model",
     "image_model",
     "fusion_model",
+    "late_fusion_model",
     "model_comparison",
 ]
 
@@ -68,10 +69,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--snapshot", required=True, type=Path)
     parser.add_argument("--ingest-rate", type=float, default=400.0)
+    parser.add_argument("--text-encoder", help="the training resource's text_encoder (default: its default)")
+    parser.add_argument(
+        "--reuse-embeddings", action="store_true", help="keep cached embeddings: metrics only, no throughput"
+    )
     args = parser.parse_args()
     select_snapshot(args.snapshot)
     from genre_pipeline.defs import dataset, ingestion, models
-    from genre_pipeline.defs.resources import TMDbResource, build_resources
+    from genre_pipeline.defs.resources import TMDbResource, TrainingResource, build_resources
     from genre_pipeline.models import tracking
     from genre_pipeline.models.metrics import HEADLINE_KEYS
 
@@ -79,12 +84,15 @@ def main() -> None:
     resources["tmdb"] = TMDbResource(
         snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.ingest_rate, max_workers=16
     )
+    if args.text_encoder:
+        resources["training"] = TrainingResource(text_encoder=args.text_encoder)
     store = resources["storage"].store
     instance = dg.DagsterInstance.ephemeral()
     first, last = snapshot_years(args.snapshot)
     ingest_wall, _ = materialize_ingestion(resources, instance, first, last)
 
-    shutil.rmtree(store.embeddings_dir, ignore_errors=True)
+    if not args.reuse_embeddings:
+        shutil.rmtree(store.embeddings_dir, ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for old in (store.mlflow_db, store.mlflow_artifacts_dir):
         if old.exists():
@@ -117,7 +125,7 @@ def main() -> None:
         for node in ("text_embeddings", "poster_embeddings")
     }
     results = {}
-    for name in ("baseline_model", "text_model", "image_model", "fusion_model"):
+    for name in models.MODEL_ASSETS:
         report = json.loads((store.models_dir / name / "report.json").read_text())
         results[name] = {
             "kind": report["kind"],
@@ -136,6 +144,7 @@ def main() -> None:
         json.dumps(
             {
                 "label_set": resources["training"].label_set,
+                "text_encoder": resources["training"].text_encoder,
                 "chain_wall_s": round(chain_wall, 1),
                 "per_asset_s": wall,
                 "ingest_wall_s_excluded": round(ingest_wall, 1),

@@ -3,6 +3,7 @@ and the predict / evaluate commands."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,11 @@ import torch
 from mlflow import MlflowClient
 
 from genre_pipeline.defs import models
-from genre_pipeline.defs.resources import TrainingResource
+from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.models import tracking
+from genre_pipeline.models.encoders import TextEncoder
 from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.posters import load_poster
 from genre_pipeline.store import DataStore
 
 from .conftest import ASSETS, DATASET_ASSETS, materialize_all, materialize_dataset, pipeline_resources
@@ -31,6 +34,7 @@ MODEL_ASSETS = [
     models.text_model,
     models.image_model,
     models.fusion_model,
+    models.late_fusion_model,
     models.model_comparison,
 ]
 FAST = {"max_epochs": 25, "patience": 5}
@@ -78,7 +82,7 @@ def best_constant_macro_f1(store: DataStore) -> float:
 def test_every_model_beats_chance_on_the_test_split(trained):
     chance = best_constant_macro_f1(trained["store"])
     comparison = pd.read_csv(trained["store"].models_dir / "model_comparison.csv").set_index("model")
-    assert set(comparison.index) == {"baseline_model", "text_model", "image_model", "fusion_model"}
+    assert set(comparison.index) == set(models.MODEL_ASSETS)
     for model in comparison.index:
         assert comparison.at[model, "macro_f1"] > chance + 0.1, (model, comparison.at[model, "macro_f1"], chance)
     fusion = metadata(trained["result"], "fusion_model")
@@ -104,6 +108,24 @@ def test_reported_metrics_come_from_one_set_of_predictions(trained):
     )
 
 
+def test_late_fusion_averages_its_members_probabilities(trained):
+    def probabilities(name):
+        with np.load(trained["store"].models_dir / name / "probabilities.npz") as saved:
+            return dict(zip(saved["test_ids"].tolist(), saved["test_probabilities"]))
+
+    fused = probabilities("late_fusion_model")
+    members = [probabilities(name) for name in models.LATE_FUSION_MEMBERS]
+    counted = {1: 0, 2: 0, 3: 0}
+    for movie_id, row in fused.items():
+        present = [member[movie_id] for member in members if movie_id in member]
+        counted[len(present)] += 1
+        np.testing.assert_allclose(row, np.mean(present, axis=0), rtol=1e-5)
+    # Baseline and text score every test movie; the image model only those with a poster.
+    assert counted[1] == 0 and counted[2] > 0 and counted[3] > 0
+    report = json.loads((trained["store"].models_dir / "late_fusion_model" / "report.json").read_text())
+    assert report["model_uri"] is None and report["members"] == list(models.LATE_FUSION_MEMBERS)
+
+
 def test_embeddings_are_cached_and_not_recomputed(trained):
     res, instance = trained["resources"], trained["instance"]
     again = dg.materialize(
@@ -118,7 +140,7 @@ def test_mlflow_holds_each_run_with_params_metrics_artifacts_and_model(trained):
     mlflow.set_tracking_uri(trained["uri"])
     runs = mlflow.search_runs(experiment_names=["genre-pipeline"], output_format="list")
     by_name = {run.info.run_name: run for run in runs}
-    assert set(by_name) == {"baseline_model", "text_model", "image_model", "fusion_model"}
+    assert set(by_name) == set(models.MODEL_ASSETS)
     text = by_name["text_model"]
     assert text.data.params["label_set"] == "full" and text.data.params["text_encoder"] == "all-MiniLM-L6-v2"
     assert "data_fingerprint" in text.data.params and "code_version" in text.data.params
@@ -241,3 +263,85 @@ def test_an_unloadable_encoder_fails_clearly(trained):
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "cannot load the pretrained text encoder" in failure.event_specific_data.error.message
     assert not np.any([e.event_type_value == "STEP_RESTARTED" for e in result.all_events])
+
+
+# Few, larger steps so that three epochs on ~70 demo movies learn something.
+FINE_TUNE = {
+    "fine_tune_max_epochs": 3,
+    "fine_tune_batch_size": 16,
+    "fine_tune_patience": 3,
+    "encoder_learning_rate": 1e-4,
+    "learning_rate": 3e-3,
+}
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(trained, tmp_path_factory):
+    """Every model again, with the encoders fine-tuned on CPU, in a copy of the data folder without
+    any model, embedding or MLflow store."""
+    data_dir = tmp_path_factory.mktemp("fine-tuned") / "data"
+    shutil.copytree(
+        trained["data_dir"], data_dir, ignore=shutil.ignore_patterns("models", "embeddings", "mlflow.db", "mlartifacts")
+    )
+    res = {**trained["resources"], "storage": StorageResource(data_dir=str(data_dir), source="test")}
+    res["training"] = TrainingResource(device="cpu", fine_tune=True)
+    # Posters are decoded in worker processes for fusion (as on a GPU machine), in-process for the image model.
+    ops = {
+        "text_model": FINE_TUNE,
+        "image_model": {**FINE_TUNE, "data_loader_workers": 0},
+        "fusion_model": FINE_TUNE,
+    }
+    result = dg.materialize(
+        ASSETS + DATASET_ASSETS + MODEL_ASSETS,
+        selection=MODEL_ASSETS[2:],
+        resources=res,
+        instance=trained["instance"],
+        run_config={"ops": {name: {"config": config} for name, config in ops.items()}},
+    )
+    store = DataStore(data_dir / "test")
+    return {"result": result, "store": store, "uri": tracking.sqlite_uri(store.mlflow_db)}
+
+
+def test_fine_tuning_trains_the_encoders_and_logs_them(fine_tuned):
+    store = fine_tuned["store"]
+    chance = best_constant_macro_f1(store)
+    mlflow.set_tracking_uri(fine_tuned["uri"])
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["genre-pipeline"], output_format="list")}
+    expected = {"baseline_model": "", "text_model": "text", "image_model": "image", "fusion_model": "text,image"}
+    assert {name: runs[name].data.params["fine_tuned_encoders"] for name in expected} == expected
+    text = json.loads((store.models_dir / "text_model" / "report.json").read_text())
+    assert text["test"]["macro_f1"] > chance + 0.1, (text["test"]["macro_f1"], chance)
+    for name in ("text_model", "image_model", "fusion_model"):
+        # Three epochs on ~70 movies: enough for the text model to learn, and for every model to fit.
+        history = pd.read_csv(store.models_dir / name / "history.csv")
+        assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0], name
+    fusion = MlflowClient().list_artifacts(runs["fusion_model"].info.run_id, "encoders")
+    assert {a.path for a in fusion} == {"encoders/text_encoder", "encoders/image_encoder.pt"}
+    # The saved text encoder is not the bundled one: fine-tuning moved its weights.
+    saved = TextEncoder(
+        mlflow.artifacts.download_artifacts(
+            run_id=runs["text_model"].info.run_id, artifact_path="encoders/text_encoder"
+        )
+    )
+    bundled = TextEncoder()
+    sentence = ["A lonely robot crosses a desert to find its maker."]
+    assert not np.allclose(saved.encode(sentence), bundled.encode(sentence), atol=1e-4)
+
+
+def test_the_fine_tuned_champion_predicts_what_its_evaluation_measured(fine_tuned):
+    """The predictor runs the saved fine-tuned encoders: its probabilities for test movies are the ones
+    the test report was computed from."""
+    predictor = GenrePredictor.from_registry(fine_tuned["uri"])
+    assert predictor.info["fine_tuned_encoders"]
+    store = fine_tuned["store"]
+    samples = pd.read_csv(store.models_dir / predictor.info["model"] / "sample_predictions.csv")
+    movies = pd.read_parquet(store.movies_clean_file).set_index("id").loc[samples["id"]]
+    posters = [
+        load_poster(store.root / f).image if status == "ok" else None
+        for f, status in zip(movies["poster_file"], movies["poster_status"])
+    ]
+    probabilities = predictor.probabilities(movies["text"].tolist(), posters)
+    for row, sample in zip(probabilities, samples["top_3"]):
+        reported = [(part.rsplit(" ", 1)[0], float(part.rsplit(" ", 1)[1])) for part in sample.split(", ")]
+        for genre, probability in reported:
+            assert row[predictor.classes.index(genre)] == pytest.approx(probability, abs=0.006)

@@ -5,6 +5,8 @@ fusion on validation as genre-classifier@champion when it beats the current cham
 """
 
 import json
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -16,13 +18,15 @@ from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_images, markdown_table, progress_logger
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
-from genre_pipeline.models import genre_models, metrics, tracking
+from genre_pipeline.models import finetune, genre_models, metrics, tracking
 from genre_pipeline.models.embeddings import Embeddings, content_key, update_embeddings
 from genre_pipeline.models.encoders import EncoderUnavailable, ImageEncoder, TextEncoder
+from genre_pipeline.models.finetune import FineTuneConfig
 from genre_pipeline.models.training import TrainingConfig
 from genre_pipeline.store import DataStore, frame_fingerprint
 
-MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model")
+MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model", "late_fusion_model")
+LATE_FUSION_MEMBERS = ("baseline_model", "text_model", "image_model")
 
 
 class EmbeddingConfig(dg.Config):
@@ -37,9 +41,36 @@ class HeadConfig(dg.Config):
     patience: int = Field(default=8, description="Stop after this many epochs without a better validation macro-F1.")
     max_pos_weight: float = 10.0
     seed: int = 42
+    # Used only when the training resource fine-tunes the encoders.
+    fine_tune_max_epochs: int = 6
+    fine_tune_batch_size: int = 32
+    fine_tune_patience: int = 2
+    encoder_learning_rate: float = Field(default=2e-5, description="Fine-tuning: the encoders' AdamW rate.")
+    data_loader_workers: int = Field(default=2, description="Fine-tuning: processes decoding and augmenting posters.")
 
     def training_config(self) -> TrainingConfig:
-        return TrainingConfig(**self.model_dump())
+        return TrainingConfig(
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            max_pos_weight=self.max_pos_weight,
+            seed=self.seed,
+        )
+
+    def fine_tune_config(self) -> FineTuneConfig:
+        return FineTuneConfig(
+            max_epochs=self.fine_tune_max_epochs,
+            batch_size=self.fine_tune_batch_size,
+            encoder_learning_rate=self.encoder_learning_rate,
+            head_learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            patience=self.fine_tune_patience,
+            max_pos_weight=self.max_pos_weight,
+            num_workers=self.data_loader_workers,
+            seed=self.seed,
+        )
 
 
 class BaselineConfig(dg.Config):
@@ -141,6 +172,7 @@ def poster_embeddings(
 
 
 def _training_data(store: DataStore, training: TrainingResource, *, text: bool, image: bool):
+    """The label set's movies, with the cached embeddings of the modalities asked for."""
     label_frame = store.read_table(store.labels_file(training.label_set))
     label_set = LabelSet.from_frame(training.label_set, label_frame)
     splits = store.read_table(store.splits_file)
@@ -150,6 +182,7 @@ def _training_data(store: DataStore, training: TrainingResource, *, text: bool, 
         splits,
         Embeddings.load(store.embeddings_file("text", training.text_encoder)) if text else None,
         Embeddings.load(store.embeddings_file("image", training.image_encoder)) if image else None,
+        store.root,
     )
     fingerprint = frame_fingerprint(label_frame) + frame_fingerprint(splits)
     return data, fingerprint
@@ -166,7 +199,8 @@ def _log_and_report(
     fingerprint: str,
     log_model,
 ) -> dg.MaterializeResult:
-    """One MLflow run for the trained model; the report files; the asset's metadata."""
+    """One MLflow run for the trained model; the report files; the asset's metadata. ``log_model``
+    is None for a model that is not one loadable artifact (late fusion)."""
     out_dir = store.models_dir / name
     paths = outcome.write_report(data, out_dir)
     tracking_uri = training.tracking_uri or tracking.sqlite_uri(store.mlflow_db)
@@ -179,11 +213,13 @@ def _log_and_report(
         "labels": data.classes,
         "text_encoder": training.text_encoder,
         "image_encoder": training.image_encoder,
+        "fine_tuned_encoders": ",".join(finetune.modalities(outcome.fine_tuned)),
+        "device": training.resolved_device(),
         "data_fingerprint": fingerprint,
         "code_version": tracking.code_version(),
         "n_train": int(data.rows("train").sum()),
     }
-    with tracking.training_run(name, all_params, tags={"dagster_run_id": context.run_id}) as run:
+    with tracking.training_run(name, all_params, tags={"dagster_run_id": context.run.run_id}) as run:
         tracking.log_history(outcome.history)
         tracking.log_test_metrics(outcome.test["summary"])
         tracking.log_test_metrics(outcome.test_seed_rule["summary"], prefix="test_seed_rule_")
@@ -191,10 +227,17 @@ def _log_and_report(
             tracking.log_test_metrics(summary, prefix=f"test_{subset}_")
         tracking.mlflow.log_metric("validation_macro_f1_tuned", outcome.validation_macro_f1)
         tracking.mlflow.log_artifacts(str(out_dir), artifact_path="report")
-        model_info = log_model()
+        if outcome.fine_tuned is not None:
+            with tempfile.TemporaryDirectory() as encoders_dir:
+                finetune.save_encoders(outcome.fine_tuned, Path(encoders_dir))
+                tracking.mlflow.log_artifacts(encoders_dir, artifact_path=finetune.ENCODERS_ARTIFACT)
+        model_info = log_model() if log_model else None
     report = json.loads(paths["report"].read_text())
     report.update(
-        run_id=run.info.run_id, model_uri=model_info.model_uri, experiment_id=experiment_id, tracking_uri=tracking_uri
+        run_id=run.info.run_id,
+        model_uri=model_info.model_uri if model_info else None,
+        experiment_id=experiment_id,
+        tracking_uri=tracking_uri,
     )
     paths["report"].write_text(json.dumps(report, indent=2, default=float))
     summary = outcome.test["summary"]
@@ -258,19 +301,47 @@ def baseline_model(
     )
 
 
+def _fresh_encoders(kind: str, training: TrainingResource) -> tuple:
+    """Pretrained encoders for fine-tuning a head of this kind: (text or None, image or None)."""
+    device = training.resolved_device()
+    return (
+        _load_encoder(lambda: TextEncoder(training.text_encoder, device=device)) if kind != "image" else None,
+        _load_encoder(lambda: ImageEncoder(training.image_encoder, device=device)) if kind != "text" else None,
+    )
+
+
 def _train_head_asset(
     context, name: str, kind: str, config: HeadConfig, storage: StorageResource, training: TrainingResource
 ) -> dg.MaterializeResult:
     store = storage.store
-    data, fingerprint = _training_data(store, training, text=kind != "image", image=kind != "text")
+    fine_tune = training.fine_tunes()
+    data, fingerprint = _training_data(
+        store, training, text=kind != "image" and not fine_tune, image=kind != "text" and not fine_tune
+    )
+    context.log.info(
+        f"{'fine-tuning the encoders with' if fine_tune else 'training'} the {kind} head "
+        f"on {training.resolved_device()}"
+    )
+
+    def train_kind(head_kind: str, on_epoch):
+        if fine_tune:
+            return genre_models.train_fine_tuned(
+                name,
+                head_kind,
+                data,
+                config.fine_tune_config(),
+                lambda: _fresh_encoders(head_kind, training),
+                on_epoch=on_epoch,
+            )
+        return genre_models.train_neural(name, head_kind, data, config.training_config(), on_epoch=on_epoch)
+
     if kind == "fusion":
         outcome, scores = genre_models.train_fusion(
-            data, config.training_config(), on_epoch=lambda k, r: _epoch_logger(context, f"{k} ")(r)
+            train_kind, on_epoch=lambda k, r: _epoch_logger(context, f"{k} ")(r)
         )
         context.log.info(f"fusion heads on validation: {scores}; kept {outcome.kind}")
     else:
-        outcome = genre_models.train_neural(name, kind, data, config.training_config(), on_epoch=_epoch_logger(context))
-    example = genre_models.torch_input_example(outcome, data)
+        outcome = train_kind(kind, _epoch_logger(context))
     return _log_and_report(
         context,
         name,
@@ -280,7 +351,7 @@ def _train_head_asset(
         training,
         config.model_dump(),
         fingerprint,
-        lambda: tracking.log_torch_model(outcome.model, example),
+        lambda: tracking.log_torch_model(outcome.model, outcome.input_example),
     )
 
 
@@ -319,7 +390,31 @@ fusion_model = _head_model_asset(
 
 @dg.asset(
     group_name="models",
-    deps=[baseline_model, text_model, image_model, fusion_model],
+    deps=[baseline_model, text_model, image_model, genre_labels, dataset_splits],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"mlflow"},
+)
+def late_fusion_model(
+    context: dg.AssetExecutionContext, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """The average of the baseline's, the text model's and the image model's probabilities (the image
+    model's where a poster is usable), with thresholds tuned on validation: late fusion, for the
+    comparison. Not registered as a champion: it needs three models and the TF-IDF pipeline to predict."""
+    store = storage.store
+    data, fingerprint = _training_data(store, training, text=False, image=False)
+    outcome = genre_models.late_fusion(data, {name: store.models_dir / name for name in LATE_FUSION_MEMBERS})
+    member_runs = {
+        f"{name}_run_id": json.loads((store.models_dir / name / "report.json").read_text())["run_id"]
+        for name in LATE_FUSION_MEMBERS
+    }
+    return _log_and_report(
+        context, "late_fusion_model", outcome, data, store, training, member_runs, fingerprint, log_model=None
+    )
+
+
+@dg.asset(
+    group_name="models",
+    deps=[baseline_model, text_model, image_model, fusion_model, late_fusion_model],
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"mlflow"},
 )

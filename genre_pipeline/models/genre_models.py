@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 
 from genre_pipeline.dataset.labels import LabelSet
-from genre_pipeline.models import metrics
+from genre_pipeline.models import finetune, metrics
 from genre_pipeline.models.embeddings import Embeddings
 from genre_pipeline.models.heads import build_head
 from genre_pipeline.models.training import (
@@ -41,9 +40,10 @@ class TrainingData:
     split: np.ndarray
     labels: np.ndarray
     classes: list[str]
-    text: np.ndarray | None
-    image: np.ndarray | None
+    text: np.ndarray | None  # cached embeddings, when a frozen text encoder is used
+    image: np.ndarray | None  # cached poster features (zeros without a poster), likewise
     has_poster: np.ndarray
+    poster_files: list[Path | None]  # the verified poster of each movie, for fine-tuning
 
     def rows(self, split: str, *, posters_only: bool = False) -> np.ndarray:
         mask = self.split == split
@@ -57,20 +57,34 @@ class TrainingData:
         return np.hstack([self.text[rows], self.image[rows], self.has_poster[rows, None].astype(np.float32)])
 
 
+def _rows_by_id(embeddings: Embeddings | None, needed: np.ndarray, modality: str) -> dict[int, int]:
+    if embeddings is None:
+        return {}
+    rows = embeddings.by_id()
+    missing = [int(i) for i in needed if int(i) not in rows]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} labelled movies have no {modality} embedding (e.g. {missing[:5]}): "
+            f"materialize {modality}_embeddings"
+        )
+    return rows
+
+
 def assemble(
-    movies: pd.DataFrame, label_set: LabelSet, splits: pd.DataFrame, text: Embeddings | None, image: Embeddings | None
+    movies: pd.DataFrame,
+    label_set: LabelSet,
+    splits: pd.DataFrame,
+    text: Embeddings | None,
+    image: Embeddings | None,
+    poster_root: Path,
 ) -> TrainingData:
-    """Align labels, splits, texts and cached features by movie id (the label set's movies)."""
+    """Align labels, splits, texts, posters and cached features by movie id (the label set's movies)."""
     movies = movies.set_index("id")
     split_of = splits.set_index("id")["split"]
     ids = label_set.ids
-    text_rows = text.by_id() if text is not None else {}
-    image_rows = image.by_id() if image is not None else {}
-    if text is not None:
-        missing = [int(i) for i in ids if int(i) not in text_rows]
-        if missing:
-            raise ValueError(f"{len(missing)} labelled movies have no text embedding (e.g. {missing[:5]})")
-    has_poster = np.array([int(i) in image_rows for i in ids], dtype=bool)
+    has_poster = (movies.loc[ids, "poster_status"] == "ok").to_numpy()
+    text_rows = _rows_by_id(text, ids, "text")
+    image_rows = _rows_by_id(image, ids[has_poster], "poster")
     image_matrix = None
     if image is not None:
         image_matrix = np.zeros((len(ids), image.vectors.shape[1]), dtype=np.float32)
@@ -87,7 +101,11 @@ def assemble(
         text=text.vectors[[text_rows[int(i)] for i in ids]] if text is not None else None,
         image=image_matrix,
         has_poster=has_poster,
+        poster_files=[poster_root / f if ok else None for f, ok in zip(movies.loc[ids, "poster_file"], has_poster)],
     )
+
+
+PROBABILITIES_FILE = "probabilities.npz"  # validation and test probabilities, for late fusion
 
 
 @dataclasses.dataclass
@@ -104,9 +122,13 @@ class ModelOutcome:
     test_ids: np.ndarray
     test_probabilities: np.ndarray
     test_predictions: np.ndarray
+    validation_ids: np.ndarray
+    validation_probabilities: np.ndarray  # what the thresholds were tuned on
     history: list[dict] = dataclasses.field(default_factory=list)
     best_epoch: int | None = None
     extra: dict = dataclasses.field(default_factory=dict)
+    input_example: np.ndarray | None = None  # a few rows of the head's input, for the logged model
+    fine_tuned: finetune.EncoderWithHead | None = None  # the encoders were fine-tuned with the head
 
     def write_report(self, data: TrainingData, out_dir: Path) -> dict[str, Path]:
         """Report files: JSON summary, per-genre table, sample predictions, history, plots."""
@@ -150,6 +172,15 @@ class ModelOutcome:
         )
         paths["samples"] = out_dir / "sample_predictions.csv"
         samples.to_csv(paths["samples"], index=False)
+        paths["probabilities"] = out_dir / PROBABILITIES_FILE
+        np.savez(
+            paths["probabilities"],
+            classes=np.asarray(self.classes),
+            validation_ids=self.validation_ids,
+            validation_probabilities=self.validation_probabilities,
+            test_ids=self.test_ids,
+            test_probabilities=self.test_probabilities,
+        )
         paths["train_ids"] = out_dir / "train_ids.json"
         paths["train_ids"].write_text(json.dumps(data.ids[data.rows("train")].astype(int).tolist()))
         if self.history:
@@ -190,17 +221,20 @@ def _evaluate(name, kind, model, data, probabilities_for, rows_for, **extra) -> 
         data.ids[test_rows],
         test_probabilities,
         predictions,
+        data.ids[val_rows],
+        val_probabilities,
         **extra,
     )
 
 
+def _rows_for(data: TrainingData, kind: str):
+    """The image model uses movies with posters only."""
+    return lambda split: data.rows(split, posters_only=kind == "image")
+
+
 def train_neural(name: str, kind: str, data: TrainingData, config: TrainingConfig, on_epoch=None) -> ModelOutcome:
-    """A head on cached features. The image model uses movies with posters only."""
-    posters_only = kind == "image"
-
-    def rows_for(split: str) -> np.ndarray:
-        return data.rows(split, posters_only=posters_only)
-
+    """A head on cached features."""
+    rows_for = _rows_for(data, kind)
     set_seeds(config.seed)
     head = build_head(
         kind,
@@ -228,17 +262,62 @@ def train_neural(name: str, kind: str, data: TrainingData, config: TrainingConfi
         rows_for,
         history=result.history,
         best_epoch=result.best_epoch,
+        input_example=data.features(kind, _first_rows(rows_for("train"))),
     )
 
 
-def train_fusion(data: TrainingData, config: TrainingConfig, on_epoch=None) -> tuple[ModelOutcome, dict[str, float]]:
-    """Both fusion heads; the better on validation is the fusion model."""
-    config = dataclasses.replace(config, modality_dropout=config.modality_dropout or 0.15)
+def _first_rows(rows: np.ndarray, n: int = 2) -> np.ndarray:
+    return np.flatnonzero(rows)[:n]
+
+
+def train_fine_tuned(
+    name: str, kind: str, data: TrainingData, config: finetune.FineTuneConfig, make_encoders, on_epoch=None
+) -> ModelOutcome:
+    """The encoders fine-tuned together with the head. ``make_encoders()`` gives fresh pretrained
+    (text, image) encoders on the training device, None for a modality the kind does not read."""
+    rows_for = _rows_for(data, kind)
+    set_seeds(config.seed)
+    text_encoder, image_encoder = make_encoders()
+    head = build_head(
+        kind,
+        n_labels=len(data.classes),
+        text_dim=text_encoder.dim if text_encoder else 0,
+        image_dim=image_encoder.dim if image_encoder else 0,
+    )
+    model = finetune.EncoderWithHead(head, text_encoder, image_encoder).to((text_encoder or image_encoder).device)
+    texts, posters = data.texts, data.poster_files
+    result = finetune.fine_tune(
+        model,
+        texts,
+        posters,
+        data.labels,
+        np.flatnonzero(rows_for("train")),
+        np.flatnonzero(rows_for("validation")),
+        config,
+        on_epoch=on_epoch,
+    )
+    return _evaluate(
+        name,
+        kind,
+        finetune.head_on_cpu(model),
+        data,
+        lambda rows: finetune.predict_proba(model, texts, posters, np.flatnonzero(rows), config),
+        rows_for,
+        history=result.history,
+        best_epoch=result.best_epoch,
+        input_example=finetune.features(model, texts, posters, _first_rows(rows_for("train")), config),
+        fine_tuned=model,
+    )
+
+
+FUSION_KINDS = ("concat_fusion", "gmu_fusion")
+
+
+def train_fusion(train_kind, on_epoch=None) -> tuple[ModelOutcome, dict[str, float]]:
+    """Both fusion heads, each trained by ``train_kind(kind, on_epoch)``; the better on validation is
+    the fusion model."""
     outcomes = {
-        kind: train_neural(
-            "fusion_model", kind, data, config, on_epoch=(lambda r, k=kind: on_epoch(k, r)) if on_epoch else None
-        )
-        for kind in ("concat_fusion", "gmu_fusion")
+        kind: train_kind(kind, (lambda r, k=kind: on_epoch(k, r)) if on_epoch else None) for kind in FUSION_KINDS
     }
     scores = {kind: outcome.validation_macro_f1 for kind, outcome in outcomes.items()}
     best = outcomes[max(scores, key=scores.get)]
@@ -270,13 +349,36 @@ def train_baseline(data: TrainingData, *, C: float = 4.0, seed: int = 42) -> Mod
     )
 
 
-def torch_input_example(outcome: ModelOutcome, data: TrainingData, n: int = 2) -> np.ndarray:
-    rows = np.flatnonzero(data.rows("train", posters_only=outcome.kind == "image"))[:n]
-    mask = np.zeros(len(data.ids), dtype=bool)
-    mask[rows] = True
-    return data.features(outcome.kind, mask)
+def late_fusion(data: TrainingData, report_dirs: dict[str, Path]) -> ModelOutcome:
+    """The average of other models' validation and test probabilities, each model counted where it has
+    any (the image model on movies with a poster). It learns nothing from train: the members did; only
+    its thresholds are tuned, on validation."""
+    position = {int(i): n for n, i in enumerate(data.ids)}
+    sums = np.zeros((len(data.ids), len(data.classes)))
+    counts = np.zeros(len(data.ids))
+    for name, report_dir in report_dirs.items():
+        with np.load(report_dir / PROBABILITIES_FILE, allow_pickle=False) as member:
+            if member["classes"].tolist() != data.classes:
+                raise ValueError(f"{name} was trained on other labels ({member['classes'].tolist()}): retrain it")
+            for split in ("validation", "test"):
+                rows = [position.get(int(i), -1) for i in member[f"{split}_ids"]]
+                if min(rows, default=0) < 0 or not (data.split[rows] == split).all():
+                    raise ValueError(f"{name} was evaluated on other {split} movies than today's: retrain it")
+                sums[rows] += member[f"{split}_probabilities"]
+                counts[rows] += 1
+    scored = data.rows("validation") | data.rows("test")
+    if (counts[scored] == 0).any():
+        raise ValueError("some validation or test movies have no member's probabilities")
 
+    def probabilities_for(rows: np.ndarray) -> np.ndarray:
+        return (sums[rows] / counts[rows, None]).astype(np.float32)
 
-def head_logits(model: torch.nn.Module, features: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(features)).numpy()
+    return _evaluate(
+        "late_fusion_model",
+        "late_fusion",
+        None,
+        data,
+        probabilities_for,
+        data.rows,
+        extra={"members": list(report_dirs)},
+    )

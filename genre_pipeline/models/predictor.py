@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from genre_pipeline.dataset.cleaning import model_text, normalize_text
 from genre_pipeline.dataset.labels import OTHERS
-from genre_pipeline.models import metrics, tracking
+from genre_pipeline.models import finetune, metrics, tracking
 from genre_pipeline.models.encoders import ImageEncoder, TextEncoder
 from genre_pipeline.models.training import apply_thresholds
 from genre_pipeline.posters import PosterError, load_poster
@@ -75,7 +75,22 @@ class GenrePredictor:
             f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS}", map_location="cpu"
         )
         kind = params["kind"]
-        image_encoder = ImageEncoder(params["image_encoder"]) if kind.endswith("fusion") else None
+        fine_tuned = [m for m in params.get("fine_tuned_encoders", "").split(",") if m]
+
+        def fine_tuned_file(name: str) -> str:
+            return mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path=f"{finetune.ENCODERS_ARTIFACT}/{name}"
+            )
+
+        text_encoder = TextEncoder(
+            fine_tuned_file(finetune.TEXT_ENCODER_DIR) if "text" in fine_tuned else params["text_encoder"]
+        )
+        image_encoder = None
+        if kind.endswith("fusion"):
+            image_encoder = ImageEncoder(
+                params["image_encoder"],
+                weights_file=fine_tuned_file(finetune.IMAGE_ENCODER_FILE) if "image" in fine_tuned else None,
+            )
         info = {
             "version": version.version,
             "run_id": version.run_id,
@@ -84,10 +99,11 @@ class GenrePredictor:
             "label_set": params["label_set"],
             "text_encoder": params["text_encoder"],
             "image_encoder": params["image_encoder"] if image_encoder else None,
+            "fine_tuned_encoders": fine_tuned,
         }
         classes = report["classes"]
         thresholds = np.array([report["thresholds"][c] for c in classes])
-        return cls(model, kind, classes, thresholds, TextEncoder(params["text_encoder"]), image_encoder, info)
+        return cls(model, kind, classes, thresholds, text_encoder, image_encoder, info)
 
     @property
     def uses_posters(self) -> bool:

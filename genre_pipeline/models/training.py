@@ -23,7 +23,7 @@ class TrainingConfig:
     weight_decay: float = 1e-2
     patience: int = 8
     max_pos_weight: float = 10.0
-    modality_dropout: float = 0.0  # fusion: hide the poster of this share of training movies per batch
+    modality_dropout: float = 0.15  # fusion only: hide the poster of this share of training movies per batch
     seed: int = 42
 
 
