@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from genre_pipeline.models.encoders import IMAGE_SIZE, ImageEncoder, TextEncoder, image_transform, read_image
-from genre_pipeline.models.training import TrainingResult, pos_weight, set_seeds
+from genre_pipeline.models.training import EarlyStopping, TrainingResult, pos_weight, set_seeds
 
 ENCODERS_ARTIFACT = "encoders"  # the MLflow artifact folder of a fine-tuned model's encoders
 TEXT_ENCODER_DIR = "text_encoder"
@@ -185,7 +185,7 @@ def fine_tune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps, config.warmup_share))
     y = torch.from_numpy(labels.astype(np.float32))
     fusion = model.text_encoder is not None and model.image_encoder is not None
-    best_state, best_f1, best_epoch, stale, history = None, -1.0, 0, 0, []
+    stopping = EarlyStopping(config.patience, on_epoch)
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         total = 0.0
@@ -210,25 +210,9 @@ def fine_tune(
         val_f1 = float(
             f1_score(labels[val_rows], torch.sigmoid(logits).numpy() >= 0.5, average="macro", zero_division=0)
         )
-        record = {
-            "epoch": epoch,
-            "train_loss": total / len(train_rows),
-            "validation_loss": val_loss,
-            "validation_macro_f1": val_f1,
-        }
-        history.append(record)
-        if on_epoch:
-            on_epoch(record)
-        if val_f1 > best_f1:
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            best_f1, best_epoch, stale = val_f1, epoch, 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainingResult(model, history, best_epoch, best_f1)
+        if stopping.should_stop(model, epoch, total / len(train_rows), val_loss, val_f1):
+            break
+    return stopping.best(model)
 
 
 def save_encoders(model: EncoderWithHead, out_dir: Path) -> dict[str, Path]:

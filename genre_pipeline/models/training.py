@@ -3,7 +3,6 @@ early stopping on validation macro-F1, best checkpoint kept, seeds fixed."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import random
 
@@ -33,6 +32,37 @@ class TrainingResult:
     history: list[dict]  # per epoch: train_loss, validation_loss, validation_macro_f1
     best_epoch: int
     best_validation_macro_f1: float
+
+
+class EarlyStopping:
+    """Per-epoch records, the best checkpoint by validation macro-F1 (a CPU copy), and when to stop."""
+
+    def __init__(self, patience: int, on_epoch=None):
+        self.patience, self.on_epoch = patience, on_epoch
+        self.history: list[dict] = []
+        self.best_state, self.best_f1, self.best_epoch, self.stale = None, -1.0, 0, 0
+
+    def should_stop(self, model: nn.Module, epoch: int, train_loss: float, validation_loss: float, f1: float) -> bool:
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "validation_loss": validation_loss,
+            "validation_macro_f1": float(f1),
+        }
+        self.history.append(record)
+        if self.on_epoch:
+            self.on_epoch(record)
+        if f1 > self.best_f1:
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.best_f1, self.best_epoch, self.stale = float(f1), epoch, 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def best(self, model: nn.Module) -> TrainingResult:
+        model.load_state_dict(self.best_state)
+        model.eval()
+        return TrainingResult(model, self.history, self.best_epoch, self.best_f1)
 
 
 def set_seeds(seed: int) -> None:
@@ -85,8 +115,7 @@ def train_head(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs * steps_per_epoch)
     x, y = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.float32))
     vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y.astype(np.float32))
-    best_state, best_f1, best_epoch, stale = None, -1.0, 0, 0
-    history = []
+    stopping = EarlyStopping(config.patience, on_epoch)
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         order = torch.randperm(len(x), generator=generator)
@@ -107,24 +136,9 @@ def train_head(
             logits = model(vx)
             val_loss = criterion(logits, vy).item()
             val_f1 = f1_score(val_y, (torch.sigmoid(logits).numpy() >= 0.5), average="macro", zero_division=0)
-        record = {
-            "epoch": epoch,
-            "train_loss": total / len(x),
-            "validation_loss": val_loss,
-            "validation_macro_f1": float(val_f1),
-        }
-        history.append(record)
-        if on_epoch:
-            on_epoch(record)
-        if val_f1 > best_f1:
-            best_state, best_f1, best_epoch, stale = copy.deepcopy(model.state_dict()), float(val_f1), epoch, 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainingResult(model, history, best_epoch, best_f1)
+        if stopping.should_stop(model, epoch, total / len(x), val_loss, val_f1):
+            break
+    return stopping.best(model)
 
 
 def tune_thresholds(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
