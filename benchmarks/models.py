@@ -7,7 +7,9 @@ embedding cache is cleared so that embeddings are computed and their throughput 
 beside each encoder's raw forward throughput (unless --reuse-embeddings); an earlier MLflow store is moved aside
 (renamed, not deleted) so that the champion this run registers is the one
 `genre-pipeline predict` and `evaluate` then use. Prints per-asset wall times, every
-model's test metrics and warm `predict` latency; the last line is one JSON object.
+model's test metrics (and the stack's members, with and without metadata and posters), warm
+`predict` latency through the champion's pyfunc model, and the issue's targets met or not;
+the last line is one JSON object.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from pathlib import Path
 import dagster as dg
 from common import materialize_ingestion, select_snapshot
 
+from genre_pipeline.dataset.cleaning import metadata_fields
 from genre_pipeline.tmdb.snapshot import load_snapshot, snapshot_years
 
 CHAIN = [
@@ -33,13 +36,15 @@ CHAIN = [
     "text_model",
     "image_model",
     "fusion_model",
-    "late_fusion_model",
+    "stacked_model",
     "model_comparison",
 ]
+TARGETS = {"champion_test_macro_f1": 0.64, "margin_over_members": 0.02, "chain_wall_s": 1800, "predict_p50_ms": 100}
 
 
 def predict_latency(tracking_uri: str, snapshot_dir: Path, n: int = 60) -> dict:
-    """Warm latency of GenrePredictor.predict (what `genre-pipeline predict` runs after loading)."""
+    """Warm latency of GenrePredictor.predict through the pyfunc model, poster and metadata included
+    (what `genre-pipeline predict` runs after loading)."""
     from genre_pipeline.models.predictor import GenrePredictor
 
     started = time.monotonic()
@@ -51,7 +56,9 @@ def predict_latency(tracking_uri: str, snapshot_dir: Path, n: int = 60) -> dict:
     for i, movie in enumerate(movies):
         poster = snapshot.posters_dir / movie["poster_path"].lstrip("/")
         t = time.perf_counter()
-        predictor.predict(movie["overview"], movie.get("tagline"), poster)
+        predictor.predict(
+            movie["overview"], movie.get("tagline"), poster, title=movie.get("title"), metadata=metadata_fields(movie)
+        )
         if i >= 5:  # the first calls warm up
             timings.append((time.perf_counter() - t) * 1000)
     quantiles = statistics.quantiles(timings, n=20)
@@ -69,7 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--snapshot", required=True, type=Path)
     parser.add_argument("--ingest-rate", type=float, default=400.0)
-    parser.add_argument("--text-encoder", help="the training resource's text_encoder (default: its default)")
+    parser.add_argument(
+        "--text-encoders", help="comma-separated, the training resource's text_encoders (default: its default)"
+    )
     parser.add_argument(
         "--reuse-embeddings", action="store_true", help="keep cached embeddings: metrics only, no throughput"
     )
@@ -84,8 +93,8 @@ def main() -> None:
     resources["tmdb"] = TMDbResource(
         snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.ingest_rate, max_workers=16
     )
-    if args.text_encoder:
-        resources["training"] = TrainingResource(text_encoder=args.text_encoder)
+    if args.text_encoders:
+        resources["training"] = TrainingResource(text_encoders=args.text_encoders.split(","))
     store = resources["storage"].store
     instance = dg.DagsterInstance.ephemeral()
     first, last = snapshot_years(args.snapshot)
@@ -131,27 +140,56 @@ def main() -> None:
             "kind": report["kind"],
             "validation_macro_f1": round(report["validation_macro_f1"], 4),
             **{k: round(report["test"][k], 4) for k in HEADLINE_KEYS},
-            "macro_f1_seed_rule": round(report["test_seed_rule"]["macro_f1"], 4),
+            "macro_f1_top3_rule": round(report["test_top3_rule"]["macro_f1"], 4),
             "macro_f1_with_poster": report["test_subsets"].get("with_poster", {}).get("macro_f1"),
             "test_movies": report["n_test"],
         }
         print(name, results[name], flush=True)
+    stack = json.loads(store.model_report_file("stacked_model").read_text())
+    stack_figures = {
+        "members": {name: {k: round(v, 4) for k, v in m.items()} for name, m in stack["members"].items()},
+        "with_metadata": round(stack["test"]["macro_f1"], 4),
+        "without_metadata": round(stack["test_macro_f1_without_metadata"], 4),
+        "without_posters": round(stack["test_macro_f1_without_posters"], 4),
+        "on_movies_with_posters": round(stack["test_subsets"]["with_poster"]["macro_f1"], 4),
+    }
     latency = predict_latency(tracking.sqlite_uri(store.mlflow_db), args.snapshot)
+    champion = metadata["model_comparison"]["candidate"]
+    champion_f1 = results[champion]["macro_f1"]
+    best_single = max(
+        [m["test_macro_f1"] for m in stack["members"].values()]
+        + [results[n]["macro_f1"] for n in models.MODEL_ASSETS if n != "stacked_model"]
+    )
+    targets = {
+        "champion": champion,
+        "champion_test_macro_f1": champion_f1,
+        "best_single_model_test_macro_f1": round(best_single, 4),
+        "champion_test_macro_f1_met": champion_f1 >= TARGETS["champion_test_macro_f1"],
+        "margin_over_members_met": champion_f1 - best_single >= TARGETS["margin_over_members"],
+        "margin_over_baseline_met": champion_f1 - results["baseline_model"]["macro_f1"]
+        >= TARGETS["margin_over_members"],
+        "chain_under_30_min_met": chain_wall < TARGETS["chain_wall_s"],
+        "predict_p50_under_100_ms_met": latency["p50_ms"] < TARGETS["predict_p50_ms"],
+    }
     print("throughput:", throughput)
+    print("stack:", stack_figures)
     print("champion:", metadata["model_comparison"]["decision"])
     print("predict latency:", latency)
+    print("targets:", targets)
     print(
         json.dumps(
             {
                 "label_set": resources["training"].label_set,
-                "text_encoder": resources["training"].text_encoder,
+                "text_encoders": resources["training"].text_encoders,
                 "chain_wall_s": round(chain_wall, 1),
                 "per_asset_s": wall,
                 "ingest_wall_s_excluded": round(ingest_wall, 1),
                 "throughput": throughput,
                 "models": results,
+                "stack": stack_figures,
                 "champion": metadata["model_comparison"]["decision"],
                 "predict_latency": latency,
+                "targets": targets,
             }
         )
     )

@@ -74,19 +74,33 @@ def _champion(args: argparse.Namespace):
 def _predict(args: argparse.Namespace) -> int:
     if not (args.overview or "").strip():
         raise ValueError("--overview is empty: give the movie's plot overview")
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     if args.poster is not None and not Path(args.poster).is_file():
-        print(f"genre-pipeline predict: poster {args.poster} does not exist: text-only prediction", file=sys.stderr)
+        why = "is a folder, not an image file" if Path(args.poster).is_dir() else "does not exist"
+        print(f"genre-pipeline predict: poster {args.poster} {why}: predicting without it", file=sys.stderr)
         args.poster = None
-    prediction = _champion(args).predict(args.overview, args.tagline, args.poster, top_k=args.top_k)
+    metadata = {
+        "original_language": args.language,
+        "runtime": args.runtime,
+        "release_year": args.year,
+        "vote_average": args.vote_average,
+        "vote_count": args.vote_count,
+    }
+    prediction = _champion(args).predict(
+        args.overview, args.tagline, args.poster, top_k=args.top_k, title=args.title, metadata=metadata
+    )
     if prediction.note:
         print(f"genre-pipeline predict: {prediction.note}", file=sys.stderr)
     if args.json:
         print(json.dumps(prediction.as_dict()))
         return 0
-    print("predicted genres: " + (", ".join(prediction.genres) or "(none above its threshold)"))
-    for genre, probability in prediction.top:
-        print(f"  {genre:<16} {probability:.3f}")
-    print("used the poster" if prediction.used_poster else "text only")
+    print("predicted genres: " + (", ".join(prediction.genres) or "(none at or above its threshold)"))
+    print(f"  {'genre':<16} {'probability':>11} {'threshold':>9}")
+    for genre, probability, threshold in prediction.top:
+        mark = "  predicted" if genre in prediction.genres else ""
+        print(f"  {genre:<16} {probability:>11.3f} {threshold:>9.2f}{mark}")
+    print("used the poster" if prediction.used_poster else "without a poster")
     return 0
 
 
@@ -97,6 +111,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from genre_pipeline.models.predictor import evaluate_snapshot
     from genre_pipeline.tmdb.snapshot import check_layout
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     check_layout(Path(args.snapshot))
     predictor = _champion(args)
     train_ids_file = mlflow.artifacts.download_artifacts(
@@ -117,7 +133,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(
         f"movies scored: {result['n_movies']} (with a usable poster: {result['with_poster']}; "
-        f"skipped: {result['skipped']}; seen in training: {result['seen_in_training']})"
+        f"skipped: {', '.join(f'{n} {why}' for why, n in result['skipped'].items())}; "
+        f"seen in training: {result['seen_in_training']})"
     )
     for key in HEADLINE_KEYS:
         print(f"  {key:<16} {result[key]:.4f}")
@@ -171,7 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="top genres for an overview (and poster) from the champion")
     predict.add_argument("--overview", required=True)
     predict.add_argument("--tagline", default=None)
+    predict.add_argument("--title", default=None)
     predict.add_argument("--poster", default=None, help="a poster image file")
+    metadata = predict.add_argument_group("TMDb metadata (each optional)")
+    metadata.add_argument("--language", default=None, help="original_language, e.g. en, fr, ja")
+    metadata.add_argument("--runtime", type=float, default=None, help="minutes")
+    metadata.add_argument("--year", type=int, default=None, help="release year")
+    metadata.add_argument("--vote-average", type=float, default=None)
+    metadata.add_argument("--vote-count", type=int, default=None)
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--tracking-uri", default=None, help="MLflow store (default: the data folder's sqlite)")

@@ -46,6 +46,13 @@ class DataStore:
         slug = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in encoder.rsplit("/", 1)[-1])
         return self.embeddings_dir / f"{modality}-{slug}-{hashlib.sha256(encoder.encode()).hexdigest()[:8]}.npz"
 
+    def model_dir(self, model: str) -> Path:
+        """A model's report files (report.json, per-genre table, plots, probabilities)."""
+        return self.models_dir / model
+
+    def model_report_file(self, model: str) -> Path:
+        return self.model_dir(model) / "report.json"
+
     def labels_file(self, label_set: str) -> Path:
         return self.dataset_dir / f"labels_{label_set}.parquet"
 

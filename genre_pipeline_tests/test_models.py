@@ -1,11 +1,14 @@
 """The model assets with the bundled encoders on the demo catalog: training, MLflow, the champion,
 and the predict / evaluate commands."""
 
+import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -13,15 +16,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+import requests
 from mlflow import MlflowClient
 
+from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
 from genre_pipeline.defs import models
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.models import tracking
+from genre_pipeline.models.classifier import decision_column, probability_column
 from genre_pipeline.models.encoders import TextEncoder
 from genre_pipeline.models.predictor import GenrePredictor
-from genre_pipeline.posters import load_poster
 from genre_pipeline.store import DataStore
 
 from .conftest import ASSETS, DATASET_ASSETS, materialize_all, materialize_dataset, pipeline_resources
@@ -34,7 +38,7 @@ MODEL_ASSETS = [
     models.text_model,
     models.image_model,
     models.fusion_model,
-    models.late_fusion_model,
+    models.stacked_model,
     models.model_comparison,
 ]
 FAST = {"max_epochs": 25, "patience": 5}
@@ -65,6 +69,10 @@ def trained(demo_dir, tmp_path_factory):
         "resources": res,
         "instance": instance,
     }
+
+
+def model_report(store: DataStore, name: str) -> dict:
+    return json.loads(store.model_report_file(name).read_text())
 
 
 def metadata(result, node):
@@ -108,22 +116,186 @@ def test_reported_metrics_come_from_one_set_of_predictions(trained):
     )
 
 
-def test_late_fusion_averages_its_members_probabilities(trained):
-    def probabilities(name):
-        with np.load(trained["store"].models_dir / name / "probabilities.npz") as saved:
-            return dict(zip(saved["test_ids"].tolist(), saved["test_probabilities"]))
+def test_the_stack_reports_its_members_and_what_metadata_and_posters_add(trained):
+    report = json.loads(trained["store"].model_report_file("stacked_model").read_text())
+    assert set(report["members"]) == {
+        "tfidf",
+        "tfidf_title",
+        "text[all-MiniLM-L6-v2]",
+        "neighbours[all-MiniLM-L6-v2]",
+        "linear[all-MiniLM-L6-v2]",
+        "poster[efficientnet-lite0]",
+    }
+    chance = best_constant_macro_f1(trained["store"])
+    for figure in ("test_macro_f1_without_metadata", "test_macro_f1_without_posters"):
+        assert chance < report[figure] <= 1, figure
+    assert report["members"]["poster[efficientnet-lite0]"]["test_movies"] < report["n_test"]
+    assert report["model_uri"] is not None and report["metadata"] is True
 
-    fused = probabilities("late_fusion_model")
-    members = [probabilities(name) for name in models.LATE_FUSION_MEMBERS]
-    counted = {1: 0, 2: 0, 3: 0}
-    for movie_id, row in fused.items():
-        present = [member[movie_id] for member in members if movie_id in member]
-        counted[len(present)] += 1
-        np.testing.assert_allclose(row, np.mean(present, axis=0), rtol=1e-5)
-    # Baseline and text score every test movie; the image model only those with a poster.
-    assert counted[1] == 0 and counted[2] > 0 and counted[3] > 0
-    report = json.loads((trained["store"].models_dir / "late_fusion_model" / "report.json").read_text())
-    assert report["model_uri"] is None and report["members"] == list(models.LATE_FUSION_MEMBERS)
+
+def stack_frame(store: DataStore, ids) -> pd.DataFrame:
+    """Movies of the data folder as the pyfunc model's raw input rows."""
+    movies = pd.read_parquet(store.movies_clean_file).set_index("id").loc[list(ids)]
+    posters = [
+        (store.root / f).read_bytes() if status == "ok" else None
+        for f, status in zip(movies["poster_file"], movies["poster_status"])
+    ]
+    frame = movies[["overview", "tagline", "title", *METADATA_COLUMNS]].reset_index(drop=True)
+    frame["poster"] = posters
+    return frame
+
+
+def test_the_stack_loads_in_a_fresh_process_and_reproduces_its_reported_probabilities(trained, tmp_path):
+    store = trained["store"]
+    report = json.loads(store.model_report_file("stacked_model").read_text())
+    with np.load(store.model_dir("stacked_model") / "probabilities.npz") as saved:
+        ids, reported = saved["test_ids"][:40], saved["test_probabilities"][:40]
+    stack_frame(store, ids).to_pickle(tmp_path / "input.pkl")
+    mlflow.set_tracking_uri(trained["uri"])
+    mlflow.set_registry_uri(trained["uri"])
+    version = mlflow.register_model(report["model_uri"], "stack-under-test")
+    script = (
+        "import sys, mlflow, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]); "
+        "model = mlflow.pyfunc.load_model(sys.argv[2]); "
+        "model.predict(pd.read_pickle(sys.argv[3])).to_pickle(sys.argv[4])"
+    )
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            trained["uri"],
+            f"models:/stack-under-test/{version.version}",
+            tmp_path / "input.pkl",
+            tmp_path / "output.pkl",
+        ],
+        timeout=600,
+        capture_output=True,
+    )
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    output = pd.read_pickle(tmp_path / "output.pkl")
+    classes = report["classes"]
+    probabilities = output[[probability_column(g) for g in classes]].to_numpy()
+    np.testing.assert_allclose(probabilities, reported, atol=1e-4)
+    thresholds = np.array([report["thresholds"][g] for g in classes])
+    assert (output[[decision_column(g) for g in classes]].to_numpy() == (probabilities >= thresholds)).all()
+
+
+def load_stack(trained):
+    mlflow.set_tracking_uri(trained["uri"])
+    report = json.loads(trained["store"].model_report_file("stacked_model").read_text())
+    return mlflow.pyfunc.load_model(report["model_uri"]), report["classes"]
+
+
+def test_the_stack_predicts_without_metadata_and_without_a_usable_poster(trained, demo_dir):
+    model, classes = load_stack(trained)
+    columns = [probability_column(g) for g in classes]
+    poster = next((demo_dir / "posters").iterdir()).read_bytes()
+    base = {"overview": "A haunted farmhouse, a demonic presence and whispers after midnight.", "tagline": "Run."}
+    rows = pd.DataFrame(
+        [
+            {**base, "poster": poster, "original_language": "en", "runtime": 95.0, "release_year": 2019},
+            {**base, "poster": poster},  # no metadata at all
+            {**base, "poster": poster[: len(poster) // 3]},  # truncated image
+            {**base, "poster": b"not an image"},
+        ]
+    )
+    output = model.predict(rows)
+    assert output[columns].notna().all().all() and ((output[columns] >= 0) & (output[columns] <= 1)).all().all()
+    assert output["used_poster"].tolist() == [True, True, False, False]
+    assert output["poster_note"].iloc[0] == "" and "not usable" in output["poster_note"].iloc[3]
+    without_poster = model.predict(pd.DataFrame([base]))
+    assert without_poster["used_poster"].tolist() == [False]
+
+
+def test_the_stack_refuses_an_empty_overview_and_bad_metadata(trained):
+    model, _ = load_stack(trained)
+    with pytest.raises(Exception, match="row 1: the overview is empty"):
+        model.predict(pd.DataFrame({"overview": ["A heist in Rome.", "   "]}))
+    with pytest.raises(Exception, match="'runtime' must be a number"):
+        model.predict(pd.DataFrame({"overview": ["A heist in Rome."], "runtime": ["long"]}))
+
+
+def test_mlflow_models_serve_answers_over_http(trained, demo_dir):
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": trained["uri"],
+        "MLFLOW_REGISTRY_URI": trained["uri"],
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the scoring server runs uvicorn from here
+    }
+    server = subprocess.Popen(
+        [
+            BIN / "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/genre-classifier@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", server)
+        poster = base64.b64encode(next((demo_dir / "posters").iterdir()).read_bytes()).decode()
+        body = {
+            "dataframe_split": {
+                "columns": ["overview", "tagline", "poster", "runtime"],
+                "data": [
+                    [
+                        "Two rival chefs fall in love during a summer in Provence.",
+                        "Love is the secret ingredient.",
+                        poster,
+                        101.0,
+                    ],
+                    ["A space marine fights alien hordes on a mining colony.", None, poster, None],
+                ],
+            }
+        }
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text[:500]
+        predictions = answer.json()["predictions"]
+        assert len(predictions) == 2
+        genres = json.loads(trained["store"].label_sets_file.read_text())["full"]
+        for row in predictions:
+            assert all(0 <= row[probability_column(g)] <= 1 for g in genres)
+            assert all(isinstance(row[decision_column(g)], bool) for g in genres)
+        empty = requests.post(
+            f"http://127.0.0.1:{port}/invocations",
+            json={"dataframe_split": {"columns": ["overview"], "data": [[""]]}},
+            timeout=120,
+        )
+        assert empty.status_code >= 400 and "row 0: the overview is empty" in empty.text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
 def test_embeddings_are_cached_and_not_recomputed(trained):
@@ -142,33 +314,42 @@ def test_mlflow_holds_each_run_with_params_metrics_artifacts_and_model(trained):
     by_name = {run.info.run_name: run for run in runs}
     assert set(by_name) == set(models.MODEL_ASSETS)
     text = by_name["text_model"]
-    assert text.data.params["label_set"] == "full" and text.data.params["text_encoder"] == "all-MiniLM-L6-v2"
+    assert text.data.params["label_set"] == "full" and text.data.params["text_encoders"] == '["all-MiniLM-L6-v2"]'
     assert "data_fingerprint" in text.data.params and "code_version" in text.data.params
     assert {
         "test_macro_f1",
         "test_micro_f1",
-        "test_seed_rule_macro_f1",
+        "test_top3_rule_macro_f1",
         "validation_macro_f1",
+        "epoch_validation_macro_f1",
     } <= text.data.metrics.keys()
-    history = MlflowClient().get_metric_history(text.info.run_id, "validation_macro_f1")
+    history = MlflowClient().get_metric_history(text.info.run_id, "epoch_validation_macro_f1")
     assert len(history) >= 2 and [m.step for m in history] == list(range(1, len(history) + 1))
     artifacts = {a.path for a in MlflowClient().list_artifacts(text.info.run_id, "report")}
     assert {"report/report.json", "report/roc_curves.png", "report/confusion_matrices.png"} <= artifacts
     report = json.loads((trained["store"].models_dir / "text_model" / "report.json").read_text())
-    model = mlflow.pytorch.load_model(report["model_uri"])
-    n_labels = len(json.loads(trained["store"].label_sets_file.read_text())["full"])
-    assert tuple(model(torch.zeros(3, 384)).shape) == (3, n_labels)
+    model = mlflow.pyfunc.load_model(report["model_uri"])
+    genres = json.loads(trained["store"].label_sets_file.read_text())["full"]
+    output = model.predict(tracking.example_input())
+    assert [c for c in output.columns if c.startswith("probability:")] == [probability_column(g) for g in genres]
+    # The poster-only model cannot predict without a poster: measured, never deployed.
+    assert json.loads(trained["store"].model_report_file("image_model").read_text())["model_uri"] is None
 
 
 def test_the_champion_is_registered_loads_and_predicts(trained):
     decision = metadata(trained["result"], "model_comparison")
     assert decision["promoted"] is True
     predictor = GenrePredictor.from_registry(trained["uri"])
-    assert predictor.info["model"] in ("text_model", "fusion_model") and predictor.info["label_set"] == "full"
+    assert predictor.info["model"] in models.CHAMPION_CANDIDATES and predictor.info["label_set"] == "full"
+    comparison = pd.read_csv(trained["store"].models_dir / "model_comparison.csv").set_index("model")
+    candidates = comparison[comparison["candidate"]]
+    assert predictor.info["model"] == candidates["validation_macro_f1"].idxmax()
     prediction = predictor.predict(
         "A haunted farmhouse, a demonic presence and whispers after midnight.", "Don't look behind you.", top_k=3
     )
-    assert len(prediction.top) == 3 and all(0 <= p <= 1 for _, p in prediction.top)
+    assert len(prediction.top) == 3 and all(0 <= p <= 1 and 0 < t < 1 for _, p, t in prediction.top)
+    decided = set(prediction.genres)
+    assert all((p >= t) == (g in decided) for g, p, t in prediction.top)
     assert prediction.top[0][0] in ("Horror", "Thriller", "Mystery")
     with pytest.raises(ValueError, match="overview is empty"):
         predictor.predict("   ")
@@ -217,13 +398,14 @@ def test_predict_command(trained, demo_dir, tmp_path):
     assert len(prediction["top"]) == 2 and isinstance(prediction["used_poster"], bool)
 
     missing = cli(["predict", "--overview", "A love story in Paris.", "--poster", str(tmp_path / "nope.jpg")], trained)
-    assert "does not exist: text-only prediction" in missing.stderr and "text only" in missing.stdout
+    assert "does not exist: predicting without it" in missing.stderr and "without a poster" in missing.stdout
 
     not_an_image = tmp_path / "poster.jpg"
     not_an_image.write_text("this is not a picture")
     text_only = cli(["predict", "--overview", "A love story in Paris.", "--poster", str(not_an_image)], trained)
-    assert "text only" in text_only.stdout
+    assert "without a poster" in text_only.stdout
     assert "not an image file" in text_only.stderr or "reads text only" in text_only.stderr
+    assert cli(["predict", "--overview", "A love story.", "--top-k", "0"], trained, check=False).returncode == 2
 
     empty = cli(["predict", "--overview", "  "], trained, check=False)
     assert empty.returncode == 2 and "overview is empty" in empty.stderr
@@ -252,7 +434,7 @@ def test_no_champion_is_a_clear_error(tmp_path):
 
 
 def test_an_unloadable_encoder_fails_clearly(trained):
-    res = {**trained["resources"], "training": TrainingResource(text_encoder="/nonexistent/encoder")}
+    res = {**trained["resources"], "training": TrainingResource(text_encoders=["/nonexistent/encoder"])}
     result = dg.materialize(
         ASSETS + DATASET_ASSETS + MODEL_ASSETS,
         selection=[models.text_embeddings],
@@ -293,7 +475,7 @@ def fine_tuned(trained, tmp_path_factory):
     }
     result = dg.materialize(
         ASSETS + DATASET_ASSETS + MODEL_ASSETS,
-        selection=MODEL_ASSETS[2:],
+        selection=[models.baseline_model, models.text_model, models.image_model, models.fusion_model],
         resources=res,
         instance=trained["instance"],
         run_config={"ops": {name: {"config": config} for name, config in ops.items()}},
@@ -315,33 +497,33 @@ def test_fine_tuning_trains_the_encoders_and_logs_them(fine_tuned):
         # Three epochs on ~70 movies: enough for the text model to learn, and for every model to fit.
         history = pd.read_csv(store.models_dir / name / "history.csv")
         assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0], name
-    fusion = MlflowClient().list_artifacts(runs["fusion_model"].info.run_id, "encoders")
-    assert {a.path for a in fusion} == {"encoders/text_encoder", "encoders/image_encoder.pt"}
+    # The fine-tuned encoders travel inside the pyfunc model; frozen ones are referenced by name.
+    fusion = Path(mlflow.artifacts.download_artifacts(model_report(store, "fusion_model")["model_uri"]))
+    assert {p.name for p in (fusion / "artifacts" / "classifier" / "encoders").iterdir()} == {
+        "text_encoder",
+        "image_encoder.pt",
+    }
+    baseline = Path(mlflow.artifacts.download_artifacts(model_report(store, "baseline_model")["model_uri"]))
+    assert not (baseline / "artifacts" / "classifier" / "encoders").exists()
     # The saved text encoder is not the bundled one: fine-tuning moved its weights.
-    saved = TextEncoder(
-        mlflow.artifacts.download_artifacts(
-            run_id=runs["text_model"].info.run_id, artifact_path="encoders/text_encoder"
-        )
-    )
+    text = Path(mlflow.artifacts.download_artifacts(model_report(store, "text_model")["model_uri"]))
+    saved = TextEncoder(str(text / "artifacts" / "classifier" / "encoders" / "text_encoder"))
     bundled = TextEncoder()
     sentence = ["A lonely robot crosses a desert to find its maker."]
     assert not np.allclose(saved.encode(sentence), bundled.encode(sentence), atol=1e-4)
 
 
-def test_the_fine_tuned_champion_predicts_what_its_evaluation_measured(fine_tuned):
-    """The predictor runs the saved fine-tuned encoders: its probabilities for test movies are the ones
-    the test report was computed from."""
-    predictor = GenrePredictor.from_registry(fine_tuned["uri"])
-    assert predictor.info["fine_tuned_encoders"]
+def test_the_fine_tuned_models_predict_what_their_evaluation_measured(fine_tuned):
+    """The pyfunc models run the saved fine-tuned encoders: their probabilities for test movies are the
+    ones the test reports were computed from."""
     store = fine_tuned["store"]
-    samples = pd.read_csv(store.models_dir / predictor.info["model"] / "sample_predictions.csv")
-    movies = pd.read_parquet(store.movies_clean_file).set_index("id").loc[samples["id"]]
-    posters = [
-        load_poster(store.root / f).image if status == "ok" else None
-        for f, status in zip(movies["poster_file"], movies["poster_status"])
-    ]
-    probabilities = predictor.probabilities(movies["text"].tolist(), posters)
-    for row, sample in zip(probabilities, samples["top_3"]):
-        reported = [(part.rsplit(" ", 1)[0], float(part.rsplit(" ", 1)[1])) for part in sample.split(", ")]
-        for genre, probability in reported:
-            assert row[predictor.classes.index(genre)] == pytest.approx(probability, abs=0.006)
+    mlflow.set_tracking_uri(fine_tuned["uri"])
+    for name in ("text_model", "fusion_model"):
+        report = json.loads(store.model_report_file(name).read_text())
+        model = mlflow.pyfunc.load_model(report["model_uri"])
+        samples = pd.read_csv(store.model_dir(name) / "sample_predictions.csv")
+        output = model.predict(stack_frame(store, samples["id"]))
+        for (_, row), sample in zip(output.iterrows(), samples["top_3"]):
+            for part in sample.split(", "):
+                genre, probability = part.rsplit(" ", 1)
+                assert row[probability_column(genre)] == pytest.approx(float(probability), abs=0.006), name

@@ -20,7 +20,13 @@ CLEAN_COLUMNS = [
     "poster_status",
     "genres",
     "popularity",
+    "original_language",
+    "runtime",
+    "vote_average",
+    "vote_count",
 ]
+# What the models may read of a /movie/{id} response besides text and poster (never its genres).
+METADATA_COLUMNS = ("original_language", "runtime", "release_year", "vote_average", "vote_count")
 DROP_RULES = (
     "duplicate_id",
     "duplicate_title_year",
@@ -35,7 +41,7 @@ _TOKEN = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
 
 @dataclasses.dataclass(frozen=True)
 class CleaningRules:
-    require_tagline: bool = False  # the seed dropped every movie without a tagline
+    require_tagline: bool = False  # the original study dropped every movie without a tagline
     min_overview_tokens: int = 5
     max_overview_tokens: int = 300
 
@@ -68,23 +74,40 @@ def model_text(overview: str, tagline: str) -> str:
     return overview
 
 
+def release_year(release_date: str | None) -> int | None:
+    """The year of a TMDb ``release_date`` (YYYY-MM-DD), or None."""
+    head = (release_date or "")[:4]
+    return int(head) if head.isdigit() else None
+
+
+def metadata_fields(movie: dict) -> dict:
+    """The metadata columns of one ``/movie/{id}`` response; None where TMDb has no value."""
+    return {
+        "original_language": movie.get("original_language") or None,
+        "runtime": movie.get("runtime"),
+        "release_year": release_year(movie.get("release_date")),
+        "vote_average": movie.get("vote_average"),
+        "vote_count": movie.get("vote_count"),
+    }
+
+
 def details_frame(details: list[dict], poster_status: pd.DataFrame) -> pd.DataFrame:
     """Raw /movie/{id} records and poster statuses as one frame, before any rule runs."""
     rows = []
     for movie in details:
-        release = movie.get("release_date") or ""
         rows.append(
             {
                 "id": int(movie["id"]),
                 "title": normalize_text(movie.get("title")),
-                "release_year": int(release[:4]) if release[:4].isdigit() else None,
                 "overview": normalize_text(movie.get("overview")),
                 "tagline": normalize_text(movie.get("tagline")),
                 "genres": [g["name"] for g in movie.get("genres") or []],
                 "popularity": float(movie.get("popularity") or 0.0),
+                **metadata_fields(movie),
             }
         )
-    frame = pd.DataFrame(rows, columns=["id", "title", "release_year", "overview", "tagline", "genres", "popularity"])
+    columns = ["id", "title", "overview", "tagline", "genres", "popularity", *METADATA_COLUMNS]
+    frame = pd.DataFrame(rows, columns=columns)
     status = (
         poster_status[["id", "status", "file"]].rename(columns={"status": "poster_status", "file": "poster_file"})
         if len(poster_status)

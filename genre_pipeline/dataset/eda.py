@@ -1,4 +1,4 @@
-"""The seed's exploratory plots as PNG files, and one self-contained HTML page with all of them."""
+"""The original study's exploratory plots as PNG files, and one self-contained HTML page with all of them."""
 
 from __future__ import annotations
 

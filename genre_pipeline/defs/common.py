@@ -1,9 +1,12 @@
 """Helpers the asset modules share: metadata tables and images, progress logs."""
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pydantic
 
 from genre_pipeline.dataset.eda import png_base64
 
@@ -35,3 +38,17 @@ def progress_logger(context: dg.AssetExecutionContext, label: str, steps: int = 
             context.log.info(f"{label}: {done}/{total}")
 
     return log
+
+
+def config_from_dataclass(cls, name: str, **nested: type[dg.Config]) -> type[dg.Config]:
+    """A Dagster Config with the fields, defaults and descriptions (``field(metadata={"description":
+    ...})``) of a plain dataclass, so that a setting is declared once, where the code using it lives;
+    ``nested`` adds sections that are Configs themselves. ``cls(**config.model_dump())`` turns the
+    run's config back into the dataclass (nested sections left out)."""
+    hints = typing.get_type_hints(cls)
+    fields = {
+        f.name: (hints[f.name], pydantic.Field(default=f.default, description=f.metadata.get("description")))
+        for f in dataclasses.fields(cls)
+    }
+    fields.update({key: (section, pydantic.Field(default_factory=section)) for key, section in nested.items()})
+    return pydantic.create_model(name, __base__=dg.Config, __doc__=cls.__doc__, **fields)

@@ -18,7 +18,9 @@ LABEL_SETS = ("full", "merged")
 
 
 class CleaningConfig(dg.Config):
-    require_tagline: bool = Field(default=False, description="Drop movies without a tagline (the seed's rule).")
+    require_tagline: bool = Field(
+        default=False, description="Drop movies without a tagline (the original study's rule)."
+    )
     min_overview_tokens: int = 5
     max_overview_tokens: int = 300
 
@@ -174,7 +176,7 @@ def dataset_splits(config: SplitConfig, storage: StorageResource) -> dg.Material
     kinds={"matplotlib", "html"},
 )
 def eda_report(storage: StorageResource, tmdb: TMDbResource) -> dg.MaterializeResult:
-    """The seed's exploratory plots as PNG files and one self-contained HTML page."""
+    """The original study's exploratory plots as PNG files and one self-contained HTML page."""
     store, started = storage.store, time.monotonic()
     movies = store.read_table(store.movies_clean_file)
     report = store.read_json(store.cleaning_report_file, {})

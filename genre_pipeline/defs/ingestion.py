@@ -29,7 +29,8 @@ class DiscoverConfig(RefreshConfig):
     sort_by: str = "popularity.desc"
     augment_genre_ids: list[int] = Field(
         default_factory=list,
-        description="Extra with_genres queries per year for rare genres (the seed's augmentation), e.g. [37, 10752].",
+        description="Extra with_genres queries per year for rare genres (the original study's augmentation), "
+        "e.g. [37, 10752].",
     )
 
 

@@ -1,32 +1,33 @@
-"""Model assets: cached embeddings, the baseline, text, image and fusion models, and their comparison.
+"""Model assets: cached embeddings, the TF-IDF baseline, text, image and fusion models, the stacked
+classifier, and the champion.
 
-Every training asset logs one MLflow run; model_comparison registers the better of text and
-fusion on validation as genre-classifier@champion when it beats the current champion.
+Every training asset logs one MLflow run with a deployable pyfunc model (the image-only model
+excepted: it cannot predict without a poster); model_comparison registers the best candidate on
+validation as genre-classifier@champion when it beats the current champion.
 """
 
 import json
-import tempfile
-from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from genre_pipeline.dataset.labels import LabelSet
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
-from genre_pipeline.defs.common import markdown_images, markdown_table, progress_logger
+from genre_pipeline.defs.common import config_from_dataclass, markdown_images, markdown_table, progress_logger
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.models import finetune, genre_models, metrics, tracking
 from genre_pipeline.models.embeddings import Embeddings, content_key, update_embeddings
 from genre_pipeline.models.encoders import EncoderUnavailable, ImageEncoder, TextEncoder
 from genre_pipeline.models.finetune import FineTuneConfig
+from genre_pipeline.models.members import EncoderRef
 from genre_pipeline.models.training import TrainingConfig
 from genre_pipeline.store import DataStore, frame_fingerprint
 
-MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model", "late_fusion_model")
-LATE_FUSION_MEMBERS = ("baseline_model", "text_model", "image_model")
+MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model", "stacked_model")
+# What can be the champion: every model that predicts from an overview alone (not the poster-only one).
+CHAMPION_CANDIDATES = ("baseline_model", "text_model", "fusion_model", "stacked_model")
 
 
 class EmbeddingConfig(dg.Config):
@@ -95,7 +96,7 @@ def _load_encoder(make_encoder):
 
 def _embed(
     context, store: DataStore, modality: str, encoder_name: str, make_encoder, ids: list, keys: list, inputs: list
-) -> dg.MaterializeResult:
+) -> dict:
     """Embeddings cached by (encoder, content key); the encoder loads only if something needs encoding."""
     encoder = None
 
@@ -104,7 +105,7 @@ def _embed(
         encoder = encoder or _load_encoder(make_encoder)
         return encoder
 
-    progress = progress_logger(context, f"{modality} embeddings")
+    progress = progress_logger(context, f"{modality} embeddings ({encoder_name})")
     embeddings, stats = update_embeddings(
         store.embeddings_file(modality, encoder_name),
         ids,
@@ -113,7 +114,7 @@ def _embed(
         lambda batch: get_encoder().encode(batch, progress),
         lambda: get_encoder().dim,
     )
-    metadata = {
+    return {
         "encoder": encoder_name,
         "dim": int(embeddings.vectors.shape[1]),
         "embedded": len(ids),
@@ -121,30 +122,44 @@ def _embed(
         "reused": stats.reused,
         "encode_s": round(stats.seconds, 2),
         "embeddings_per_s": round(stats.per_second, 1),
+        "version": frame_fingerprint(pd.DataFrame({"k": embeddings.keys})),
         **_throughput(stats, encoder),
     }
-    return dg.MaterializeResult(
-        metadata=metadata, data_version=dg.DataVersion(frame_fingerprint(pd.DataFrame({"k": embeddings.keys})))
+
+
+def _embedding_result(per_encoder: list[dict]) -> dg.MaterializeResult:
+    """One encoder's figures as they are; several encoders' side by side in a table."""
+    version = "".join(m.pop("version") for m in per_encoder)
+    metadata = (
+        dict(per_encoder[0]) if len(per_encoder) == 1 else {"encoders": markdown_table(pd.DataFrame(per_encoder))}
     )
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
 
 @dg.asset(group_name="models", deps=[movies_clean], automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"pytorch"})
 def text_embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
 ) -> dg.MaterializeResult:
-    """Frozen text-encoder embeddings of each movie's model text; only new or changed texts are encoded."""
+    """Frozen text-encoder embeddings of each movie's model text, for every configured text encoder;
+    only new or changed texts are encoded."""
     store = storage.store
     movies = store.read_table(store.movies_clean_file)
     texts = movies["text"].tolist()
-    return _embed(
-        context,
-        store,
-        "text",
-        training.text_encoder,
-        lambda: TextEncoder(training.text_encoder, batch_size=config.batch_size, device=training.resolved_device()),
-        movies["id"].tolist(),
-        [content_key(t) for t in texts],
-        texts,
+    keys = [content_key(t) for t in texts]
+    return _embedding_result(
+        [
+            _embed(
+                context,
+                store,
+                "text",
+                name,
+                lambda name=name: TextEncoder(name, batch_size=config.batch_size, device=training.resolved_device()),
+                movies["id"].tolist(),
+                keys,
+                texts,
+            )
+            for name in training.text_encoders
+        ]
     )
 
 
@@ -157,17 +172,21 @@ def poster_embeddings(
     movies = store.read_table(store.movies_clean_file)
     with_poster = movies[movies["poster_status"] == "ok"]
     files = [store.root / f for f in with_poster["poster_file"]]
-    return _embed(
-        context,
-        store,
-        "image",
-        training.image_encoder,
-        lambda: ImageEncoder(
-            training.image_encoder, batch_size=config.batch_size // 2, device=training.resolved_device()
-        ),
-        with_poster["id"].tolist(),
-        [content_key(f.read_bytes()) for f in files],
-        files,
+    return _embedding_result(
+        [
+            _embed(
+                context,
+                store,
+                "image",
+                training.image_encoder,
+                lambda: ImageEncoder(
+                    training.image_encoder, batch_size=config.batch_size // 2, device=training.resolved_device()
+                ),
+                with_poster["id"].tolist(),
+                [content_key(f.read_bytes()) for f in files],
+                files,
+            )
+        ]
     )
 
 
@@ -176,12 +195,14 @@ def _training_data(store: DataStore, training: TrainingResource, *, text: bool, 
     label_frame = store.read_table(store.labels_file(training.label_set))
     label_set = LabelSet.from_frame(training.label_set, label_frame)
     splits = store.read_table(store.splits_file)
+    text_names = training.text_encoders if text else []
+    image_names = [training.image_encoder] if image else []
     data = genre_models.assemble(
         store.read_table(store.movies_clean_file),
         label_set,
         splits,
-        Embeddings.load(store.embeddings_file("text", training.text_encoder)) if text else None,
-        Embeddings.load(store.embeddings_file("image", training.image_encoder)) if image else None,
+        {name: Embeddings.load(store.embeddings_file("text", name)) for name in text_names},
+        {name: Embeddings.load(store.embeddings_file("image", name)) for name in image_names},
         store.root,
     )
     fingerprint = frame_fingerprint(label_frame) + frame_fingerprint(splits)
@@ -189,72 +210,52 @@ def _training_data(store: DataStore, training: TrainingResource, *, text: bool, 
 
 
 def _log_and_report(
-    context,
-    name: str,
-    outcome,
-    data,
-    store: DataStore,
-    training: TrainingResource,
-    params: dict,
-    fingerprint: str,
-    log_model,
+    context, outcome, data, store: DataStore, training: TrainingResource, params: dict, fingerprint: str
 ) -> dg.MaterializeResult:
-    """One MLflow run for the trained model; the report files; the asset's metadata. ``log_model``
-    is None for a model that is not one loadable artifact (late fusion)."""
-    out_dir = store.models_dir / name
-    paths = outcome.write_report(data, out_dir)
+    """The model's MLflow run and report files; the asset's metadata."""
     tracking_uri = training.tracking_uri or tracking.sqlite_uri(store.mlflow_db)
-    experiment_id = tracking.use_tracking(tracking_uri, training.experiment, store.mlflow_artifacts_dir)
-    all_params = {
-        **params,
-        "model": name,
-        "kind": outcome.kind,
-        "label_set": training.label_set,
-        "labels": data.classes,
-        "text_encoder": training.text_encoder,
-        "image_encoder": training.image_encoder,
-        "fine_tuned_encoders": ",".join(finetune.modalities(outcome.fine_tuned)),
-        "device": training.resolved_device(),
-        "data_fingerprint": fingerprint,
-        "code_version": tracking.code_version(),
-        "n_train": int(data.rows("train").sum()),
-    }
-    with tracking.training_run(name, all_params, tags={"dagster_run_id": context.run.run_id}) as run:
-        tracking.log_history(outcome.history)
-        tracking.log_test_metrics(outcome.test["summary"])
-        tracking.log_test_metrics(outcome.test_seed_rule["summary"], prefix="test_seed_rule_")
-        for subset, summary in outcome.test_subsets.items():
-            tracking.log_test_metrics(summary, prefix=f"test_{subset}_")
-        tracking.mlflow.log_metric("validation_macro_f1_tuned", outcome.validation_macro_f1)
-        tracking.mlflow.log_artifacts(str(out_dir), artifact_path="report")
-        if outcome.fine_tuned is not None:
-            with tempfile.TemporaryDirectory() as encoders_dir:
-                finetune.save_encoders(outcome.fine_tuned, Path(encoders_dir))
-                tracking.mlflow.log_artifacts(encoders_dir, artifact_path=finetune.ENCODERS_ARTIFACT)
-        model_info = log_model() if log_model else None
-    report = json.loads(paths["report"].read_text())
-    report.update(
-        run_id=run.info.run_id,
-        model_uri=model_info.model_uri if model_info else None,
-        experiment_id=experiment_id,
+    report = tracking.log_training_run(
+        outcome,
+        data,
+        store.model_dir(outcome.name),
+        {
+            **params,
+            "model": outcome.name,
+            "kind": outcome.kind,
+            "label_set": training.label_set,
+            "labels": data.classes,
+            "text_encoders": training.text_encoders,
+            "image_encoder": training.image_encoder,
+            "fine_tuned_encoders": ",".join(finetune.modalities(outcome.fine_tuned)),
+            "device": training.resolved_device(),
+            "data_fingerprint": fingerprint,
+            "code_version": tracking.code_version(),
+            "n_train": int(data.rows("train").sum()),
+        },
         tracking_uri=tracking_uri,
+        experiment=training.experiment,
+        artifact_root=store.mlflow_artifacts_dir,
+        tags={"dagster_run_id": context.run.run_id},
     )
-    paths["report"].write_text(json.dumps(report, indent=2, default=float))
+    out_dir = store.model_dir(outcome.name)
     summary = outcome.test["summary"]
     per_genre = outcome.test["per_genre"][["genre", "support", "predicted", "precision", "recall", "f1", "roc_auc"]]
-    plots = markdown_images({"F1 per genre (test)": paths["f1_per_genre"], "ROC per genre (test)": paths["roc_curves"]})
+    plots = markdown_images(
+        {"F1 per genre (test)": out_dir / "f1_per_genre.png", "ROC per genre (test)": out_dir / "roc_curves.png"}
+    )
     return dg.MaterializeResult(
         metadata={
-            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_id": report["run_id"],
             "mlflow_run": dg.MetadataValue.url(
-                f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+                f"http://127.0.0.1:5000/#/experiments/{report['experiment_id']}/runs/{report['run_id']}"
             ),
             "label_set": training.label_set,
-            "validation_macro_f1": round(outcome.validation_macro_f1, 4),
+            tracking.VALIDATION_METRIC: round(outcome.validation_macro_f1, 4),
             **{f"test_{k}": round(v, 4) for k, v in summary.items() if k != "n_movies"},
             "test_movies": summary["n_movies"],
-            "test_macro_f1_seed_rule": round(outcome.test_seed_rule["summary"]["macro_f1"], 4),
+            "test_top3_rule_macro_f1": round(outcome.test_top3_rule["summary"]["macro_f1"], 4),
             **{f"test_{s}_macro_f1": round(v["macro_f1"], 4) for s, v in outcome.test_subsets.items()},
+            **{k: round(v, 4) for k, v in outcome.extra.items() if isinstance(v, float)},
             "best_epoch": outcome.best_epoch or 0,
             "per_genre": markdown_table(per_genre, None),
             "plots": plots,
@@ -268,7 +269,7 @@ def _epoch_logger(context, label: str = ""):
             context.log.info(
                 f"{label}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
                 f"validation loss {record['validation_loss']:.4f}, "
-                f"macro-F1 {record['validation_macro_f1']:.4f}"
+                f"macro-F1 at 0.5 {record['epoch_validation_macro_f1']:.4f}"
             )
 
     return log
@@ -283,31 +284,28 @@ def _epoch_logger(context, label: str = ""):
 def baseline_model(
     context: dg.AssetExecutionContext, config: BaselineConfig, storage: StorageResource, training: TrainingResource
 ) -> dg.MaterializeResult:
-    """TF-IDF + one-vs-rest logistic regression: the reference every neural model must beat."""
+    """Word and character TF-IDF + one logistic regression per genre: the reference every other model
+    must beat, and a member of the stack."""
     store = storage.store
     data, fingerprint = _training_data(store, training, text=False, image=False)
     outcome = genre_models.train_baseline(data, C=config.C, seed=config.seed)
-    example = list(np.asarray(data.texts, dtype=object)[data.rows("train")][:2])
-    return _log_and_report(
-        context,
-        "baseline_model",
-        outcome,
-        data,
-        store,
-        training,
-        config.model_dump(),
-        fingerprint,
-        lambda: tracking.log_sklearn_model(outcome.model, example),
-    )
+    return _log_and_report(context, outcome, data, store, training, config.model_dump(), fingerprint)
 
 
 def _fresh_encoders(kind: str, training: TrainingResource) -> tuple:
     """Pretrained encoders for fine-tuning a head of this kind: (text or None, image or None)."""
     device = training.resolved_device()
     return (
-        _load_encoder(lambda: TextEncoder(training.text_encoder, device=device)) if kind != "image" else None,
+        _load_encoder(lambda: TextEncoder(training.text_encoders[0], device=device)) if kind != "image" else None,
         _load_encoder(lambda: ImageEncoder(training.image_encoder, device=device)) if kind != "text" else None,
     )
+
+
+def _encoder_refs(kind: str, training: TrainingResource) -> tuple[EncoderRef | None, EncoderRef | None]:
+    """The frozen encoders a head of this kind reads: the first text encoder, the image encoder."""
+    text = EncoderRef("text", training.text_encoders[0]) if kind != "image" else None
+    image = EncoderRef("image", training.image_encoder) if kind != "text" else None
+    return text, image
 
 
 def _train_head_asset(
@@ -333,7 +331,8 @@ def _train_head_asset(
                 lambda: _fresh_encoders(head_kind, training),
                 on_epoch=on_epoch,
             )
-        return genre_models.train_neural(name, head_kind, data, config.training_config(), on_epoch=on_epoch)
+        text, image = _encoder_refs(head_kind, training)
+        return genre_models.train_neural(name, head_kind, data, config.training_config(), text, image, on_epoch)
 
     if kind == "fusion":
         outcome, scores = genre_models.train_fusion(
@@ -342,17 +341,7 @@ def _train_head_asset(
         context.log.info(f"fusion heads on validation: {scores}; kept {outcome.kind}")
     else:
         outcome = train_kind(kind, _epoch_logger(context))
-    return _log_and_report(
-        context,
-        name,
-        outcome,
-        data,
-        store,
-        training,
-        config.model_dump(),
-        fingerprint,
-        lambda: tracking.log_torch_model(outcome.model, outcome.input_example),
-    )
+    return _log_and_report(context, outcome, data, store, training, config.model_dump(), fingerprint)
 
 
 def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.AssetsDefinition:
@@ -375,7 +364,10 @@ def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.
 
 
 text_model = _head_model_asset(
-    "text_model", "text", [text_embeddings], "The seed's text head on frozen text embeddings."
+    "text_model",
+    "text",
+    [text_embeddings],
+    "The original study's text head (Linear 128, ReLU, Dropout, Linear) on the first text encoder.",
 )
 image_model = _head_model_asset(
     "image_model", "image", [poster_embeddings], "Poster only, on movies with a verified poster: for the comparison."
@@ -388,41 +380,53 @@ fusion_model = _head_model_asset(
 )
 
 
+HeadTrainingConfig = config_from_dataclass(TrainingConfig, "HeadTrainingConfig")
+StackAssetConfig = config_from_dataclass(genre_models.StackConfig, "StackAssetConfig", heads=HeadTrainingConfig)
+
+
 @dg.asset(
     group_name="models",
-    deps=[baseline_model, text_model, image_model, genre_labels, dataset_splits],
+    deps=[text_embeddings, poster_embeddings, genre_labels, dataset_splits],
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
-    kinds={"mlflow"},
+    kinds={"scikit-learn", "pytorch", "mlflow"},
 )
-def late_fusion_model(
-    context: dg.AssetExecutionContext, storage: StorageResource, training: TrainingResource
+def stacked_model(
+    context: dg.AssetExecutionContext,
+    config: StackAssetConfig,
+    storage: StorageResource,
+    training: TrainingResource,
 ) -> dg.MaterializeResult:
-    """The average of the baseline's, the text model's and the image model's probabilities (the image
-    model's where a poster is usable), with thresholds tuned on validation: late fusion, for the
-    comparison. Not registered as a champion: it needs three models and the TF-IDF pipeline to predict."""
+    """The product's model: TF-IDF (text, and title with text), per text encoder a trained head, a
+    nearest-neighbour vote and a linear model, and the poster head, cross-fitted on train; per genre,
+    gradient-boosted trees over their out-of-fold probabilities and the TMDb metadata. One pyfunc model
+    from raw inputs to genres; movies without a usable poster or metadata are scored from the rest."""
     store = storage.store
-    data, fingerprint = _training_data(store, training, text=False, image=False)
-    outcome = genre_models.late_fusion(data, {name: store.models_dir / name for name in LATE_FUSION_MEMBERS})
-    member_runs = {
-        f"{name}_run_id": json.loads((store.models_dir / name / "report.json").read_text())["run_id"]
-        for name in LATE_FUSION_MEMBERS
-    }
-    return _log_and_report(
-        context, "late_fusion_model", outcome, data, store, training, member_runs, fingerprint, log_model=None
+    data, fingerprint = _training_data(store, training, text=True, image=True)
+    settings = config.model_dump()
+    outcome = genre_models.train_stack(
+        data,
+        TrainingConfig(**settings.pop("heads")),
+        genre_models.StackConfig(**settings),
+        [EncoderRef("text", name) for name in training.text_encoders],
+        EncoderRef("image", training.image_encoder),
+        progress=context.log.info,
     )
+    members = pd.DataFrame([{"member": name, **scores} for name, scores in outcome.extra["members"].items()])
+    result = _log_and_report(context, outcome, data, store, training, config.model_dump(), fingerprint)
+    return dg.MaterializeResult(metadata={**result.metadata, "members": markdown_table(members, None)})
 
 
 @dg.asset(
     group_name="models",
-    deps=[baseline_model, text_model, image_model, fusion_model, late_fusion_model],
+    deps=[baseline_model, text_model, image_model, fusion_model, stacked_model],
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"mlflow"},
 )
 def model_comparison(storage: StorageResource, training: TrainingResource) -> dg.MaterializeResult:
-    """Every model's test metrics side by side; the better of text and fusion on validation becomes
+    """Every model's test metrics side by side; the candidate with the best validation macro-F1 becomes
     genre-classifier@champion when it beats the current champion."""
     store = storage.store
-    reports = {name: json.loads((store.models_dir / name / "report.json").read_text()) for name in MODEL_ASSETS}
+    reports = {name: json.loads(store.model_report_file(name).read_text()) for name in MODEL_ASSETS}
     rows = []
     for name, report in reports.items():
         test = report["test"]
@@ -430,16 +434,17 @@ def model_comparison(storage: StorageResource, training: TrainingResource) -> dg
             {
                 "model": name,
                 "kind": report["kind"],
-                "validation_macro_f1": report["validation_macro_f1"],
+                "candidate": name in CHAMPION_CANDIDATES,
+                tracking.VALIDATION_METRIC: report["validation_macro_f1"],
                 **{k: test[k] for k in metrics.HEADLINE_KEYS},
-                "macro_f1_seed_rule": report["test_seed_rule"]["macro_f1"],
+                "macro_f1_top3_rule": report["test_top3_rule"]["macro_f1"],
                 "macro_f1_with_poster": report["test_subsets"].get("with_poster", {}).get("macro_f1"),
                 "test_movies": report["n_test"],
             }
         )
     table = pd.DataFrame(rows)
     table.to_csv(store.models_dir / "model_comparison.csv", index=False)
-    candidate = max(("text_model", "fusion_model"), key=lambda n: reports[n]["validation_macro_f1"])
+    candidate = max(CHAMPION_CANDIDATES, key=lambda n: reports[n]["validation_macro_f1"])
     chosen = reports[candidate]
     tracking.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)
     promoted, decision = tracking.promote_if_better(

@@ -140,7 +140,12 @@ class TrainingResource(dg.ConfigurableResource):
     """What every model asset shares: label set, encoders, device and MLflow tracking."""
 
     label_set: str = Field(default="full", description="'full' (18 genres on TMDb data) or 'merged' (12 with Others).")
-    text_encoder: str = Field(default="all-MiniLM-L6-v2", description="A transformers encoder name or local path.")
+    text_encoders: list[str] = Field(
+        default=["all-MiniLM-L6-v2"],
+        description="Text encoders (transformers names or local paths; all-mpnet-base-v2 after `make mpnet`). "
+        "The stack has members for each; text_model and fusion_model read the first.",
+        min_length=1,
+    )
     image_encoder: str = Field(
         default="efficientnet-lite0", description="efficientnet-lite0, efficientnet-lite2 or resnet18."
     )

@@ -21,6 +21,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from genre_pipeline.models.encoders import IMAGE_SIZE, ImageEncoder, TextEncoder, image_transform, read_image
+from genre_pipeline.models.members import EncoderRef
 from genre_pipeline.models.training import EarlyStopping, TrainingResult, pos_weight, set_seeds
 
 ENCODERS_ARTIFACT = "encoders"  # the MLflow artifact folder of a fine-tuned model's encoders
@@ -129,22 +130,6 @@ def predict_logits(model: EncoderWithHead, texts, posters, rows: np.ndarray, con
     )
 
 
-def predict_proba(model: EncoderWithHead, texts, posters, rows: np.ndarray, config: FineTuneConfig) -> np.ndarray:
-    return torch.sigmoid(predict_logits(model, texts, posters, rows, config)).numpy()
-
-
-@torch.inference_mode()
-def features(model: EncoderWithHead, texts, posters, rows: np.ndarray, config: FineTuneConfig) -> np.ndarray:
-    """What the head reads, from the fine-tuned encoders: the logged model's input."""
-    model.eval()
-    return np.concatenate(
-        [
-            model.features(*batch[:3]).float().cpu().numpy()
-            for batch in _batches(model, texts, posters, rows, config, train=False)
-        ]
-    )
-
-
 def _warmup_cosine(total_steps: int, warmup_share: float):
     warmup = max(1, int(total_steps * warmup_share))
 
@@ -215,17 +200,24 @@ def fine_tune(
     return stopping.best(model)
 
 
-def save_encoders(model: EncoderWithHead, out_dir: Path) -> dict[str, Path]:
-    """The fine-tuned encoders, for the run's artifacts and the predictor."""
+def save_encoders(model: EncoderWithHead, classifier_dir: Path) -> None:
+    """The fine-tuned encoders, inside the classifier's folder where ``encoder_refs`` points."""
+    out_dir = classifier_dir / ENCODERS_ARTIFACT
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved = {}
     if model.text_encoder is not None:
-        saved["text"] = out_dir / TEXT_ENCODER_DIR
-        model.text_encoder.save(saved["text"])
+        model.text_encoder.save(out_dir / TEXT_ENCODER_DIR)
     if model.image_encoder is not None:
-        saved["image"] = out_dir / IMAGE_ENCODER_FILE
-        model.image_encoder.save(saved["image"])
-    return saved
+        model.image_encoder.save(out_dir / IMAGE_ENCODER_FILE)
+
+
+def encoder_refs(model: EncoderWithHead) -> tuple[EncoderRef | None, EncoderRef | None]:
+    """How a classifier refers to the fine-tuned encoders that ``save_encoders`` writes beside it."""
+    text = image = None
+    if model.text_encoder is not None:
+        text = EncoderRef("text", model.text_encoder.name, f"{ENCODERS_ARTIFACT}/{TEXT_ENCODER_DIR}")
+    if model.image_encoder is not None:
+        image = EncoderRef("image", model.image_encoder.name, f"{ENCODERS_ARTIFACT}/{IMAGE_ENCODER_FILE}")
+    return text, image
 
 
 def modalities(model: EncoderWithHead | None) -> list[str]:

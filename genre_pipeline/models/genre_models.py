@@ -12,24 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.multiclass import OneVsRestClassifier
-from sklearn.pipeline import Pipeline
 
+from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
 from genre_pipeline.dataset.labels import LabelSet
 from genre_pipeline.models import finetune, metrics
+from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.embeddings import Embeddings
 from genre_pipeline.models.heads import build_head
-from genre_pipeline.models.training import (
-    TrainingConfig,
-    apply_thresholds,
-    predict_proba,
-    seed_rule,
-    set_seeds,
-    train_head,
-    tune_thresholds,
+from genre_pipeline.models.members import (
+    EncoderRef,
+    HeadMember,
+    LinearMember,
+    MemberInputs,
+    NeighboursMember,
+    TfidfMember,
 )
+from genre_pipeline.models.stacking import Stacker, out_of_fold
+from genre_pipeline.models.thresholds import apply_thresholds, top3_rule, tune_thresholds
+from genre_pipeline.models.training import TrainingConfig, set_seeds, train_head
 
 
 @dataclasses.dataclass
@@ -40,57 +40,61 @@ class TrainingData:
     split: np.ndarray
     labels: np.ndarray
     classes: list[str]
-    text: np.ndarray | None  # cached embeddings, when a frozen text encoder is used
-    image: np.ndarray | None  # cached poster features (zeros without a poster), likewise
+    text_features: dict[str, np.ndarray]  # cached embeddings by text encoder, when frozen encoders are used
+    poster_features: dict[str, np.ndarray]  # cached poster features by image encoder (zeros without a poster)
     has_poster: np.ndarray
     poster_files: list[Path | None]  # the verified poster of each movie, for fine-tuning
+    metadata: pd.DataFrame  # METADATA_COLUMNS, one row per movie
 
     def rows(self, split: str, *, posters_only: bool = False) -> np.ndarray:
         mask = self.split == split
         return mask & self.has_poster if posters_only else mask
 
-    def features(self, kind: str, rows: np.ndarray) -> np.ndarray:
-        if kind == "text":
-            return self.text[rows]
-        if kind == "image":
-            return self.image[rows]
-        return np.hstack([self.text[rows], self.image[rows], self.has_poster[rows, None].astype(np.float32)])
+    def inputs(self, rows: np.ndarray | None = None) -> MemberInputs:
+        everything = MemberInputs(
+            self.texts,
+            self.titles,
+            self.text_features,
+            self.poster_features,
+            self.has_poster,
+            self.metadata.reset_index(drop=True),
+        )
+        return everything if rows is None else everything.take(rows)
 
 
-def _rows_by_id(embeddings: Embeddings | None, needed: np.ndarray, modality: str) -> dict[int, int]:
-    if embeddings is None:
-        return {}
+def _matrix_by_id(embeddings: Embeddings, ids: np.ndarray, needed: np.ndarray, modality: str) -> np.ndarray:
+    """The embedding of each of ``ids`` (zeros where ``needed`` is False)."""
     rows = embeddings.by_id()
-    missing = [int(i) for i in needed if int(i) not in rows]
+    missing = [int(i) for i, need in zip(ids, needed) if need and int(i) not in rows]
     if missing:
         raise ValueError(
             f"{len(missing)} labelled movies have no {modality} embedding (e.g. {missing[:5]}): "
             f"materialize {modality}_embeddings"
         )
-    return rows
+    matrix = np.zeros((len(ids), embeddings.vectors.shape[1]), dtype=np.float32)
+    for n, (movie_id, need) in enumerate(zip(ids, needed)):
+        if need:
+            matrix[n] = embeddings.vectors[rows[int(movie_id)]]
+    return matrix
 
 
 def assemble(
     movies: pd.DataFrame,
     label_set: LabelSet,
     splits: pd.DataFrame,
-    text: Embeddings | None,
-    image: Embeddings | None,
+    text: dict[str, Embeddings],
+    image: dict[str, Embeddings],
     poster_root: Path,
 ) -> TrainingData:
-    """Align labels, splits, texts, posters and cached features by movie id (the label set's movies)."""
+    """Align labels, splits, texts, posters, metadata and cached features (by encoder) by movie id."""
+    missing_columns = [c for c in METADATA_COLUMNS if c not in movies.columns]
+    if missing_columns:
+        raise ValueError(f"movies_clean has no {missing_columns} columns: materialize movies_clean again")
     movies = movies.set_index("id")
     split_of = splits.set_index("id")["split"]
     ids = label_set.ids
     has_poster = (movies.loc[ids, "poster_status"] == "ok").to_numpy()
-    text_rows = _rows_by_id(text, ids, "text")
-    image_rows = _rows_by_id(image, ids[has_poster], "poster")
-    image_matrix = None
-    if image is not None:
-        image_matrix = np.zeros((len(ids), image.vectors.shape[1]), dtype=np.float32)
-        for n, movie_id in enumerate(ids):
-            if has_poster[n]:
-                image_matrix[n] = image.vectors[image_rows[int(movie_id)]]
+    everyone = np.ones(len(ids), dtype=bool)
     return TrainingData(
         ids=ids,
         titles=movies.loc[ids, "title"].tolist(),
@@ -98,10 +102,11 @@ def assemble(
         split=split_of.loc[ids].to_numpy(),
         labels=label_set.matrix,
         classes=label_set.classes,
-        text=text.vectors[[text_rows[int(i)] for i in ids]] if text is not None else None,
-        image=image_matrix,
+        text_features={name: _matrix_by_id(e, ids, everyone, "text") for name, e in text.items()},
+        poster_features={name: _matrix_by_id(e, ids, has_poster, "poster") for name, e in image.items()},
         has_poster=has_poster,
         poster_files=[poster_root / f if ok else None for f, ok in zip(movies.loc[ids, "poster_file"], has_poster)],
+        metadata=movies.loc[ids, list(METADATA_COLUMNS)].reset_index(drop=True),
     )
 
 
@@ -112,12 +117,12 @@ PROBABILITIES_FILE = "probabilities.npz"  # validation and test probabilities, f
 class ModelOutcome:
     name: str
     kind: str
-    model: object  # a torch head or a scikit-learn pipeline
+    classifier: GenreClassifier | None  # the deployable model; None for the image-only comparison model
     classes: list[str]
     thresholds: np.ndarray
     validation_macro_f1: float  # with the tuned thresholds, for model selection
     test: dict  # metrics.evaluate() on the test split with the tuned thresholds
-    test_seed_rule: dict  # the same predictions' probabilities, decided by the seed's top-3 >= 0.3 rule
+    test_top3_rule: dict  # the same probabilities, decided by the top-3 >= 0.3 rule
     test_subsets: dict  # name -> summary on a subset of the test split
     test_ids: np.ndarray
     test_probabilities: np.ndarray
@@ -127,10 +132,9 @@ class ModelOutcome:
     history: list[dict] = dataclasses.field(default_factory=list)
     best_epoch: int | None = None
     extra: dict = dataclasses.field(default_factory=dict)
-    input_example: np.ndarray | None = None  # a few rows of the head's input, for the logged model
     fine_tuned: finetune.EncoderWithHead | None = None  # the encoders were fine-tuned with the head
 
-    def write_report(self, data: TrainingData, out_dir: Path) -> dict[str, Path]:
+    def write_report(self, data: TrainingData, out_dir: Path, run_id: str | None = None) -> dict[str, Path]:
         """Report files: JSON summary, per-genre table, sample predictions, history, plots."""
         out_dir.mkdir(parents=True, exist_ok=True)
         order = {int(i): n for n, i in enumerate(data.ids)}
@@ -147,13 +151,14 @@ class ModelOutcome:
         )
         summary = {
             "model": self.name,
+            "run_id": run_id,
             "kind": self.kind,
             "classes": self.classes,
             "thresholds": dict(zip(self.classes, self.thresholds.tolist())),
             "validation_macro_f1": self.validation_macro_f1,
             "best_epoch": self.best_epoch,
             "test": self.test["summary"],
-            "test_seed_rule": self.test_seed_rule["summary"],
+            "test_top3_rule": self.test_top3_rule["summary"],
             "test_subsets": self.test_subsets,
             "n_test": len(self.test_ids),
             **self.extra,
@@ -189,7 +194,7 @@ class ModelOutcome:
         return paths
 
 
-def _evaluate(name, kind, model, data, probabilities_for, rows_for, **extra) -> ModelOutcome:
+def _evaluate(name, kind, classifier, data: TrainingData, probabilities_for, rows_for, **extra) -> ModelOutcome:
     """Tune thresholds on validation, then measure everything on test."""
     val_rows, test_rows = rows_for("validation"), rows_for("test")
     val_probabilities = probabilities_for(val_rows)
@@ -201,22 +206,24 @@ def _evaluate(name, kind, model, data, probabilities_for, rows_for, **extra) -> 
     predictions = apply_thresholds(test_probabilities, thresholds)
     y_test = data.labels[test_rows]
     report = metrics.evaluate(y_test, predictions, test_probabilities, data.classes)
-    seed = metrics.evaluate(y_test, seed_rule(test_probabilities), test_probabilities, data.classes)
+    top3 = metrics.evaluate(y_test, top3_rule(test_probabilities), test_probabilities, data.classes)
     subsets = {}
     with_poster = data.has_poster[test_rows]
     if kind != "image" and with_poster.any() and not with_poster.all():
         subsets["with_poster"] = metrics.evaluate(
             y_test[with_poster], predictions[with_poster], test_probabilities[with_poster], data.classes
         )["summary"]
+    if classifier is not None:
+        classifier.thresholds = thresholds
     return ModelOutcome(
         name,
         kind,
-        model,
+        classifier,
         data.classes,
         thresholds,
         val_f1,
         report,
-        seed,
+        top3,
         subsets,
         data.ids[test_rows],
         test_probabilities,
@@ -232,82 +239,132 @@ def _rows_for(data: TrainingData, kind: str):
     return lambda split: data.rows(split, posters_only=kind == "image")
 
 
-def train_neural(name: str, kind: str, data: TrainingData, config: TrainingConfig, on_epoch=None) -> ModelOutcome:
-    """A head on cached features."""
-    rows_for = _rows_for(data, kind)
+def _fit_head(
+    kind: str,
+    data: TrainingData,
+    train_rows: np.ndarray,
+    config: TrainingConfig,
+    text: EncoderRef | None,
+    image: EncoderRef | None,
+    on_epoch=None,
+):
+    """A head on cached features, trained on ``train_rows``; early stopping on the validation split."""
     set_seeds(config.seed)
-    head = build_head(
-        kind,
-        n_labels=len(data.classes),
-        text_dim=data.text.shape[1] if data.text is not None else 0,
-        image_dim=data.image.shape[1] if data.image is not None else 0,
-    )
-    train_rows, val_rows = rows_for("train"), rows_for("validation")
+    dims = {
+        "n_labels": len(data.classes),
+        "text_dim": data.text_features[text.key].shape[1] if text else 0,
+        "image_dim": data.poster_features[image.key].shape[1] if image else 0,
+    }
+    untrained = HeadMember(kind, build_head(kind, **dims), text, image, dims)
+    val_rows = _rows_for(data, kind)("validation")
     result = train_head(
-        head,
-        data.features(kind, train_rows),
+        untrained.head,
+        untrained.features(data.inputs(train_rows)),
         data.labels[train_rows],
-        data.features(kind, val_rows),
+        untrained.features(data.inputs(val_rows)),
         data.labels[val_rows],
         config,
-        image_dim=data.image.shape[1] if kind.endswith("fusion") else 0,
+        image_dim=dims["image_dim"] if kind.endswith("fusion") else 0,
         on_epoch=on_epoch,
     )
+    return HeadMember(kind, result.model, text, image, dims), result
+
+
+def _single(name: str, member, classes: list[str]) -> GenreClassifier:
+    """A classifier that is one member; its thresholds are tuned by _evaluate."""
+    return GenreClassifier(name, list(classes), np.zeros(0), {name: member})
+
+
+def train_neural(
+    name: str,
+    kind: str,
+    data: TrainingData,
+    config: TrainingConfig,
+    text: EncoderRef | None,
+    image: EncoderRef | None,
+    on_epoch=None,
+) -> ModelOutcome:
+    """A head on cached features of frozen encoders."""
+    rows_for = _rows_for(data, kind)
+    member, result = _fit_head(kind, data, rows_for("train"), config, text, image, on_epoch)
+    classifier = _single(name, member, data.classes)
     return _evaluate(
         name,
         kind,
-        result.model,
+        classifier if kind != "image" else None,  # the image model cannot predict without a poster
         data,
-        lambda rows: predict_proba(result.model, data.features(kind, rows)),
+        lambda rows: classifier.probabilities(data.inputs(rows)),
         rows_for,
         history=result.history,
         best_epoch=result.best_epoch,
-        input_example=data.features(kind, _first_rows(rows_for("train"))),
     )
-
-
-def _first_rows(rows: np.ndarray, n: int = 2) -> np.ndarray:
-    return np.flatnonzero(rows)[:n]
 
 
 def train_fine_tuned(
-    name: str, kind: str, data: TrainingData, config: finetune.FineTuneConfig, make_encoders, on_epoch=None
+    name: str,
+    kind: str,
+    data: TrainingData,
+    config: finetune.FineTuneConfig,
+    make_encoders,
+    on_epoch=None,
 ) -> ModelOutcome:
     """The encoders fine-tuned together with the head. ``make_encoders()`` gives fresh pretrained
-    (text, image) encoders on the training device, None for a modality the kind does not read."""
+    (text, image) encoders on the training device, None for a modality the kind does not read.
+    Evaluation runs the fine-tuned encoders as the deployed model does."""
     rows_for = _rows_for(data, kind)
     set_seeds(config.seed)
     text_encoder, image_encoder = make_encoders()
-    head = build_head(
-        kind,
-        n_labels=len(data.classes),
-        text_dim=text_encoder.dim if text_encoder else 0,
-        image_dim=image_encoder.dim if image_encoder else 0,
-    )
-    model = finetune.EncoderWithHead(head, text_encoder, image_encoder).to((text_encoder or image_encoder).device)
-    texts, posters = data.texts, data.poster_files
+    dims = {
+        "n_labels": len(data.classes),
+        "text_dim": text_encoder.dim if text_encoder else 0,
+        "image_dim": image_encoder.dim if image_encoder else 0,
+    }
+    model = finetune.EncoderWithHead(build_head(kind, **dims), text_encoder, image_encoder)
+    model = model.to((text_encoder or image_encoder).device)
     result = finetune.fine_tune(
         model,
-        texts,
-        posters,
+        data.texts,
+        data.poster_files,
         data.labels,
         np.flatnonzero(rows_for("train")),
         np.flatnonzero(rows_for("validation")),
         config,
         on_epoch=on_epoch,
     )
+    text, image = finetune.encoder_refs(model)
+    member = HeadMember(kind, finetune.head_on_cpu(model), text, image, dims)
+    classifier = _single(name, member, data.classes)
+
+    def probabilities_for(rows: np.ndarray) -> np.ndarray:
+        return classifier.probabilities(_fine_tuned_inputs(model, data, text, image, rows))
+
     return _evaluate(
         name,
         kind,
-        finetune.head_on_cpu(model),
+        classifier if kind != "image" else None,
         data,
-        lambda rows: finetune.predict_proba(model, texts, posters, np.flatnonzero(rows), config),
+        probabilities_for,
         rows_for,
         history=result.history,
         best_epoch=result.best_epoch,
-        input_example=finetune.features(model, texts, posters, _first_rows(rows_for("train")), config),
         fine_tuned=model,
     )
+
+
+def _fine_tuned_inputs(model, data: TrainingData, text: EncoderRef | None, image: EncoderRef | None, rows):
+    """The inputs of ``rows`` with features from the fine-tuned encoders, computed as the deployed model
+    computes them."""
+    base = data.inputs(rows)
+    index = np.flatnonzero(rows)
+    if text is not None:
+        base.text_features = {text.key: model.text_encoder.encode(base.texts)}
+    if image is not None:
+        features = np.zeros((len(index), model.image_encoder.dim), dtype=np.float32)
+        present = base.has_poster
+        if present.any():
+            features[present] = model.image_encoder.encode([data.poster_files[i] for i in index[present]])
+        base.poster_features = {image.key: features}
+    return base
 
 
 FUSION_KINDS = ("concat_fusion", "gmu_fusion")
@@ -326,59 +383,160 @@ def train_fusion(train_kind, on_epoch=None) -> tuple[ModelOutcome, dict[str, flo
 
 
 def train_baseline(data: TrainingData, *, C: float = 4.0, seed: int = 42) -> ModelOutcome:  # noqa: N803 - sklearn's name
-    """TF-IDF of the model text + one-vs-rest logistic regression."""
+    """Word and character TF-IDF of the model text + one logistic regression per genre."""
     train_rows = data.rows("train")
-    texts = np.asarray(data.texts, dtype=object)
-    pipeline = Pipeline(
-        [
-            (
-                "tfidf",
-                TfidfVectorizer(
-                    sublinear_tf=True, ngram_range=(1, 2), min_df=2, max_features=100_000, strip_accents="unicode"
-                ),
-            ),
-            (
-                "classifier",
-                OneVsRestClassifier(LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed)),
-            ),
-        ]
-    )
-    pipeline.fit(texts[train_rows], data.labels[train_rows])
+    member = TfidfMember.fit(data.inputs(train_rows), data.labels[train_rows], C=C, seed=seed)
+    classifier = _single("baseline_model", member, data.classes)
     return _evaluate(
-        "baseline_model", "tfidf_logreg", pipeline, data, lambda rows: pipeline.predict_proba(texts[rows]), data.rows
-    )
-
-
-def late_fusion(data: TrainingData, report_dirs: dict[str, Path]) -> ModelOutcome:
-    """The average of other models' validation and test probabilities, each model counted where it has
-    any (the image model on movies with a poster). It learns nothing from train: the members did; only
-    its thresholds are tuned, on validation."""
-    position = {int(i): n for n, i in enumerate(data.ids)}
-    sums = np.zeros((len(data.ids), len(data.classes)))
-    counts = np.zeros(len(data.ids))
-    for name, report_dir in report_dirs.items():
-        with np.load(report_dir / PROBABILITIES_FILE, allow_pickle=False) as member:
-            if member["classes"].tolist() != data.classes:
-                raise ValueError(f"{name} was trained on other labels ({member['classes'].tolist()}): retrain it")
-            for split in ("validation", "test"):
-                rows = [position.get(int(i), -1) for i in member[f"{split}_ids"]]
-                if min(rows, default=0) < 0 or not (data.split[rows] == split).all():
-                    raise ValueError(f"{name} was evaluated on other {split} movies than today's: retrain it")
-                sums[rows] += member[f"{split}_probabilities"]
-                counts[rows] += 1
-    scored = data.rows("validation") | data.rows("test")
-    if (counts[scored] == 0).any():
-        raise ValueError("some validation or test movies have no member's probabilities")
-
-    def probabilities_for(rows: np.ndarray) -> np.ndarray:
-        return (sums[rows] / counts[rows, None]).astype(np.float32)
-
-    return _evaluate(
-        "late_fusion_model",
-        "late_fusion",
-        None,
+        "baseline_model",
+        "tfidf_logreg",
+        classifier,
         data,
-        probabilities_for,
+        lambda rows: classifier.probabilities(data.inputs(rows)),
         data.rows,
-        extra={"members": list(report_dirs)},
     )
+
+
+def _described(default, description: str):
+    return dataclasses.field(default=default, metadata={"description": description})
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+    """How the stacked classifier is built."""
+
+    folds: int = _described(5, "Cross-fitting folds of the train split for the members' out-of-fold probabilities.")
+    tfidf_C: float = _described(4.0, "Inverse regularization of the TF-IDF members' logistic regressions.")  # noqa: N815
+    hide_movies: float = _described(0.10, "Stacker training: share of movies shown without any metadata.")
+    hide_fields: float = _described(0.05, "Stacker training: share of the other metadata values hidden one by one.")
+    seed: int = 42
+
+
+def _member_fitters(data: TrainingData, head: TrainingConfig, stack: StackConfig, texts, image) -> dict:
+    """name -> (fit(row mask) -> member, the rows it trains on): the stack's members."""
+
+    def on(rows: np.ndarray):
+        return data.inputs(rows), data.labels[rows]
+
+    fitters = {
+        "tfidf": (lambda rows: TfidfMember.fit(*on(rows), C=stack.tfidf_C, seed=stack.seed), data.rows("train")),
+        "tfidf_title": (
+            lambda rows: TfidfMember.fit(*on(rows), C=stack.tfidf_C, seed=stack.seed, with_title=True),
+            data.rows("train"),
+        ),
+    }
+    for ref in texts:
+        fitters[f"text[{ref.name}]"] = (
+            lambda rows, ref=ref: _fit_head("text", data, rows, head, ref, None)[0],
+            data.rows("train"),
+        )
+        fitters[f"neighbours[{ref.name}]"] = (
+            lambda rows, ref=ref: NeighboursMember.fit(*on(rows), ref),
+            data.rows("train"),
+        )
+        fitters[f"linear[{ref.name}]"] = (
+            lambda rows, ref=ref: LinearMember.fit(*on(rows), ref, seed=stack.seed),
+            data.rows("train"),
+        )
+    if image is not None:
+        fitters[f"poster[{image.name}]"] = (
+            lambda rows: _fit_head("image", data, rows, head, None, image)[0],
+            data.rows("train", posters_only=True),
+        )
+    return fitters
+
+
+def _mask(data: TrainingData, rows: np.ndarray) -> np.ndarray:
+    mask = np.zeros(len(data.ids), dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def _stack_variant(name, data, members, oof, poster_members, *, use_metadata, stack: StackConfig) -> ModelOutcome:
+    """A stacker fitted on the members' out-of-fold probabilities of the train split."""
+    train_rows = data.rows("train")
+    stacker = Stacker.fit(
+        oof,
+        poster_members,
+        data.inputs(train_rows),
+        data.labels[train_rows],
+        use_metadata=use_metadata,
+        hide_movies=stack.hide_movies,
+        hide_fields=stack.hide_fields,
+        seed=stack.seed,
+    )
+    classifier = GenreClassifier(name, list(data.classes), np.zeros(0), members, stacker)
+    return _evaluate(
+        name,
+        "stack",
+        classifier,
+        data,
+        lambda rows: classifier.probabilities(data.inputs(rows)),
+        data.rows,
+        extra={"metadata": use_metadata},
+    )
+
+
+def _without_posters(data: TrainingData, outcome: ModelOutcome) -> float:
+    """Test macro-F1 of the same model when no test movie has a usable poster."""
+    rows = data.rows("test")
+    inputs = data.inputs(rows)
+    inputs.has_poster = np.zeros(len(inputs), dtype=bool)
+    inputs.poster_features = {k: np.zeros_like(v) for k, v in inputs.poster_features.items()}
+    probabilities = outcome.classifier.probabilities(inputs)
+    predictions = apply_thresholds(probabilities, outcome.thresholds)
+    return metrics.evaluate(data.labels[rows], predictions, probabilities, data.classes)["summary"]["macro_f1"]
+
+
+def train_stack(
+    data: TrainingData,
+    head: TrainingConfig,
+    stack: StackConfig,
+    texts: list[EncoderRef],
+    image: EncoderRef | None,
+    progress=None,
+) -> ModelOutcome:
+    """The stacked classifier: members (TF-IDF, a text head per text encoder, the poster head)
+    cross-fitted on train, a stacker on their out-of-fold probabilities and the metadata, thresholds
+    tuned on validation. Also measures each member alone and the stack without metadata and
+    without posters, on the same test split."""
+    members, oof, member_scores = {}, {}, {}
+    train_rows = np.flatnonzero(data.rows("train"))
+    position = {row: n for n, row in enumerate(train_rows)}
+    for name, (fit, fit_rows) in _member_fitters(data, head, stack, texts, image).items():
+        rows = np.flatnonzero(fit_rows)
+        folded = out_of_fold(
+            lambda a, b, fit=fit: fit(_mask(data, a)).probabilities(data.inputs(b)), rows, stack.folds, stack.seed
+        )
+        oof[name] = np.full((len(train_rows), len(data.classes)), 0.5, dtype=np.float32)
+        oof[name][[position[r] for r in rows]] = folded
+        members[name] = fit(fit_rows)
+        alone = _evaluate(
+            name,
+            members[name].kind,
+            None,
+            data,
+            lambda r, member=members[name]: member.probabilities(data.inputs(r)),
+            _rows_for(data, "image" if name.startswith("poster") else "text"),
+        )
+        member_scores[name] = {
+            "validation_macro_f1": alone.validation_macro_f1,
+            "test_macro_f1": alone.test["summary"]["macro_f1"],
+            "test_movies": len(alone.test_ids),
+            **{f"test_{k}_macro_f1": v["macro_f1"] for k, v in alone.test_subsets.items()},
+        }
+        if progress:
+            progress(f"member {name}: validation macro-F1 {alone.validation_macro_f1:.4f}")
+    poster_members = [name for name in members if name.startswith("poster")]
+    without_metadata = _stack_variant(
+        "stacked_model", data, members, oof, poster_members, use_metadata=False, stack=stack
+    )
+    outcome = _stack_variant("stacked_model", data, members, oof, poster_members, use_metadata=True, stack=stack)
+    outcome.extra.update(
+        members=member_scores,
+        test_macro_f1_without_metadata=without_metadata.test["summary"]["macro_f1"],
+        validation_macro_f1_without_metadata=without_metadata.validation_macro_f1,
+        test_macro_f1_without_posters=_without_posters(data, outcome),
+        folds=stack.folds,
+    )
+    return outcome

@@ -14,13 +14,13 @@ HEAD_KINDS = ("text", "image", "concat_fusion", "gmu_fusion")
 
 
 def _classifier(n_in: int, n_labels: int, hidden: int = 128, dropout: float = 0.3) -> nn.Sequential:
-    # The seed's head: Linear -> 128 -> Dropout 0.3 -> Linear n_labels (with a ReLU between,
+    # The original study's head: Linear -> 128 -> Dropout 0.3 -> Linear n_labels (with a ReLU between,
     # without which the two linear layers would collapse into one).
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_labels))
 
 
 class SingleModalityHead(nn.Module):
-    """The seed's text head; used on image features too for the poster-only model."""
+    """The original study's text head; used on image features too for the poster-only model."""
 
     def __init__(self, n_in: int, n_labels: int):
         super().__init__()
@@ -43,7 +43,7 @@ class _FusionBase(nn.Module):
 
 
 class ConcatFusionHead(_FusionBase):
-    """The seed's fusion: text -> 256, image -> 256, concatenated 512 -> 128 -> n_labels."""
+    """The original study's fusion: text -> 256, image -> 256, concatenated 512 -> 128 -> n_labels."""
 
     def __init__(self, text_dim: int, image_dim: int, n_labels: int, dropout: float = 0.3):
         super().__init__(text_dim, image_dim)

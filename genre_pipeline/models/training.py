@@ -11,8 +11,6 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
@@ -29,7 +27,7 @@ class TrainingConfig:
 @dataclasses.dataclass
 class TrainingResult:
     model: nn.Module
-    history: list[dict]  # per epoch: train_loss, validation_loss, validation_macro_f1
+    history: list[dict]  # per epoch: train_loss, validation_loss, epoch_validation_macro_f1 (0.5 thresholds)
     best_epoch: int
     best_validation_macro_f1: float
 
@@ -47,7 +45,7 @@ class EarlyStopping:
             "epoch": epoch,
             "train_loss": train_loss,
             "validation_loss": validation_loss,
-            "validation_macro_f1": float(f1),
+            "epoch_validation_macro_f1": float(f1),
         }
         self.history.append(record)
         if self.on_epoch:
@@ -139,25 +137,3 @@ def train_head(
         if stopping.should_stop(model, epoch, total / len(x), val_loss, val_f1):
             break
     return stopping.best(model)
-
-
-def tune_thresholds(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per genre, the threshold on the grid with the best F1 on these (validation) predictions."""
-    thresholds = np.full(labels.shape[1], 0.5)
-    for j in range(labels.shape[1]):
-        scores = [f1_score(labels[:, j], probabilities[:, j] >= t, zero_division=0) for t in THRESHOLD_GRID]
-        thresholds[j] = THRESHOLD_GRID[int(np.argmax(scores))]
-    return thresholds
-
-
-def apply_thresholds(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    return (probabilities >= thresholds[None, :]).astype(np.uint8)
-
-
-def seed_rule(probabilities: np.ndarray, k: int = 3, minimum: float = 0.3) -> np.ndarray:
-    """The seed's decision rule: the top k genres whose probability is at least ``minimum``."""
-    predictions = np.zeros_like(probabilities, dtype=np.uint8)
-    top = np.argsort(-probabilities, axis=1)[:, :k]
-    rows = np.arange(len(probabilities))[:, None]
-    predictions[rows, top] = (probabilities[rows, top] >= minimum).astype(np.uint8)
-    return predictions

@@ -1,0 +1,241 @@
+"""The deployable genre classifier: members, an optional stacker, tuned thresholds, and the
+MLflow pyfunc model that goes from raw inputs (overview, tagline, poster bytes, metadata) to
+a probability and a decision per genre.
+
+Encoders are referenced by name and loaded from their installed packages when the model
+loads; only fine-tuned encoder weights travel inside the model's folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, model_text, normalize_text
+from genre_pipeline.models.members import EncoderRef, MemberInputs, load_member
+from genre_pipeline.models.stacking import Stacker
+from genre_pipeline.models.thresholds import apply_thresholds
+from genre_pipeline.posters import PosterError, verify_poster
+
+log = logging.getLogger(__name__)
+CLASSIFIER_FILE = "classifier.json"
+ARTIFACT_KEY = "classifier"
+MAX_OVERVIEW_CHARS = 20_000  # a plot overview is a few hundred characters; encoders truncate long ones anyway
+INPUT_COLUMNS = ("overview", "tagline", "title", "poster", *METADATA_COLUMNS)
+
+
+def probability_column(genre: str) -> str:
+    return f"probability:{genre}"
+
+
+def decision_column(genre: str) -> str:
+    return f"decision:{genre}"
+
+
+@dataclasses.dataclass
+class GenreClassifier:
+    """``members`` by name; with a ``stacker`` the members' probabilities are combined, without one
+    the classifier is its single member."""
+
+    name: str
+    classes: list[str]
+    thresholds: np.ndarray
+    members: dict
+    stacker: Stacker | None = None
+
+    def __post_init__(self):
+        if self.stacker is None and len(self.members) != 1:
+            raise ValueError("a classifier without a stacker has exactly one member")
+
+    @property
+    def encoders(self) -> list[EncoderRef]:
+        seen = {}
+        for member in self.members.values():
+            for ref in member.encoders:
+                seen.setdefault(ref.key, ref)
+        return list(seen.values())
+
+    @property
+    def uses_posters(self) -> bool:
+        return any(ref.modality == "image" for ref in self.encoders)
+
+    def probabilities(self, inputs: MemberInputs) -> np.ndarray:
+        if self.stacker is None:
+            (member,) = self.members.values()
+            return member.probabilities(inputs)
+        return self.stacker.probabilities(
+            {name: member.probabilities(inputs) for name, member in self.members.items()}, inputs
+        )
+
+    def decisions(self, probabilities: np.ndarray) -> np.ndarray:
+        return apply_thresholds(probabilities, self.thresholds)
+
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, member in self.members.items():
+            member.save(directory / "members" / name)
+        if self.stacker is not None:
+            self.stacker.save(directory / "stacker")
+        spec = {
+            "name": self.name,
+            "classes": self.classes,
+            "thresholds": self.thresholds.tolist(),
+            "members": list(self.members),
+            "stacker": self.stacker is not None,
+        }
+        (directory / CLASSIFIER_FILE).write_text(json.dumps(spec, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str) -> "GenreClassifier":
+        directory = Path(directory)
+        spec = json.loads((directory / CLASSIFIER_FILE).read_text())
+        members = {name: load_member(directory / "members" / name) for name in spec["members"]}
+        stacker = Stacker.load(directory / "stacker") if spec["stacker"] else None
+        return cls(spec["name"], spec["classes"], np.asarray(spec["thresholds"]), members, stacker)
+
+
+def load_encoders(refs: list[EncoderRef], root: Path) -> dict:
+    """The encoders by key: bundled or installed ones by name, fine-tuned weights from ``root``."""
+    from genre_pipeline.models.encoders import ImageEncoder, TextEncoder
+
+    encoders = {}
+    for ref in refs:
+        if ref.modality == "text":
+            encoders[ref.key] = TextEncoder(str(root / ref.weights) if ref.weights else ref.name)
+        else:
+            encoders[ref.key] = ImageEncoder(ref.name, weights_file=root / ref.weights if ref.weights else None)
+    return encoders
+
+
+def _text_of(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return normalize_text(str(value))
+
+
+def _poster_of(value):
+    """A usable RGB image, or (None, why not)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None, None
+    if isinstance(value, str):  # base64, as JSON carries bytes (MLflow's scoring server decodes it first)
+        try:
+            value = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            return None, "the poster is neither image bytes nor base64"
+    if not isinstance(value, (bytes, bytearray)) or not value:
+        return None, "the poster is empty"
+    try:
+        return verify_poster(bytes(value)).image, None
+    except PosterError as error:
+        return None, f"poster not usable ({error})"
+
+
+def encode_inputs(frame: pd.DataFrame, classifier: GenreClassifier, encoders: dict) -> tuple[MemberInputs, list]:
+    """Raw input rows -> what the members read, and per row why its poster was not used (None if it was,
+    or if none was given). An empty overview is an error: there is nothing to predict from."""
+    if "overview" not in frame.columns:
+        raise ValueError("the input has no 'overview' column: every movie needs its plot overview")
+    texts = []
+    for row, (overview, tagline) in enumerate(
+        zip(frame["overview"], frame["tagline"] if "tagline" in frame.columns else [None] * len(frame))
+    ):
+        overview = _text_of(overview)
+        if not overview:
+            raise ValueError(f"row {row}: the overview is empty: give the movie's plot overview")
+        if len(overview) > MAX_OVERVIEW_CHARS:
+            raise ValueError(f"row {row}: the overview has {len(overview)} characters, over {MAX_OVERVIEW_CHARS}")
+        texts.append(model_text(overview, _text_of(tagline)))
+    titles = [_text_of(t) for t in (frame["title"] if "title" in frame.columns else [None] * len(frame))]
+    posters, notes = [], []
+    for value in frame["poster"] if "poster" in frame.columns else [None] * len(frame):
+        image, note = _poster_of(value)
+        posters.append(image)
+        notes.append(note)
+    has_poster = np.array([p is not None for p in posters], dtype=bool)
+    text_features, poster_features = {}, {}
+    for ref in classifier.encoders:
+        encoder = encoders[ref.key]
+        if ref.modality == "text":
+            text_features[ref.key] = encoder.encode(texts)
+        else:
+            features = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+            if has_poster.any():
+                features[has_poster] = encoder.encode([p for p in posters if p is not None])
+            poster_features[ref.key] = features
+    if not classifier.uses_posters:
+        notes = [
+            None if value is None else f"the model ({classifier.name}) reads text only: the poster was not used"
+            for value in (frame["poster"] if "poster" in frame.columns else [None] * len(frame))
+        ]
+        has_poster = np.zeros(len(texts), dtype=bool)
+    metadata = frame.reindex(columns=list(METADATA_COLUMNS)).reset_index(drop=True)
+    return MemberInputs(texts, titles, text_features, poster_features, has_poster, metadata), notes
+
+
+# Logged as a model from code (MLflow's recommended form: no pickled Python object in the model).
+PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+
+
+class GenreClassifierModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc flavour: ``predict`` takes a DataFrame with ``overview`` and optionally ``tagline``,
+    ``title``, ``poster`` (image bytes) and the metadata columns; it returns per genre ``probability:<genre>``
+    and ``decision:<genre>`` (above the genre's tuned threshold), and ``used_poster``."""
+
+    def load_context(self, context) -> None:
+        root = Path(context.artifacts[ARTIFACT_KEY])
+        self.classifier = GenreClassifier.load(root)
+        self.encoders = load_encoders(self.classifier.encoders, root)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        inputs, notes = encode_inputs(frame, self.classifier, self.encoders)
+        probabilities = self.classifier.probabilities(inputs)
+        decisions = self.classifier.decisions(probabilities)
+        columns = {}
+        for j, genre in enumerate(self.classifier.classes):
+            columns[probability_column(genre)] = probabilities[:, j].astype(np.float64)
+        for j, genre in enumerate(self.classifier.classes):
+            columns[decision_column(genre)] = decisions[:, j].astype(bool)
+        columns["used_poster"] = inputs.has_poster.astype(bool)
+        columns["poster_note"] = [note or "" for note in notes]
+        return pd.DataFrame(columns)
+
+
+def signature(classes: list[str]):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    # Numbers of any type (JSON gives int64 for [104, 120] and float64 for [104, null]); the model
+    # parses them itself and names a column that holds something else.
+    number = AnyType()
+
+    inputs = Schema(
+        [
+            ColSpec("string", "overview"),
+            ColSpec("string", "tagline", required=False),
+            ColSpec("string", "title", required=False),
+            ColSpec("binary", "poster", required=False),
+            ColSpec("string", "original_language", required=False),
+            ColSpec(number, "runtime", required=False),
+            ColSpec(number, "release_year", required=False),
+            ColSpec(number, "vote_average", required=False),
+            ColSpec(number, "vote_count", required=False),
+        ]
+    )
+    outputs = Schema(
+        [ColSpec("double", probability_column(g)) for g in classes]
+        + [ColSpec("boolean", decision_column(g)) for g in classes]
+        + [ColSpec("boolean", "used_poster"), ColSpec("string", "poster_note")]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)

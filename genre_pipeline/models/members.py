@@ -1,0 +1,260 @@
+"""The models a genre classifier is built from, each from the inputs it reads to genre probabilities.
+
+A member reads ``MemberInputs``: the model texts, encoder features keyed by encoder, which
+movies have a usable poster, and the metadata. In training the features come from the cached
+embeddings; in the deployed model the classifier computes them with the same encoders; so what
+is evaluated is what is served. Members save to and load from a folder in plain formats
+(scikit-learn's joblib for the TF-IDF pipeline, a torch state dict and JSON for heads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from genre_pipeline.models.heads import build_head
+from genre_pipeline.models.training import predict_proba
+
+SPEC_FILE = "member.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderRef:
+    """An encoder a member reads: a bundled or installed one by name, or fine-tuned weights saved in
+    the classifier's folder (``weights``, relative to it)."""
+
+    modality: str  # "text" or "image"
+    name: str
+    weights: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name if self.weights is None else f"{self.name}@{self.weights}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class MemberInputs:
+    texts: list[str]  # the model text: overview and tagline
+    titles: list[str]  # "" where unknown
+    text_features: dict[str, np.ndarray]  # by EncoderRef.key
+    poster_features: dict[str, np.ndarray]  # by EncoderRef.key; zeros where a movie has no usable poster
+    has_poster: np.ndarray  # bool per movie
+    metadata: pd.DataFrame  # the metadata columns, None where unknown
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, rows: np.ndarray) -> "MemberInputs":
+        index = np.flatnonzero(rows) if rows.dtype == bool else rows
+        return MemberInputs(
+            [self.texts[i] for i in index],
+            [self.titles[i] for i in index],
+            {k: v[index] for k, v in self.text_features.items()},
+            {k: v[index] for k, v in self.poster_features.items()},
+            self.has_poster[index],
+            self.metadata.iloc[index].reset_index(drop=True),
+        )
+
+
+def tfidf_pipeline(C: float, seed: int) -> Pipeline:  # noqa: N803 - scikit-learn's name
+    """Word 1-2-gram and character 3-5-gram (within words) TF-IDF, sublinear tf; one logistic
+    regression per genre, classes balanced."""
+    words = TfidfVectorizer(
+        sublinear_tf=True, ngram_range=(1, 2), min_df=2, max_features=100_000, strip_accents="unicode"
+    )
+    characters = TfidfVectorizer(
+        sublinear_tf=True,
+        analyzer="char_wb",
+        ngram_range=(3, 5),
+        min_df=3,
+        max_features=150_000,
+        strip_accents="unicode",
+    )
+    return Pipeline(
+        [
+            ("tfidf", FeatureUnion([("words", words), ("characters", characters)])),
+            (
+                "classifier",
+                OneVsRestClassifier(
+                    LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed), n_jobs=2
+                ),
+            ),
+        ]
+    )
+
+
+class TfidfMember:
+    """TF-IDF of the model text, or with ``with_title`` of the title followed by the model text."""
+
+    kind = "tfidf"
+    encoders: tuple[EncoderRef, ...] = ()
+
+    def __init__(self, pipeline: Pipeline, with_title: bool = False):
+        self.pipeline, self.with_title = pipeline, with_title
+
+    def documents(self, inputs: MemberInputs) -> np.ndarray:
+        if self.with_title:
+            return np.asarray([f"{title} . {text}" for title, text in zip(inputs.titles, inputs.texts)], dtype=object)
+        return np.asarray(inputs.texts, dtype=object)
+
+    @classmethod
+    def fit(cls, inputs: MemberInputs, labels: np.ndarray, *, C: float, seed: int, with_title: bool = False):  # noqa: N803
+        member = cls(tfidf_pipeline(C, seed), with_title)
+        member.pipeline.fit(member.documents(inputs), labels)
+        return member
+
+    def probabilities(self, inputs: MemberInputs) -> np.ndarray:
+        return self.pipeline.predict_proba(self.documents(inputs)).astype(np.float32)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.pipeline, directory / "tfidf.joblib")
+        (directory / SPEC_FILE).write_text(json.dumps({"kind": self.kind, "with_title": self.with_title}))
+
+    @classmethod
+    def load(cls, directory: Path, spec: dict) -> "TfidfMember":
+        return cls(joblib.load(directory / "tfidf.joblib"), spec["with_title"])
+
+
+class NeighboursMember:
+    """The genres of the most similar training movies by text embedding (cosine), weighted by
+    softmax(similarity * ``sharpness``): a memory of the train split, unlike the trained heads."""
+
+    kind = "neighbours"
+
+    def __init__(self, text: EncoderRef, vectors: np.ndarray, labels: np.ndarray, k: int = 30, sharpness: float = 10.0):
+        self.text, self.vectors, self.labels, self.k, self.sharpness = text, vectors, labels, k, sharpness
+
+    @property
+    def encoders(self) -> tuple[EncoderRef, ...]:
+        return (self.text,)
+
+    @classmethod
+    def fit(cls, inputs: MemberInputs, labels: np.ndarray, text: EncoderRef) -> "NeighboursMember":
+        return cls(
+            text, np.ascontiguousarray(inputs.text_features[text.key], dtype=np.float32), labels.astype(np.uint8)
+        )
+
+    def probabilities(self, inputs: MemberInputs) -> np.ndarray:
+        queries = inputs.text_features[self.text.key].astype(np.float32)
+        k = min(self.k, len(self.vectors))
+        result = np.zeros((len(queries), self.labels.shape[1]), dtype=np.float32)
+        for start in range(0, len(queries), 1024):
+            similarity = queries[start : start + 1024] @ self.vectors.T
+            nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            weights = np.exp(np.take_along_axis(similarity, nearest, axis=1) * self.sharpness)
+            weights /= weights.sum(axis=1, keepdims=True)
+            result[start : start + 1024] = (self.labels[nearest] * weights[..., None]).sum(axis=1)
+        return result
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(directory / "neighbours.npz", vectors=self.vectors, labels=self.labels)
+        spec = {"kind": self.kind, "text": self.text.to_dict(), "k": self.k, "sharpness": self.sharpness}
+        (directory / SPEC_FILE).write_text(json.dumps(spec))
+
+    @classmethod
+    def load(cls, directory: Path, spec: dict) -> "NeighboursMember":
+        with np.load(directory / "neighbours.npz", allow_pickle=False) as saved:
+            vectors, labels = saved["vectors"], saved["labels"]
+        return cls(EncoderRef(**spec["text"]), vectors, labels, spec["k"], spec["sharpness"])
+
+
+class LinearMember:
+    """One logistic regression per genre on a text encoder's embeddings."""
+
+    kind = "linear"
+
+    def __init__(self, text: EncoderRef, model: OneVsRestClassifier):
+        self.text, self.model = text, model
+
+    @property
+    def encoders(self) -> tuple[EncoderRef, ...]:
+        return (self.text,)
+
+    @classmethod
+    def fit(cls, inputs: MemberInputs, labels: np.ndarray, text: EncoderRef, *, C: float = 2.0, seed: int = 42):  # noqa: N803
+        model = OneVsRestClassifier(
+            LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed), n_jobs=2
+        )
+        return cls(text, model.fit(inputs.text_features[text.key], labels))
+
+    def probabilities(self, inputs: MemberInputs) -> np.ndarray:
+        return self.model.predict_proba(inputs.text_features[self.text.key]).astype(np.float32)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.model, directory / "linear.joblib")
+        (directory / SPEC_FILE).write_text(json.dumps({"kind": self.kind, "text": self.text.to_dict()}))
+
+    @classmethod
+    def load(cls, directory: Path, spec: dict) -> "LinearMember":
+        return cls(EncoderRef(**spec["text"]), joblib.load(directory / "linear.joblib"))
+
+
+class HeadMember:
+    """A genre head on encoder features: text, image (posters only) or a fusion of both."""
+
+    def __init__(self, kind: str, head: torch.nn.Module, text: EncoderRef | None, image: EncoderRef | None, dims):
+        self.kind, self.head, self.text, self.image = kind, head.eval(), text, image
+        self.dims = dict(dims)  # text_dim, image_dim, n_labels: what build_head needs
+
+    @property
+    def encoders(self) -> tuple[EncoderRef, ...]:
+        return tuple(e for e in (self.text, self.image) if e is not None)
+
+    def features(self, inputs: MemberInputs) -> np.ndarray:
+        if self.kind == "text":
+            return inputs.text_features[self.text.key]
+        if self.kind == "image":
+            return inputs.poster_features[self.image.key]
+        return np.hstack(
+            [
+                inputs.text_features[self.text.key],
+                inputs.poster_features[self.image.key],
+                inputs.has_poster[:, None].astype(np.float32),
+            ]
+        )
+
+    def probabilities(self, inputs: MemberInputs) -> np.ndarray:
+        return predict_proba(self.head, np.ascontiguousarray(self.features(inputs), dtype=np.float32))
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in self.head.state_dict().items()}, directory / "head.pt")
+        spec = {
+            "kind": self.kind,
+            "dims": self.dims,
+            "text": self.text.to_dict() if self.text else None,
+            "image": self.image.to_dict() if self.image else None,
+        }
+        (directory / SPEC_FILE).write_text(json.dumps(spec))
+
+    @classmethod
+    def load(cls, directory: Path, spec: dict) -> "HeadMember":
+        head = build_head(spec["kind"], **spec["dims"])
+        head.load_state_dict(torch.load(directory / "head.pt", map_location="cpu", weights_only=True))
+        text = EncoderRef(**spec["text"]) if spec["text"] else None
+        image = EncoderRef(**spec["image"]) if spec["image"] else None
+        return cls(spec["kind"], head, text, image, spec["dims"])
+
+
+_LOADERS = {"tfidf": TfidfMember, "neighbours": NeighboursMember, "linear": LinearMember}
+
+
+def load_member(directory: Path):
+    spec = json.loads((directory / SPEC_FILE).read_text())
+    return _LOADERS.get(spec["kind"], HeadMember).load(directory, spec)

@@ -1,0 +1,90 @@
+"""Cross-fitting, the stacker and the metadata features, on small data made here."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_pipeline.models.members import MemberInputs
+from genre_pipeline.models.metadata import MetadataEncoder, clean, hide_at_random
+from genre_pipeline.models.stacking import Stacker, out_of_fold
+
+
+def test_out_of_fold_never_predicts_a_row_with_a_model_fitted_on_it():
+    rows = np.arange(10, 110)
+    seen = {}
+
+    def fit_and_predict(fit_rows, predict_rows):
+        for row in predict_rows:
+            seen[int(row)] = set(fit_rows.tolist())
+        return np.tile(predict_rows[:, None].astype(np.float32), (1, 2))
+
+    result = out_of_fold(fit_and_predict, rows, folds=5, seed=0)
+    assert set(seen) == set(rows.tolist())
+    assert all(row not in fitted and len(fitted) == 80 for row, fitted in seen.items())
+    np.testing.assert_array_equal(result[:, 0], rows)  # each row's prediction lands in its own place
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        out_of_fold(fit_and_predict, rows, folds=1, seed=0)
+
+
+def test_metadata_is_cleaned_and_bad_values_are_named():
+    frame = pd.DataFrame(
+        {
+            "original_language": ["EN", "", None],
+            "runtime": [0, 95, None],
+            "vote_average": [7.5, 6.0, 8.0],
+            "vote_count": [10, 0, None],
+        }
+    )
+    cleaned = clean(frame)
+    assert cleaned["original_language"].tolist() == ["en", None, None]
+    assert cleaned["runtime"].tolist() == [None, 95.0, None]  # TMDb's 0 means unknown
+    assert cleaned["vote_average"].tolist() == [7.5, None, None]  # an average of no votes is unknown
+    assert cleaned["release_year"].tolist() == [None, None, None]  # an absent column is all unknown
+    with pytest.raises(ValueError, match="'runtime' must be a number"):
+        clean(pd.DataFrame({"runtime": ["long"]}))
+    encoder = MetadataEncoder.fit(pd.DataFrame({"original_language": ["en"] * 20 + ["fr"] * 3}))
+    features = encoder.transform(pd.DataFrame({"original_language": ["en", "fr", None]}))
+    assert encoder.languages == ["en"] and features[:, 0][:2].tolist() == [0, 1] and np.isnan(features[2, 0])
+    assert encoder.numeric == [] and features.shape == (3, 1)  # no training movie had a number
+
+
+def test_hiding_metadata_hides_whole_movies_and_single_fields():
+    frame = pd.DataFrame({"original_language": ["en"] * 4000, "runtime": [100] * 4000, "release_year": [2000] * 4000})
+    hidden = hide_at_random(frame, 0.10, 0.05, np.random.default_rng(0))
+    none_at_all = hidden.isna().all(axis=1).mean()
+    assert 0.09 < none_at_all < 0.11
+    assert 0.13 < hidden["runtime"].isna().mean() < 0.16  # 10% of movies, then 5% of the rest
+    assert frame["runtime"].notna().all()  # the input is left as it was
+
+
+def synthetic(n: int, rng: np.random.Generator):
+    """Two genres: the first decided by a member's probability, the second by the runtime alone."""
+    runtime = rng.uniform(20, 180, n)
+    labels = np.column_stack([rng.random(n) < 0.5, runtime < 60]).astype(np.uint8)
+    member = np.clip(labels[:, :1] * 0.6 + rng.random((n, 1)) * 0.4, 0, 1)
+    probabilities = {"member": np.column_stack([member[:, 0], rng.random(n)]).astype(np.float32)}
+    metadata = pd.DataFrame({"runtime": runtime, "original_language": "en"})
+    inputs = MemberInputs([""] * n, [""] * n, {}, {}, np.zeros(n, dtype=bool), metadata)
+    return probabilities, inputs, labels
+
+
+def test_the_stacker_learns_from_metadata_and_predicts_without_it():
+    rng = np.random.default_rng(2024)  # not the stacker's seed: which movies it hides must not follow the data
+    probabilities, inputs, labels = synthetic(3000, rng)
+    stacker = Stacker.fit(probabilities, [], inputs, labels, use_metadata=True, seed=0)
+    test_probabilities, test_inputs, test_labels = synthetic(500, rng)
+    predicted = stacker.probabilities(test_probabilities, test_inputs)
+    assert ((predicted[:, 1] > 0.5) == test_labels[:, 1]).mean() > 0.95  # the runtime was read
+    assert ((predicted[:, 0] > 0.5) == test_labels[:, 0]).mean() > 0.9  # and the member
+    no_metadata = MemberInputs(
+        *[getattr(test_inputs, f) for f in ("texts", "titles", "text_features")],
+        {},
+        test_inputs.has_poster,
+        pd.DataFrame(index=range(500)),
+    )
+    blind = stacker.probabilities(test_probabilities, no_metadata)
+    assert np.isfinite(blind).all()
+    # Without the runtime the second genre falls back to about its base rate (~1/4), for every movie:
+    # the stacker learned what a missing runtime means instead of reading it as a real value.
+    assert np.abs(blind[:, 1] - labels[:, 1].mean()).mean() < 0.1
+    assert ((blind[:, 0] > 0.5) == test_labels[:, 0]).mean() > 0.9
