@@ -28,6 +28,11 @@ def movie(
         "popularity": popularity,
         "poster_status": poster,
         "poster_file": f"posters/images/{movie_id}.jpg" if poster == "ok" else None,
+        # What details_frame reads from /movie/{id} for the models; cleaning only carries it along.
+        "original_language": "en",
+        "runtime": 100,
+        "vote_average": 6.5,
+        "vote_count": 120,
     }
 
 
@@ -61,7 +66,7 @@ def test_each_cleaning_rule_drops_and_counts_its_rows():
     assert result.kept_by_tagline_policy == {"require_tagline": 1, "keep_without_tagline": 3}
 
 
-def test_the_seed_tagline_rule_keeps_only_movies_with_taglines():
+def test_the_require_tagline_rule_keeps_only_movies_with_taglines():
     frame = pd.DataFrame([movie(1, title="A", tagline="Yes."), movie(2, title="B"), movie(3, title="C")])
     result = cleaning.clean_movies(frame, cleaning.CleaningRules(require_tagline=True))
     assert result.movies["id"].tolist() == [1] and result.dropped["no_tagline"] == 2
@@ -83,14 +88,21 @@ def test_details_frame_joins_poster_status():
             "overview": "o",
             "tagline": None,
             "genres": [{"id": 18, "name": "Drama"}],
+            "original_language": "fr",
+            "runtime": 104,
+            "vote_average": 7.1,
+            "vote_count": 88,
         },
-        {"id": 2, "title": "B", "release_date": None, "overview": "o", "genres": []},
+        {"id": 2, "title": "B", "release_date": None, "overview": "o", "genres": [], "original_language": ""},
     ]
     status = pd.DataFrame([{"id": 1, "status": "corrupt", "file": None}])
     frame = cleaning.details_frame(details, status)
     assert frame["release_year"].tolist()[0] == 1999 and pd.isna(frame["release_year"].tolist()[1])
     assert frame["poster_status"].tolist() == ["corrupt", "not_downloaded"]
     assert frame["genres"].tolist() == [["Drama"], []]
+    first, second = frame.to_dict(orient="records")
+    assert (first["original_language"], first["runtime"], first["vote_count"]) == ("fr", 104, 88)
+    assert pd.isna(second["original_language"]) and pd.isna(second["runtime"])  # unknown, never a made-up 0
 
 
 def test_rare_genres_are_pruned_and_unlabelled_movies_dropped():

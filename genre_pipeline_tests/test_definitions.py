@@ -17,6 +17,7 @@ def test_definitions_load():
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert {"tmdb_configuration", "tmdb_genres", "raw_discover_pages", "movie_details", "posters"} <= keys
     assert {"movies_clean", "genre_labels", "dataset_splits", "eda_report"} <= keys
+    assert {"baseline_model", "stacked_model", "model_comparison"} <= keys
     assert len(graph.asset_check_keys) == 7
     assert defs.resolve_schedule_def("tmdb_refresh_schedule")
     assert graph.get(dg.AssetKey("movie_details")).automation_condition is not None

@@ -449,11 +449,11 @@ def test_an_unloadable_encoder_fails_clearly(trained):
 
 # Few, larger steps so that three epochs on ~70 demo movies learn something.
 FINE_TUNE = {
-    "fine_tune_max_epochs": 3,
-    "fine_tune_batch_size": 16,
-    "fine_tune_patience": 3,
+    "max_epochs": 3,
+    "batch_size": 16,
+    "patience": 3,
     "encoder_learning_rate": 1e-4,
-    "learning_rate": 3e-3,
+    "head_learning_rate": 3e-3,
 }
 
 
@@ -469,9 +469,9 @@ def fine_tuned(trained, tmp_path_factory):
     res["training"] = TrainingResource(device="cpu", fine_tune=True)
     # Posters are decoded in worker processes for fusion (as on a GPU machine), in-process for the image model.
     ops = {
-        "text_model": FINE_TUNE,
-        "image_model": {**FINE_TUNE, "data_loader_workers": 0},
-        "fusion_model": FINE_TUNE,
+        "text_model": {"fine_tuning": FINE_TUNE},
+        "image_model": {"fine_tuning": {**FINE_TUNE, "num_workers": 0}},
+        "fusion_model": {"fine_tuning": FINE_TUNE},
     }
     result = dg.materialize(
         ASSETS + DATASET_ASSETS + MODEL_ASSETS,

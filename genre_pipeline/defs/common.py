@@ -43,8 +43,8 @@ def progress_logger(context: dg.AssetExecutionContext, label: str, steps: int = 
 def config_from_dataclass(cls, name: str, **nested: type[dg.Config]) -> type[dg.Config]:
     """A Dagster Config with the fields, defaults and descriptions (``field(metadata={"description":
     ...})``) of a plain dataclass, so that a setting is declared once, where the code using it lives;
-    ``nested`` adds sections that are Configs themselves. ``cls(**config.model_dump())`` turns the
-    run's config back into the dataclass (nested sections left out)."""
+    ``nested`` adds sections that are Configs themselves. ``to_dataclass`` turns the run's config
+    back into the dataclass."""
     hints = typing.get_type_hints(cls)
     fields = {
         f.name: (hints[f.name], pydantic.Field(default=f.default, description=f.metadata.get("description")))
@@ -52,3 +52,8 @@ def config_from_dataclass(cls, name: str, **nested: type[dg.Config]) -> type[dg.
     }
     fields.update({key: (section, pydantic.Field(default_factory=section)) for key, section in nested.items()})
     return pydantic.create_model(name, __base__=dg.Config, __doc__=cls.__doc__, **fields)
+
+
+def to_dataclass(cls, config: dg.Config):
+    """The dataclass ``cls`` from the run's config (built by config_from_dataclass)."""
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})

@@ -14,7 +14,13 @@ from pydantic import Field
 
 from genre_pipeline.dataset.labels import LabelSet
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
-from genre_pipeline.defs.common import config_from_dataclass, markdown_images, markdown_table, progress_logger
+from genre_pipeline.defs.common import (
+    config_from_dataclass,
+    markdown_images,
+    markdown_table,
+    progress_logger,
+    to_dataclass,
+)
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.models import finetune, genre_models, metrics, tracking
@@ -34,44 +40,12 @@ class EmbeddingConfig(dg.Config):
     batch_size: int = 64
 
 
-class HeadConfig(dg.Config):
-    max_epochs: int = 60
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-2
-    patience: int = Field(default=8, description="Stop after this many epochs without a better validation macro-F1.")
-    max_pos_weight: float = 10.0
-    seed: int = 42
-    # Used only when the training resource fine-tunes the encoders.
-    fine_tune_max_epochs: int = 6
-    fine_tune_batch_size: int = 32
-    fine_tune_patience: int = 2
-    encoder_learning_rate: float = Field(default=2e-5, description="Fine-tuning: the encoders' AdamW rate.")
-    data_loader_workers: int = Field(default=2, description="Fine-tuning: processes decoding and augmenting posters.")
-
-    def training_config(self) -> TrainingConfig:
-        return TrainingConfig(
-            max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            max_pos_weight=self.max_pos_weight,
-            seed=self.seed,
-        )
-
-    def fine_tune_config(self) -> FineTuneConfig:
-        return FineTuneConfig(
-            max_epochs=self.fine_tune_max_epochs,
-            batch_size=self.fine_tune_batch_size,
-            encoder_learning_rate=self.encoder_learning_rate,
-            head_learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            patience=self.fine_tune_patience,
-            max_pos_weight=self.max_pos_weight,
-            num_workers=self.data_loader_workers,
-            seed=self.seed,
-        )
+HeadTrainingConfig = config_from_dataclass(TrainingConfig, "HeadTrainingConfig")
+# A head asset's config: how the head trains on cached embeddings, and under fine_tuning how it trains
+# with its encoders when the training resource fine-tunes.
+HeadConfig = config_from_dataclass(
+    TrainingConfig, "HeadConfig", fine_tuning=config_from_dataclass(FineTuneConfig, "FineTuningConfig")
+)
 
 
 class BaselineConfig(dg.Config):
@@ -327,12 +301,14 @@ def _train_head_asset(
                 name,
                 head_kind,
                 data,
-                config.fine_tune_config(),
+                to_dataclass(FineTuneConfig, config.fine_tuning),
                 lambda: _fresh_encoders(head_kind, training),
                 on_epoch=on_epoch,
             )
         text, image = _encoder_refs(head_kind, training)
-        return genre_models.train_neural(name, head_kind, data, config.training_config(), text, image, on_epoch)
+        return genre_models.train_neural(
+            name, head_kind, data, to_dataclass(TrainingConfig, config), text, image, on_epoch
+        )
 
     if kind == "fusion":
         outcome, scores = genre_models.train_fusion(
@@ -380,7 +356,6 @@ fusion_model = _head_model_asset(
 )
 
 
-HeadTrainingConfig = config_from_dataclass(TrainingConfig, "HeadTrainingConfig")
 StackAssetConfig = config_from_dataclass(genre_models.StackConfig, "StackAssetConfig", heads=HeadTrainingConfig)
 
 
@@ -402,11 +377,10 @@ def stacked_model(
     from raw inputs to genres; movies without a usable poster or metadata are scored from the rest."""
     store = storage.store
     data, fingerprint = _training_data(store, training, text=True, image=True)
-    settings = config.model_dump()
     outcome = genre_models.train_stack(
         data,
-        TrainingConfig(**settings.pop("heads")),
-        genre_models.StackConfig(**settings),
+        to_dataclass(TrainingConfig, config.heads),
+        to_dataclass(genre_models.StackConfig, config),
         [EncoderRef("text", name) for name in training.text_encoders],
         EncoderRef("image", training.image_encoder),
         progress=context.log.info,

@@ -22,7 +22,7 @@ from torch import nn
 
 from genre_pipeline.models.encoders import IMAGE_SIZE, ImageEncoder, TextEncoder, image_transform, read_image
 from genre_pipeline.models.members import EncoderRef
-from genre_pipeline.models.training import EarlyStopping, TrainingResult, pos_weight, set_seeds
+from genre_pipeline.models.training import EarlyStopping, TrainingResult, described, pos_weight, set_seeds
 
 ENCODERS_ARTIFACT = "encoders"  # the MLflow artifact folder of a fine-tuned model's encoders
 TEXT_ENCODER_DIR = "text_encoder"
@@ -31,16 +31,18 @@ IMAGE_ENCODER_FILE = "image_encoder.pt"
 
 @dataclasses.dataclass(frozen=True)
 class FineTuneConfig:
+    """Fine-tuning the encoders with a head (when the training resource fine-tunes)."""
+
     max_epochs: int = 6
     batch_size: int = 32
-    encoder_learning_rate: float = 2e-5
-    head_learning_rate: float = 1e-3
+    encoder_learning_rate: float = described(2e-5, "AdamW rate of the encoders.")
+    head_learning_rate: float = described(1e-3, "AdamW rate of the head.")
     weight_decay: float = 1e-2
-    warmup_share: float = 0.06  # of all steps, linear warm-up before the cosine decay
-    patience: int = 2
+    warmup_share: float = described(0.06, "Share of all steps of linear warm-up before the cosine decay.")
+    patience: int = described(2, "Stop after this many epochs without a better validation macro-F1.")
     max_pos_weight: float = 10.0
-    modality_dropout: float = 0.15  # fusion: hide the poster of this share of training movies
-    num_workers: int = 2  # poster decoding and augmentation
+    modality_dropout: float = described(0.15, "Fusion: hide the poster of this share of training movies.")
+    num_workers: int = described(2, "DataLoader processes decoding and augmenting posters (0 on small CPUs).")
     seed: int = 42
 
 

@@ -29,7 +29,7 @@ from genre_pipeline.models.members import (
 )
 from genre_pipeline.models.stacking import Stacker, out_of_fold
 from genre_pipeline.models.thresholds import apply_thresholds, top3_rule, tune_thresholds
-from genre_pipeline.models.training import TrainingConfig, set_seeds, train_head
+from genre_pipeline.models.training import TrainingConfig, described, set_seeds, train_head
 
 
 @dataclasses.dataclass
@@ -397,18 +397,15 @@ def train_baseline(data: TrainingData, *, C: float = 4.0, seed: int = 42) -> Mod
     )
 
 
-def _described(default, description: str):
-    return dataclasses.field(default=default, metadata={"description": description})
-
-
 @dataclasses.dataclass(frozen=True)
 class StackConfig:
     """How the stacked classifier is built."""
 
-    folds: int = _described(5, "Cross-fitting folds of the train split for the members' out-of-fold probabilities.")
-    tfidf_C: float = _described(4.0, "Inverse regularization of the TF-IDF members' logistic regressions.")  # noqa: N815
-    hide_movies: float = _described(0.10, "Stacker training: share of movies shown without any metadata.")
-    hide_fields: float = _described(0.05, "Stacker training: share of the other metadata values hidden one by one.")
+    folds: int = described(5, "Cross-fitting folds of the train split for the members' out-of-fold probabilities.")
+    tfidf_C: float = described(4.0, "Inverse regularization of the TF-IDF members' logistic regressions.")  # noqa: N815
+    hide_movies: float = described(0.10, "Stacker training: share of movies shown without any metadata.")
+    hide_fields: float = described(0.05, "Stacker training: share of the other metadata values hidden one by one.")
+    stacker_bags: int = described(5, "Stacker: bags of boosted trees, fitted with different seeds and averaged.")
     seed: int = 42
 
 
@@ -463,6 +460,7 @@ def _stack_variant(name, data, members, oof, poster_members, *, use_metadata, st
         use_metadata=use_metadata,
         hide_movies=stack.hide_movies,
         hide_fields=stack.hide_fields,
+        bags=stack.stacker_bags,
         seed=stack.seed,
     )
     classifier = GenreClassifier(name, list(data.classes), np.zeros(0), members, stacker)

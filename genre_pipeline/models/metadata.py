@@ -62,9 +62,9 @@ def hide_at_random(frame: pd.DataFrame, row_share: float, field_share: float, rn
 
 @dataclasses.dataclass
 class MetadataEncoder:
-    """Features from metadata: the language as a category (the languages seen on at least
-    ``min_movies`` training movies, then 'other'), and the numeric fields as they are; NaN where
-    a value is missing. A field that no training movie has is left out: nothing was learned of it."""
+    """Features from metadata: the language one-hot over the languages seen on at least
+    ``min_movies`` training movies and 'other' (all NaN when unknown), and the numeric fields as
+    they are (NaN when missing). A field no training movie has is left out: nothing was learned of it."""
 
     languages: list[str]
     numeric: list[str]  # the numeric columns training had values for
@@ -78,15 +78,19 @@ class MetadataEncoder:
 
     @property
     def feature_names(self) -> list[str]:
-        return ["original_language", *self.numeric]
+        return [f"language={v}" for v in (*self.languages, "other")] + self.numeric
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         frame = clean(frame)
-        code = {language: n for n, language in enumerate(self.languages)}
-        other = len(self.languages)
-        language = [np.nan if v is None else code.get(v, other) for v in frame["original_language"]]
+        position = {language: n for n, language in enumerate(self.languages)}
+        one_hot = np.zeros((len(frame), len(self.languages) + 1))
+        for row, language in enumerate(frame["original_language"]):
+            if language is None:
+                one_hot[row] = np.nan
+            else:
+                one_hot[row, position.get(language, len(self.languages))] = 1.0
         numeric = [[np.nan if v is None else v for v in frame[column]] for column in self.numeric]
-        return np.column_stack([language, *numeric]).astype(np.float64)
+        return np.column_stack([one_hot, *numeric]).astype(np.float64)
 
     def to_dict(self) -> dict:
         return {"languages": self.languages, "numeric": self.numeric}

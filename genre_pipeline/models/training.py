@@ -12,15 +12,22 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 
+def described(default, description: str):
+    """A dataclass field with a description, which the Dagster config built from it shows."""
+    return dataclasses.field(default=default, metadata={"description": description})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
+    """Training a head on cached embeddings."""
+
     max_epochs: int = 60
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 1e-2
-    patience: int = 8
-    max_pos_weight: float = 10.0
-    modality_dropout: float = 0.15  # fusion only: hide the poster of this share of training movies per batch
+    patience: int = described(8, "Stop after this many epochs without a better validation macro-F1.")
+    max_pos_weight: float = described(10.0, "Cap of the per-genre positive weight of the BCE loss.")
+    modality_dropout: float = described(0.15, "Fusion: hide the poster of this share of training movies.")
     seed: int = 42
 
 
