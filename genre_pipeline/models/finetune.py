@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 
 from genre_pipeline.models.encoders import IMAGE_SIZE, ImageEncoder, TextEncoder, image_transform, read_image
 from genre_pipeline.models.members import EncoderRef
-from genre_pipeline.models.training import EarlyStopping, TrainingResult, described, pos_weight, set_seeds
+from genre_pipeline.models.training import TrainingResult, described, pos_weight, run_epochs, set_seeds
 
 ENCODERS_ARTIFACT = "encoders"  # the MLflow artifact folder of a fine-tuned model's encoders
 TEXT_ENCODER_DIR = "text_encoder"
@@ -172,34 +171,33 @@ def fine_tune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps, config.warmup_share))
     y = torch.from_numpy(labels.astype(np.float32))
     fusion = model.text_encoder is not None and model.image_encoder is not None
-    stopping = EarlyStopping(config.patience, on_epoch)
-    for epoch in range(1, config.max_epochs + 1):
-        model.train()
-        total = 0.0
+
+    def train_batches():
         for batch_texts, images, has_poster, index in _batches(
             model, texts, posters, train_rows, config, train=True, generator=generator
         ):
             if fusion and config.modality_dropout:
                 # Modality dropout: fusion must also predict from text alone, as it does without a poster.
-                has_poster = has_poster * (torch.rand(len(index), generator=generator) >= config.modality_dropout).to(
-                    has_poster
-                )
-            with _autocast(device):
-                loss = criterion(model(batch_texts, images, has_poster).float(), y[index].to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(index)
-        logits = predict_logits(model, texts, posters, val_rows, config)
-        val_loss = criterion(logits.to(device), y[val_rows].to(device)).item()
-        val_f1 = float(
-            f1_score(labels[val_rows], torch.sigmoid(logits).numpy() >= 0.5, average="macro", zero_division=0)
-        )
-        if stopping.should_stop(model, epoch, total / len(train_rows), val_loss, val_f1):
-            break
-    return stopping.best(model)
+                kept = torch.rand(len(index), generator=generator) >= config.modality_dropout
+                has_poster = has_poster * kept.to(has_poster)
+            yield (batch_texts, images, has_poster), y[index].to(device)
+
+    def validation():
+        return predict_logits(model, texts, posters, val_rows, config).to(device), y[val_rows].to(device)
+
+    return run_epochs(
+        model,
+        criterion,
+        optimizer,
+        scheduler,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        train_batches=train_batches,
+        validation=validation,
+        clip_norm=1.0,
+        autocast=lambda: _autocast(device),
+        on_epoch=on_epoch,
+    )
 
 
 def save_encoders(model: EncoderWithHead, classifier_dir: Path) -> None:

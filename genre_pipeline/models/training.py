@@ -3,8 +3,10 @@ early stopping on validation macro-F1, best checkpoint kept, seeds fixed."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -101,6 +103,49 @@ def _hide_posters(batch: torch.Tensor, share: float, generator: torch.Generator,
     return batch
 
 
+def run_epochs(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    *,
+    max_epochs: int,
+    patience: int,
+    train_batches: Callable[[], Iterable[tuple[tuple, torch.Tensor]]],
+    validation: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    clip_norm: float | None = None,
+    autocast: Callable = contextlib.nullcontext,
+    on_epoch=None,
+) -> TrainingResult:
+    """The training loop of every head, frozen or fine-tuned: per epoch, a pass over
+    ``train_batches()`` (model inputs, targets), then ``validation()`` (logits, targets) for the
+    loss and macro-F1 at 0.5 that early stopping watches; the best epoch's weights are kept."""
+    stopping = EarlyStopping(patience, on_epoch)
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        total, seen = 0.0, 0
+        for inputs, targets in train_batches():
+            with autocast():
+                loss = criterion(model(*inputs).float(), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(targets)
+            seen += len(targets)
+        model.eval()
+        with torch.inference_mode():
+            logits, targets = validation()
+            val_loss = criterion(logits, targets).item()
+        predicted = torch.sigmoid(logits).float().cpu().numpy() >= 0.5
+        val_f1 = f1_score(targets.cpu().numpy(), predicted, average="macro", zero_division=0)
+        if stopping.should_stop(model, epoch, total / max(seen, 1), val_loss, val_f1):
+            break
+    return stopping.best(model)
+
+
 def train_head(
     model: nn.Module,
     train_x: np.ndarray,
@@ -112,6 +157,7 @@ def train_head(
     image_dim: int = 0,
     on_epoch=None,
 ) -> TrainingResult:
+    """A head on cached features: AdamW, cosine decay, BCE with per-genre pos_weight."""
     set_seeds(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight(train_y, config.max_pos_weight))
@@ -120,27 +166,24 @@ def train_head(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs * steps_per_epoch)
     x, y = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.float32))
     vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y.astype(np.float32))
-    stopping = EarlyStopping(config.patience, on_epoch)
-    for epoch in range(1, config.max_epochs + 1):
-        model.train()
+
+    def train_batches():
         order = torch.randperm(len(x), generator=generator)
-        total = 0.0
         for start in range(0, len(x), config.batch_size):
             index = order[start : start + config.batch_size]
             batch = x[index]
             if config.modality_dropout and image_dim:
                 batch = _hide_posters(batch, config.modality_dropout, generator, image_dim)
-            loss = criterion(model(batch), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(index)
-        model.eval()
-        with torch.inference_mode():
-            logits = model(vx)
-            val_loss = criterion(logits, vy).item()
-            val_f1 = f1_score(val_y, (torch.sigmoid(logits).numpy() >= 0.5), average="macro", zero_division=0)
-        if stopping.should_stop(model, epoch, total / len(x), val_loss, val_f1):
-            break
-    return stopping.best(model)
+            yield (batch,), y[index]
+
+    return run_epochs(
+        model,
+        criterion,
+        optimizer,
+        scheduler,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        train_batches=train_batches,
+        validation=lambda: (model(vx), vy),
+        on_epoch=on_epoch,
+    )
