@@ -21,6 +21,7 @@ import pandas as pd
 
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, model_text, normalize_text
 from genre_pipeline.models.members import EncoderRef, MemberInputs, load_member
+from genre_pipeline.models.metadata import is_missing
 from genre_pipeline.models.stacking import Stacker
 from genre_pipeline.models.thresholds import apply_thresholds
 from genre_pipeline.posters import PosterError, verify_poster
@@ -117,15 +118,18 @@ def load_encoders(refs: list[EncoderRef], root: Path) -> dict:
     return encoders
 
 
+def _column(frame: pd.DataFrame, name: str) -> list:
+    """An optional input column's values; None for every row when the column is absent."""
+    return frame[name].tolist() if name in frame.columns else [None] * len(frame)
+
+
 def _text_of(value) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return normalize_text(str(value))
+    return "" if is_missing(value) else normalize_text(str(value))
 
 
 def _poster_of(value):
     """A usable RGB image, or (None, why not)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value):
         return None, None
     if isinstance(value, str):  # base64, as JSON carries bytes (MLflow's scoring server decodes it first)
         try:
@@ -146,21 +150,21 @@ def encode_inputs(frame: pd.DataFrame, classifier: GenreClassifier, encoders: di
     if "overview" not in frame.columns:
         raise ValueError("the input has no 'overview' column: every movie needs its plot overview")
     texts = []
-    for row, (overview, tagline) in enumerate(
-        zip(frame["overview"], frame["tagline"] if "tagline" in frame.columns else [None] * len(frame))
-    ):
+    for row, (overview, tagline) in enumerate(zip(frame["overview"], _column(frame, "tagline"))):
         overview = _text_of(overview)
         if not overview:
             raise ValueError(f"row {row}: the overview is empty: give the movie's plot overview")
         if len(overview) > MAX_OVERVIEW_CHARS:
             raise ValueError(f"row {row}: the overview has {len(overview)} characters, over {MAX_OVERVIEW_CHARS}")
         texts.append(model_text(overview, _text_of(tagline)))
-    titles = [_text_of(t) for t in (frame["title"] if "title" in frame.columns else [None] * len(frame))]
-    posters, notes = [], []
-    for value in frame["poster"] if "poster" in frame.columns else [None] * len(frame):
-        image, note = _poster_of(value)
-        posters.append(image)
-        notes.append(note)
+    titles = [_text_of(t) for t in _column(frame, "title")]
+    if classifier.uses_posters:
+        decoded = [_poster_of(value) for value in _column(frame, "poster")]
+        posters, notes = [image for image, _ in decoded], [note for _, note in decoded]
+    else:  # nothing reads a poster: none is decoded
+        text_only = f"the model ({classifier.name}) reads text only: the poster was not used"
+        posters = [None] * len(frame)
+        notes = [None if is_missing(value) else text_only for value in _column(frame, "poster")]
     has_poster = np.array([p is not None for p in posters], dtype=bool)
     text_features, poster_features = {}, {}
     for ref in classifier.encoders:
@@ -172,12 +176,6 @@ def encode_inputs(frame: pd.DataFrame, classifier: GenreClassifier, encoders: di
             if has_poster.any():
                 features[has_poster] = encoder.encode([p for p in posters if p is not None])
             poster_features[ref.key] = features
-    if not classifier.uses_posters:
-        notes = [
-            None if value is None else f"the model ({classifier.name}) reads text only: the poster was not used"
-            for value in (frame["poster"] if "poster" in frame.columns else [None] * len(frame))
-        ]
-        has_poster = np.zeros(len(texts), dtype=bool)
     metadata = frame.reindex(columns=list(METADATA_COLUMNS)).reset_index(drop=True)
     return MemberInputs(texts, titles, text_features, poster_features, has_poster, metadata), notes
 

@@ -449,8 +449,24 @@ def _mask(data: TrainingData, rows: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _stack_variant(name, data, members, oof, poster_members, *, use_metadata, stack: StackConfig) -> ModelOutcome:
-    """A stacker fitted on the members' out-of-fold probabilities of the train split."""
+def _reads_posters(member) -> bool:
+    return any(ref.modality == "image" for ref in member.encoders)
+
+
+def _from_split_scores(data: TrainingData, scores: dict[str, np.ndarray]):
+    """``probabilities_for`` (see _evaluate) over probabilities computed once per split, for row masks
+    within one split."""
+
+    def probabilities_for(rows: np.ndarray) -> np.ndarray:
+        split = data.split[rows][0]
+        return scores[split][rows[data.rows(split)]]
+
+    return probabilities_for
+
+
+def _stack_variant(name, data, members, oof, scored, poster_members, *, use_metadata, stack) -> ModelOutcome:
+    """A stacker fitted on the members' out-of-fold probabilities of the train split, evaluated on the
+    members' validation and test probabilities (``scored``, by split then member)."""
     train_rows = data.rows("train")
     stacker = Stacker.fit(
         oof,
@@ -463,25 +479,30 @@ def _stack_variant(name, data, members, oof, poster_members, *, use_metadata, st
         bags=stack.stacker_bags,
         seed=stack.seed,
     )
-    classifier = GenreClassifier(name, list(data.classes), np.zeros(0), members, stacker)
+    stacked = {
+        split: stacker.probabilities(by_member, data.inputs(data.rows(split))) for split, by_member in scored.items()
+    }
     return _evaluate(
         name,
         "stack",
-        classifier,
+        GenreClassifier(name, list(data.classes), np.zeros(0), members, stacker),
         data,
-        lambda rows: classifier.probabilities(data.inputs(rows)),
+        _from_split_scores(data, stacked),
         data.rows,
         extra={"metadata": use_metadata},
     )
 
 
-def _without_posters(data: TrainingData, outcome: ModelOutcome) -> float:
-    """Test macro-F1 of the same model when no test movie has a usable poster."""
+def _without_posters(data: TrainingData, outcome: ModelOutcome, test_scores: dict[str, np.ndarray]) -> float:
+    """Test macro-F1 of the same model when no test movie has a usable poster (only the members that
+    read posters are asked again)."""
     rows = data.rows("test")
     inputs = data.inputs(rows)
     inputs.has_poster = np.zeros(len(inputs), dtype=bool)
     inputs.poster_features = {k: np.zeros_like(v) for k, v in inputs.poster_features.items()}
-    probabilities = outcome.classifier.probabilities(inputs)
+    members = outcome.classifier.members
+    by_member = {n: m.probabilities(inputs) if _reads_posters(m) else test_scores[n] for n, m in members.items()}
+    probabilities = outcome.classifier.stacker.probabilities(by_member, inputs)
     predictions = apply_thresholds(probabilities, outcome.thresholds)
     return metrics.evaluate(data.labels[rows], predictions, probabilities, data.classes)["summary"]["macro_f1"]
 
@@ -497,8 +518,9 @@ def train_stack(
     """The stacked classifier: members (TF-IDF, a text head per text encoder, the poster head)
     cross-fitted on train, a stacker on their out-of-fold probabilities and the metadata, thresholds
     tuned on validation. Also measures each member alone and the stack without metadata and
-    without posters, on the same test split."""
+    without posters, on the same test split. Each member scores validation and test once."""
     members, oof, member_scores = {}, {}, {}
+    scored = {"validation": {}, "test": {}}
     train_rows = np.flatnonzero(data.rows("train"))
     position = {row: n for n, row in enumerate(train_rows)}
     for name, (fit, fit_rows) in _member_fitters(data, head, stack, texts, image).items():
@@ -509,13 +531,16 @@ def train_stack(
         oof[name] = np.full((len(train_rows), len(data.classes)), 0.5, dtype=np.float32)
         oof[name][[position[r] for r in rows]] = folded
         members[name] = fit(fit_rows)
+        for split, by_member in scored.items():
+            by_member[name] = members[name].probabilities(data.inputs(data.rows(split)))
+        posters_only = _reads_posters(members[name])
         alone = _evaluate(
             name,
             members[name].kind,
             None,
             data,
-            lambda r, member=members[name]: member.probabilities(data.inputs(r)),
-            _rows_for(data, "image" if name.startswith("poster") else "text"),
+            _from_split_scores(data, {split: by_member[name] for split, by_member in scored.items()}),
+            lambda split, posters_only=posters_only: data.rows(split, posters_only=posters_only),
         )
         member_scores[name] = {
             "validation_macro_f1": alone.validation_macro_f1,
@@ -525,16 +550,15 @@ def train_stack(
         }
         if progress:
             progress(f"member {name}: validation macro-F1 {alone.validation_macro_f1:.4f}")
-    poster_members = [name for name in members if name.startswith("poster")]
-    without_metadata = _stack_variant(
-        "stacked_model", data, members, oof, poster_members, use_metadata=False, stack=stack
-    )
-    outcome = _stack_variant("stacked_model", data, members, oof, poster_members, use_metadata=True, stack=stack)
+    poster_members = [name for name, member in members.items() if _reads_posters(member)]
+    variant = dict(data=data, members=members, oof=oof, scored=scored, poster_members=poster_members, stack=stack)
+    without_metadata = _stack_variant("stacked_model", use_metadata=False, **variant)
+    outcome = _stack_variant("stacked_model", use_metadata=True, **variant)
     outcome.extra.update(
         members=member_scores,
         test_macro_f1_without_metadata=without_metadata.test["summary"]["macro_f1"],
         validation_macro_f1_without_metadata=without_metadata.validation_macro_f1,
-        test_macro_f1_without_posters=_without_posters(data, outcome),
+        test_macro_f1_without_posters=_without_posters(data, outcome, scored["test"]),
         folds=stack.folds,
     )
     return outcome

@@ -19,8 +19,9 @@ from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
 NUMERIC_COLUMNS = ("runtime", "release_year", "vote_average", "vote_count")
 
 
-def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
+def is_missing(value) -> bool:
+    """An input cell with no value: None, or the NaN pandas puts in its place."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def clean(frame: pd.DataFrame) -> pd.DataFrame:
@@ -31,7 +32,7 @@ def clean(frame: pd.DataFrame) -> pd.DataFrame:
     out = {}
     for column in METADATA_COLUMNS:
         values = frame[column].tolist() if column in frame.columns else [None] * rows
-        out[column] = [v if _present(v) else None for v in values]
+        out[column] = [None if is_missing(v) else v for v in values]
     out["original_language"] = [
         (str(v).strip().lower() or None) if v is not None else None for v in out["original_language"]
     ]
