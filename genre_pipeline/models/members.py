@@ -36,6 +36,9 @@ class EncoderRef:
     modality: str  # "text" or "image"
     name: str
     weights: str | None = None
+    # The inference backend the member's training features came from, and so the one to serve with;
+    # "torch" for models saved before there was a choice.
+    backend: str = "torch"
 
     @property
     def key(self) -> str:

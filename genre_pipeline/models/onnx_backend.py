@@ -1,0 +1,286 @@
+"""Encoder inference on ONNX Runtime: exported once per weights, cached, and checked against PyTorch.
+
+Backends: ``torch`` (eager PyTorch fp32), ``onnx`` (the exported graph, fp32, ONNX Runtime's
+graph optimizations) and ``onnx-int8`` (that graph with dynamic int8 weights, per output
+channel, on every matrix multiplication with a constant weight except the feed-forward
+down-projections). Those take the GELU outputs, whose outliers a per-tensor activation scale
+cannot hold: quantizing them too drifts all-mpnet-base-v2's embeddings to a mean cosine of
+0.88 against fp32, excluding them keeps 0.99. Convolutions stay fp32: dynamic int8 convolutions
+measured slower than fp32 on EfficientNet, and drifted.
+
+Each graph is exported from the weights in memory and cached under a folder named by a hash of
+those weights, so changed weights (a fine-tuned encoder, a new package version) get a new export.
+On export the graph runs a fixed sample beside PyTorch fp32; a graph whose outputs drift beyond
+the cosine guard is never used: the encoder falls back to the next slower backend and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from genre_pipeline import settings
+
+if TYPE_CHECKING:  # torch loads only where an encoder does
+    import torch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+# The fastest backend that met the accuracy guard on the snapshot (benchmarks/embeddings.py).
+DEFAULT_BACKEND = "onnx-int8"
+BACKEND_ENV = "GENRE_PIPELINE_ENCODER_BACKEND"
+# Bump when the export, the quantization or a guard sample changes: every cached graph is then rebuilt.
+RECIPE_VERSION = 1
+# Cosine to PyTorch fp32 on the guard sample. Calibrated on the snapshot: graphs that pass kept the
+# text head's validation macro-F1 within 0.005 of fp32 (benchmarks/embeddings.py).
+GUARD_MEAN_COSINE = 0.99
+GUARD_MIN_COSINE = 0.97
+GRAPH_FILE = "model.onnx"
+GUARD_FILE = "guard.json"
+
+
+class EncoderDrift(RuntimeError):
+    """A fast backend's outputs differ from PyTorch fp32 beyond the accuracy guard."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """How close a backend's embeddings are to PyTorch fp32's on the same inputs."""
+
+    mean_cosine: float
+    min_cosine: float
+
+    @property
+    def passed(self) -> bool:
+        return self.mean_cosine >= GUARD_MEAN_COSINE and self.min_cosine >= GUARD_MIN_COSINE
+
+    def describe(self) -> str:
+        return (
+            f"cosine to PyTorch fp32: mean {self.mean_cosine:.4f} (guard {GUARD_MEAN_COSINE}), "
+            f"min {self.min_cosine:.4f} (guard {GUARD_MIN_COSINE})"
+        )
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Guard:
+    """Row-wise cosine between two sets of embeddings of the same inputs."""
+    reference = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
+    candidate = candidate / np.maximum(np.linalg.norm(candidate, axis=1, keepdims=True), 1e-12)
+    cosine = (reference * candidate).sum(axis=1)
+    return Guard(float(cosine.mean()), float(cosine.min()))
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown encoder backend {name!r}: use one of {', '.join(BACKENDS)}")
+    return name
+
+
+def configured_backend(recorded: str | None = None) -> str:
+    """The backend to serve with: ``GENRE_PIPELINE_ENCODER_BACKEND`` if set, else the one the model
+    was trained with (``recorded``), else the default."""
+    return check_backend(os.environ.get(BACKEND_ENV) or recorded or DEFAULT_BACKEND)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer: the cache key of the module's exported graphs."""
+    digest = hashlib.blake2b(f"recipe {RECIPE_VERSION}".encode(), digest_size=16)
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _quantizable_matmuls(graph_file: Path) -> tuple[list[str], list[str]]:
+    """(MatMul nodes with a constant 2-D weight, those of them whose weight narrows its input: [4h, h],
+    a feed-forward down-projection)."""
+    import onnx
+
+    model = onnx.load(str(graph_file), load_external_data=False)
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    weighted = [n for n in model.graph.node if n.op_type == "MatMul" and len(shapes.get(n.input[1], [])) == 2]
+    narrowing = [node.name for node in weighted if shapes[node.input[1]][0] > shapes[node.input[1]][1]]
+    return [node.name for node in weighted], narrowing
+
+
+@contextlib.contextmanager
+def _quiet_tools():
+    """The exporter narrates each pass on stdout and at INFO, the quantizer on the root logger; our log
+    says once that it is exporting, and their warnings still come through."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    # A filter on the root logger sees only what is logged on it directly (the quantizer's logging.info).
+    chatter = logging.Filter()
+    chatter.filter = lambda record: record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+    logging.getLogger().addFilter(chatter)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints", category=UserWarning)
+            yield
+    finally:
+        logging.getLogger().removeFilter(chatter)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _export(module: torch.nn.Module, example: tuple, input_names: list[str], dynamic: tuple, target: Path) -> None:
+    import torch
+
+    program = torch.onnx.export(
+        module.eval(),
+        example,
+        input_names=input_names,
+        output_names=["encoder_output"],
+        dynamic_shapes=dynamic,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    program.save(str(target))
+
+
+def _quantize(fp32_file: Path, target: Path) -> bool:
+    """Dynamic int8 weights on the graph's matrix multiplications; False if it has none to quantize."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    weighted, down_projections = _quantizable_matmuls(fp32_file)
+    if len(weighted) == len(down_projections):
+        return False
+    quantize_dynamic(
+        str(fp32_file),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=down_projections,
+    )
+    return True
+
+
+def _session(graph_file: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(graph_file), options, providers=["CPUExecutionProvider"])
+
+
+@dataclasses.dataclass
+class OnnxEncoder:
+    """A loaded graph of one encoder: ``run(inputs)`` gives what the PyTorch module's forward gives."""
+
+    backend: str
+    graph_file: Path
+    guard: Guard
+    session: object
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, inputs)[0]
+
+
+def _build(
+    directory: Path,
+    module: torch.nn.Module,
+    example: tuple,
+    input_names: list[str],
+    dynamic: tuple,
+    guard_inputs: dict[str, np.ndarray],
+) -> None:
+    """Export, quantize and check into ``directory`` atomically: a folder per backend with its graph
+    and guard result; no ``onnx-int8`` folder when the graph has nothing the recipe quantizes."""
+    import torch
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.") as scratch:
+        work = Path(scratch) / "graphs"
+        (work / "onnx").mkdir(parents=True)
+        (work / "onnx-int8").mkdir()
+        with torch.inference_mode():
+            reference = module(*(torch.from_numpy(guard_inputs[name]) for name in input_names)).float().numpy()
+        with _quiet_tools():
+            _export(module, example, input_names, dynamic, work / "onnx" / GRAPH_FILE)
+            if not _quantize(work / "onnx" / GRAPH_FILE, work / "onnx-int8" / GRAPH_FILE):
+                (work / "onnx-int8").rmdir()
+        for backend in ("onnx", "onnx-int8"):
+            if (work / backend).is_dir():
+                output = _session(work / backend / GRAPH_FILE).run(None, guard_inputs)[0]
+                guard = compare(reference, output)
+                (work / backend / GUARD_FILE).write_text(json.dumps(dataclasses.asdict(guard)))
+        try:
+            os.rename(work, directory)
+        except OSError:
+            if not directory.is_dir():  # else another process exported the same weights first
+                raise
+
+
+def exported(
+    cache_name: str,
+    module: torch.nn.Module,
+    *,
+    example: tuple,
+    input_names: list[str],
+    dynamic: tuple,
+    guard_inputs: Callable[[], dict[str, np.ndarray]],
+) -> Path:
+    """The folder of ``module``'s graphs for its current weights, exported on first use."""
+    directory = settings.encoder_cache_dir() / "onnx" / f"{cache_name}-{weights_digest(module)}"
+    if not directory.is_dir():
+        log.info("exporting %s to ONNX into %s (once for these weights)", cache_name, directory)
+        _build(directory, module, example, input_names, dynamic, guard_inputs())
+    return directory
+
+
+def load_graph(directory: Path, backend: str) -> OnnxEncoder:
+    """One backend's graph from an export folder; EncoderDrift if it failed the accuracy guard."""
+    guard = Guard(**json.loads((directory / backend / GUARD_FILE).read_text()))
+    if not guard.passed:
+        raise EncoderDrift(f"{directory.name} on {backend}: {guard.describe()}")
+    return OnnxEncoder(backend, directory / backend / GRAPH_FILE, guard, _session(directory / backend / GRAPH_FILE))
+
+
+def fastest_available(
+    cache_name: str, module: torch.nn.Module, backend: str, device: torch.device, **graph
+) -> OnnxEncoder | None:
+    """The graph to run for the configured ``backend``, or None for PyTorch.
+
+    CUDA keeps PyTorch. A graph that fails the guard gives way to the next slower backend, and a
+    missing onnxruntime to PyTorch, each with a warning that names why."""
+    if backend == "torch":
+        return None
+    if device.type != "cpu":
+        log.info("%s runs on %s with PyTorch: the ONNX backends are for CPU", cache_name, device)
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        log.warning(
+            "onnxruntime is not installed: %s runs on PyTorch fp32 instead of %s (pip install onnxruntime)",
+            cache_name,
+            backend,
+        )
+        return None
+    directory = exported(cache_name, module, **graph)
+    for candidate in BACKENDS[BACKENDS.index(backend) : 0 : -1]:  # e.g. onnx-int8, then onnx
+        if not (directory / candidate).is_dir():
+            log.info("%s has no weights the %s recipe quantizes: it runs the fp32 graph", cache_name, candidate)
+            continue
+        try:
+            return load_graph(directory, candidate)
+        except EncoderDrift as drift:
+            log.warning("not using %s: %s", candidate, drift)
+    log.warning("%s runs on PyTorch fp32: no ONNX graph met the accuracy guard", cache_name)
+    return None
