@@ -1,11 +1,15 @@
 """The TMDb client over real HTTP against the replay server on 127.0.0.1."""
 
+import io
 import logging
 import time
+import tracemalloc
 
 import pytest
+from PIL import Image
 
 from genre_pipeline import ingest
+from genre_pipeline.posters import PosterError, verify_poster
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.client import RateLimiter, TMDbAuthError, TMDbClient, TMDbUnavailable
 from genre_pipeline.tmdb.snapshot import load_snapshot
@@ -177,3 +181,19 @@ def test_retry_after_holds_back_every_thread():
     started = time.monotonic()
     limiter.acquire()
     assert time.monotonic() - started >= 0.19
+
+
+@pytest.mark.parametrize("side", [7_000, 12_000, 14_000])  # 49 and 144 MP pass PIL's own check; 196 MP does not
+def test_a_decompression_bomb_is_refused_from_its_header(side):
+    buffer = io.BytesIO()
+    Image.new("L", (side, side)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) < 250_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(PosterError, match="megapixels|too large") as refused:
+            verify_poster(buffer.getvalue())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.kind == "too_large"
+    assert peak < 20_000_000  # refused before decoding: 144 MP would take 144 MB as L, 432 MB as RGB
