@@ -190,9 +190,12 @@ def promote_if_better(
     for the same label set (a champion of another label set is replaced: the label set is config)."""
     client = MlflowClient()
     champion = current_champion(client)
+    if champion is not None and champion["run_id"] == run_id:
+        return False, f"kept champion v{champion['version']}: it is this run's model already"
     if champion is not None and champion["tags"].get("label_set") == label_set:
         best = float(champion["tags"].get("validation_macro_f1", "nan"))
-        if not validation_macro_f1 > best:
+        # The tag holds 6 decimals: the candidate is compared at the same precision.
+        if not round(validation_macro_f1, 6) > best:
             return (
                 False,
                 f"kept champion v{champion['version']} (validation macro-F1 {best:.4f} >= {validation_macro_f1:.4f})",
