@@ -1,5 +1,6 @@
 # make run: set up and materialize every asset on the selected TMDb source (the demo catalog by default).
 # make test: set up and run the test suite.  make dev: the Dagster UI.  make mlflow: the MLflow UI.
+# make serve: the champion's HTTP API and web page on http://127.0.0.1:8000.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 DAGSTER := $(BIN)/dagster asset materialize -m genre_pipeline.definitions
 
-.PHONY: setup run test dev mlflow clean-data
+.PHONY: setup run test dev mlflow serve clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,9 @@ dev: setup
 
 mlflow: setup
 	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/genre-pipeline tracking-uri)" --host 127.0.0.1 --port 5000
+
+serve: setup
+	$(BIN)/genre-pipeline serve --host 127.0.0.1 --port 8000
 
 clean-data:
 	rm -rf data .dagster_home

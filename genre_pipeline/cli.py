@@ -147,6 +147,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from genre_pipeline.serving.app import create_app
+    from genre_pipeline.serving.champion import ChampionWatcher
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+    watcher = ChampionWatcher(args.tracking_uri or _default_tracking_uri(), poll_interval_s=args.poll_interval)
+    info = watcher.current.predictor.info
+    print(
+        f"serving {info['model']} (genre-classifier v{info['version']}) on http://{args.host}:{args.port}", flush=True
+    )
+    uvicorn.run(create_app(watcher), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genre-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--tracking-uri", default=None)
     evaluate.set_defaults(handler=_evaluate)
+
+    serve = commands.add_parser("serve", help="the champion over HTTP (API and web page); reloads when it changes")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--poll-interval", type=float, default=10.0, help="seconds between checks of the champion alias")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--tracking-uri", default=None)
+    serve.set_defaults(handler=_serve)
     return parser
 
 

@@ -1,14 +1,24 @@
-"""Shared fixtures: a small demo catalog the tests generate, and replay servers over it."""
+"""Shared fixtures: a small demo catalog the tests generate, replay servers over it, and the models
+trained on it once per session."""
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
+import requests
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from genre_pipeline import settings
-from genre_pipeline.defs import dataset, ingestion
-from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource
+from genre_pipeline.defs import dataset, ingestion, models
+from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource, TrainingResource
+from genre_pipeline.models import tracking
+from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
 from genre_pipeline.tmdb.client import TMDbClient
 from genre_pipeline.tmdb.replay import Faults, serve_snapshot
@@ -115,3 +125,88 @@ def materialize_dataset(res, instance, run_config=None, raise_on_error=True):
         run_config=run_config,
         raise_on_error=raise_on_error,
     )
+
+
+# --- the models and the champion --------------------------------------------------------------
+BIN = Path(sys.executable).parent
+MODEL_ASSETS = [
+    models.text_embeddings,
+    models.poster_embeddings,
+    models.baseline_model,
+    models.text_model,
+    models.image_model,
+    models.fusion_model,
+    models.stacked_model,
+    models.model_comparison,
+]
+FAST = {"max_epochs": 25, "patience": 5}
+
+
+@pytest.fixture(scope="session")
+def trained(demo_dir, tmp_path_factory):
+    """Ingestion, data set and every model, once for the session, into a temporary data folder."""
+    data_dir = tmp_path_factory.mktemp("models") / "data"
+    instance = dg.DagsterInstance.ephemeral()
+    res = pipeline_resources(demo_dir, data_dir)
+    res["training"] = TrainingResource()
+    materialize_all(res, instance)
+    materialize_dataset(res, instance)
+    result = dg.materialize(
+        ASSETS + DATASET_ASSETS + MODEL_ASSETS,
+        selection=MODEL_ASSETS,
+        resources=res,
+        instance=instance,
+        run_config={"ops": {name: {"config": FAST} for name in ("text_model", "image_model", "fusion_model")}},
+    )
+    store = DataStore(data_dir / "test")
+    return {
+        "result": result,
+        "store": store,
+        "uri": tracking.sqlite_uri(store.mlflow_db),
+        "data_dir": data_dir,
+        "resources": res,
+        "instance": instance,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
+
+
+# --- a real browser --------------------------------------------------------------------------
+REQUIRE_BROWSER_ENV = "GENRE_PIPELINE_REQUIRE_BROWSER"  # .ci/run sets it: there a missing browser fails
+NO_BROWSER = "Chromium or chromedriver is not installed (apt-get install chromium chromium-driver)"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """The paths of Debian's Chromium and its chromedriver; nothing is downloaded."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
+            pytest.fail(f"{NO_BROWSER}, and {REQUIRE_BROWSER_ENV}=1 requires it")
+        pytest.skip(NO_BROWSER)
+    return browser, driver
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_BROWSER in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("!", f"{len(skipped)} browser test(s) NOT RUN: {NO_BROWSER}", red=True, bold=True)

@@ -5,10 +5,8 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -19,8 +17,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
-from genre_pipeline.defs import models
+from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, metadata_fields
+from genre_pipeline.defs import models, predictions
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.models import tracking
 from genre_pipeline.models.classifier import decision_column, probability_column
@@ -28,47 +26,7 @@ from genre_pipeline.models.encoders import TextEncoder
 from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.store import DataStore
 
-from .conftest import ASSETS, DATASET_ASSETS, materialize_all, materialize_dataset, pipeline_resources
-
-BIN = Path(sys.executable).parent
-MODEL_ASSETS = [
-    models.text_embeddings,
-    models.poster_embeddings,
-    models.baseline_model,
-    models.text_model,
-    models.image_model,
-    models.fusion_model,
-    models.stacked_model,
-    models.model_comparison,
-]
-FAST = {"max_epochs": 25, "patience": 5}
-
-
-@pytest.fixture(scope="module")
-def trained(demo_dir, tmp_path_factory):
-    """Ingestion, data set and every model, once for this module, into a temporary data folder."""
-    data_dir = tmp_path_factory.mktemp("models") / "data"
-    instance = dg.DagsterInstance.ephemeral()
-    res = pipeline_resources(demo_dir, data_dir)
-    res["training"] = TrainingResource()
-    materialize_all(res, instance)
-    materialize_dataset(res, instance)
-    result = dg.materialize(
-        ASSETS + DATASET_ASSETS + MODEL_ASSETS,
-        selection=MODEL_ASSETS,
-        resources=res,
-        instance=instance,
-        run_config={"ops": {name: {"config": FAST} for name in ("text_model", "image_model", "fusion_model")}},
-    )
-    store = DataStore(data_dir / "test")
-    return {
-        "result": result,
-        "store": store,
-        "uri": tracking.sqlite_uri(store.mlflow_db),
-        "data_dir": data_dir,
-        "resources": res,
-        "instance": instance,
-    }
+from .conftest import ASSETS, BIN, DATASET_ASSETS, MODEL_ASSETS, free_port, wait_for
 
 
 def model_report(store: DataStore, name: str) -> dict:
@@ -276,26 +234,6 @@ def test_mlflow_models_serve_answers_over_http(trained, demo_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
 def test_embeddings_are_cached_and_not_recomputed(trained):
@@ -527,3 +465,57 @@ def test_the_fine_tuned_models_predict_what_their_evaluation_measured(fine_tuned
             for part in sample.split(", "):
                 genre, probability = part.rsplit(" ", 1)
                 assert row[probability_column(genre)] == pytest.approx(float(probability), abs=0.006), name
+
+
+def test_genre_predictions_label_the_movies_tmdb_gives_no_genre(trained):
+    store, instance = trained["store"], trained["instance"]
+    every_asset = ASSETS + DATASET_ASSETS + MODEL_ASSETS + [predictions.genre_predictions]
+    result = dg.materialize(
+        every_asset, selection=[predictions.genre_predictions], resources=trained["resources"], instance=instance
+    )
+    table = pd.read_parquet(store.genre_predictions_file)
+    details = store.read_details()
+    no_genre = {i for i, m in details.items() if not m.get("genres") and m.get("overview", "").strip()}
+    assert no_genre and set(table.loc[table["scored_as"] == "unlabelled", "id"]) == no_genre
+    splits = pd.read_parquet(store.splits_file)
+    test_ids = set(splits.loc[splits["split"] == "test", "id"])
+    checks = table[table["scored_as"] == "labelled_check"]
+    assert set(checks["id"]) <= test_ids and len(checks) == min(200, len(test_ids))
+    assert all(details[i]["genres"] for i in checks["id"])
+
+    predictor = GenrePredictor.from_registry(trained["uri"])
+    assert set(table["champion_version"]) == {predictor.info["version"]}
+    assert set(table["champion_run_id"]) == {predictor.info["run_id"]}
+    probabilities = table[[probability_column(g) for g in predictor.classes]].to_numpy()
+    decided = [[g for g, p, t in zip(predictor.classes, row, predictor.thresholds) if p >= t] for row in probabilities]
+    assert [list(g) for g in table["predicted_genres"]] == decided
+    # The table holds what the champion answers for these movies.
+    movie = details[next(iter(no_genre))]
+    (served,) = predictor.predict_rows(
+        [
+            {"overview": movie["overview"], "tagline": movie.get("tagline"), "title": movie.get("title")}
+            | metadata_fields(movie)
+            | {"poster": poster_of(store, movie["id"])}
+        ]
+    )
+    assert served.genres == decided[list(table["id"]).index(movie["id"])]
+    meta = metadata(result, "genre_predictions")
+    assert meta["unlabelled_movies"] == len(no_genre) and 0 <= meta["check_macro_f1"] <= 1
+
+    # Same champion, same movies: model_comparison's data version holds and nothing reruns.
+    defs = dg.Definitions(assets=every_asset, resources=trained["resources"])
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    again = dg.materialize(
+        every_asset, selection=[models.model_comparison], resources=trained["resources"], instance=instance
+    )
+    version = again.get_asset_materialization_events()[0].materialization.tags["dagster/data_version"]
+    assert version == f"champion-v{predictor.info['version']}-{predictor.info['run_id']}"
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert dg.AssetKey("genre_predictions") not in {r.key for r in tick.results if r.true_subset.size}
+
+
+def poster_of(store: DataStore, movie_id: int) -> bytes | None:
+    status = store.read_poster_status().set_index("id")
+    if movie_id not in status.index or status.loc[movie_id, "status"] != "ok":
+        return None
+    return (store.root / status.loc[movie_id, "file"]).read_bytes()

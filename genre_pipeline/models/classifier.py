@@ -68,6 +68,14 @@ class GenreClassifier:
     def uses_posters(self) -> bool:
         return any(ref.modality == "image" for ref in self.encoders)
 
+    @property
+    def reads_titles(self) -> bool:
+        return any(getattr(member, "with_title", False) for member in self.members.values())
+
+    @property
+    def reads_metadata(self) -> bool:
+        return self.stacker is not None and self.stacker.metadata is not None
+
     def probabilities(self, inputs: MemberInputs) -> np.ndarray:
         if self.stacker is None:
             (member,) = self.members.values()

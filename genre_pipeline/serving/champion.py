@@ -1,0 +1,93 @@
+"""The model a server answers with: the registered champion, reloaded when the ``champion`` alias moves.
+
+A request takes the current predictor once and keeps it to the end, so a reload never changes the
+model under a request in flight; the new version is loaded and warmed beside the old one, then
+swapped in with one assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from genre_pipeline.models.predictor import GenrePredictor, champion_version
+
+log = logging.getLogger(__name__)
+
+WARM_UP_ROW = {"overview": "A detective hunts a killer through a rain-soaked city.", "tagline": "Trust no one."}
+
+
+class ServedModel:
+    """One loaded version. Predictions run one at a time: the encoders' runtimes already use every
+    core, and the pyfunc model is not documented as thread-safe."""
+
+    def __init__(self, predictor: GenrePredictor):
+        self.predictor = predictor
+        self.loaded_at = time.time()
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return self.predictor.info["version"]
+
+    def predict_rows(self, rows: list[dict]):
+        with self._lock:
+            return self.predictor.predict_rows(rows)
+
+
+class ChampionWatcher:
+    """Holds the served champion and, in a daemon thread, polls the registry every ``poll_interval_s``
+    seconds; a moved alias loads the new version in that thread while requests keep being answered."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        poll_interval_s: float = 10.0,
+        load: Callable[[str, str | None], GenrePredictor] = GenrePredictor.from_registry,
+    ):
+        if poll_interval_s <= 0:
+            raise ValueError(f"the poll interval must be positive, got {poll_interval_s}")
+        self.tracking_uri, self.poll_interval_s, self._load = tracking_uri, poll_interval_s, load
+        self.current = self._loaded(None)  # NoChampion here stops the server from starting
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loaded(self, version: str | None) -> ServedModel:
+        served = ServedModel(self._load(self.tracking_uri, version))
+        served.predict_rows([WARM_UP_ROW])  # the first call pays for graph set-up, not a user
+        log.info("serving %s v%s", served.predictor.info["model"], served.version)
+        return served
+
+    def check(self) -> bool:
+        """Load the champion if the alias moved; True when a new version is now served."""
+        version = champion_version(MlflowClient(self.tracking_uri, self.tracking_uri), self.tracking_uri)
+        if version == self.current.version:
+            return False
+        log.info("champion moved from v%s to v%s: loading it", self.current.version, version)
+        self.current = self._loaded(version)
+        return True
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.check()
+                self.last_error = None
+            except (MlflowException, OSError, RuntimeError, ValueError) as error:
+                # Keep serving the loaded version; /health reports why the new one is not served.
+                self.last_error = f"{type(error).__name__}: {error}"
+                log.warning("champion reload failed, still serving v%s: %s", self.current.version, error)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._poll, name="champion-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.poll_interval_s + 5)

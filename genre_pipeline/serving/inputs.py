@@ -1,0 +1,133 @@
+"""What a prediction request may carry, checked before the model sees it; every refusal says why in
+words a person understands."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
+from genre_pipeline.models.classifier import MAX_OVERVIEW_CHARS
+from genre_pipeline.posters import PosterError, verify_poster
+
+MAX_SHORT_TEXT_CHARS = 1_000  # a tagline, a title
+MAX_POSTER_BYTES = 8 * 1024 * 1024  # TMDb's original-size posters are a few MB at most
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_BATCH = 256
+
+
+class InputError(ValueError):
+    """A request the server refuses, with the HTTP status that says why (4xx)."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+class Movie(BaseModel):
+    """One movie as JSON: the pyfunc model's columns, the poster as base64."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    overview: str = Field(description="The plot overview (required).", max_length=MAX_OVERVIEW_CHARS)
+    tagline: str | None = Field(None, max_length=MAX_SHORT_TEXT_CHARS)
+    title: str | None = Field(None, max_length=MAX_SHORT_TEXT_CHARS)
+    original_language: str | None = Field(None, max_length=12, description="ISO 639-1, e.g. en, fr, ja")
+    runtime: float | None = Field(None, ge=0, le=2_000, description="minutes")
+    release_year: int | None = Field(None, ge=1870, le=2100)
+    vote_average: float | None = Field(None, ge=0, le=10)
+    vote_count: int | None = Field(None, ge=0)
+    poster_base64: str | None = Field(None, description="The poster image file, base64-encoded.")
+
+    @pydantic.field_validator("overview")
+    @classmethod
+    def _overview_not_empty(cls, overview: str) -> str:
+        if not overview:
+            raise ValueError("empty; give the movie's plot overview")
+        return overview
+
+
+class Batch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    movies: list[Movie] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+def describe_validation_error(error: pydantic.ValidationError | list[dict]) -> str:
+    """pydantic's errors as one line per field: 'movies[2].overview: field required'."""
+    problems = []
+    for item in error.errors() if isinstance(error, pydantic.ValidationError) else error:
+        location = ""
+        for part in item.get("loc", ()):
+            if part == "body":
+                continue
+            location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
+        message = item.get("msg", "invalid").removeprefix("Value error, ")
+        if item.get("type") == "missing":
+            message = "required"
+        elif item.get("type") == "extra_forbidden":
+            message = "not a field this API knows (see GET /docs)"
+        problems.append(f"{location}: {message}" if location else message)
+    return "; ".join(problems)
+
+
+def parse_json(body: bytes, model: type[BaseModel]) -> BaseModel:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"the body is not valid JSON: {error}", 400) from None
+    if not isinstance(payload, dict):
+        raise InputError('the body must be a JSON object, for example {"overview": "..."}', 400)
+    return validated(payload, model)
+
+
+def validated(payload: dict, model: type[BaseModel]) -> BaseModel:
+    try:
+        return model.model_validate(payload)
+    except pydantic.ValidationError as error:
+        raise InputError(describe_validation_error(error)) from None
+
+
+def checked_poster(data: bytes, where: str = "poster") -> bytes:
+    """The poster's bytes if they are an image the model can read, else InputError (413 for a file or an
+    image too large, 422 for anything else)."""
+    if len(data) > MAX_POSTER_BYTES:
+        raise InputError(f"{where}: the file is {len(data) / 1e6:.1f} MB, over {MAX_POSTER_BYTES / 1e6:.1f} MB", 413)
+    try:
+        verify_poster(data)
+    except PosterError as error:
+        raise InputError(f"{where}: not a usable image ({error})", 413 if error.kind == "too_large" else 422) from None
+    return data
+
+
+def decoded_poster(encoded: str, where: str) -> bytes:
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where}: poster_base64 is not base64") from None
+    return checked_poster(data, where)
+
+
+def model_row(movie: Movie, poster: bytes | None = None, where: str = "poster") -> dict:
+    """The pyfunc model's input row for one movie."""
+    row = movie.model_dump(exclude={"poster_base64"})
+    if poster is None and movie.poster_base64:
+        poster = decoded_poster(movie.poster_base64, where)
+    row["poster"] = poster
+    return row
+
+
+def inputs_used(row: dict, used_poster: bool, *, reads_titles: bool, reads_metadata: bool) -> dict:
+    """Which of the request's inputs the model read: a title or metadata is read only by a model that
+    has a member for it."""
+    return {
+        "overview": True,
+        "tagline": bool(row.get("tagline")),
+        "title": bool(row.get("title")) and reads_titles,
+        "metadata": [field for field in METADATA_COLUMNS if row.get(field) is not None] if reads_metadata else [],
+        "poster": used_poster,
+    }

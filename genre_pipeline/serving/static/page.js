@@ -1,0 +1,105 @@
+// The page posts the form (with the poster file, if any) to /predict and draws one bar per genre.
+"use strict";
+
+const form = document.getElementById("movie-form");
+const posterInput = document.getElementById("poster");
+const preview = document.getElementById("poster-preview");
+const dropZone = document.getElementById("drop-zone");
+const dropHint = document.getElementById("drop-hint");
+const clearPoster = document.getElementById("clear-poster");
+const submit = document.getElementById("submit");
+const errorBox = document.getElementById("error");
+const answerBox = document.getElementById("answer");
+
+function modelName(model) {
+  return `${model.name} v${model.version} (${model.model}, run ${model.run_id.slice(0, 8)})`;
+}
+
+fetch("/model")
+  .then((response) => response.json())
+  .then((model) => {
+    const f1 = model.metrics.test.macro_f1;
+    document.getElementById("model-line").textContent =
+      `Answered by ${modelName(model)}` + (f1 == null ? "" : `, test macro-F1 ${f1.toFixed(3)}`);
+  })
+  .catch(() => { document.getElementById("model-line").textContent = "The model could not be reached."; });
+
+function showPoster(file) {
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  if (!file) {
+    preview.hidden = true; preview.removeAttribute("src"); dropHint.hidden = false; clearPoster.hidden = true;
+    return;
+  }
+  preview.src = URL.createObjectURL(file);
+  preview.alt = `poster: ${file.name}`;
+  preview.hidden = false; dropHint.hidden = true; clearPoster.hidden = false;
+}
+
+posterInput.addEventListener("change", () => showPoster(posterInput.files[0]));
+clearPoster.addEventListener("click", () => { posterInput.value = ""; showPoster(null); });
+["dragenter", "dragover"].forEach((name) => dropZone.addEventListener(name, (event) => {
+  event.preventDefault(); dropZone.classList.add("dragging");
+}));
+["dragleave", "drop"].forEach((name) => dropZone.addEventListener(name, () => dropZone.classList.remove("dragging")));
+dropZone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  if (event.dataTransfer.files.length) {
+    posterInput.files = event.dataTransfer.files;
+    showPoster(posterInput.files[0]);
+  }
+});
+
+function showError(message) {
+  errorBox.textContent = message; errorBox.hidden = false; answerBox.hidden = true;
+}
+
+function bar(score) {
+  const row = document.createElement("li");
+  row.className = "genre-row" + (score.decided ? " decided" : "");
+  row.dataset.genre = score.genre;
+  const name = document.createElement("span");
+  name.className = "genre-name"; name.textContent = score.genre;
+  const track = document.createElement("span");
+  track.className = "track";
+  track.title = `probability ${score.probability.toFixed(3)}, threshold ${score.threshold.toFixed(3)}`;
+  const fill = document.createElement("span");
+  fill.className = "fill"; fill.style.display = "block"; fill.style.width = `${(score.probability * 100).toFixed(1)}%`;
+  const line = document.createElement("span");
+  line.className = "threshold"; line.style.left = `${(score.threshold * 100).toFixed(1)}%`;
+  track.append(fill, line);
+  const value = document.createElement("span");
+  value.className = "value"; value.textContent = score.probability.toFixed(2);
+  row.append(name, track, value);
+  return row;
+}
+
+function showAnswer(result) {
+  errorBox.hidden = true;
+  document.getElementById("decided").textContent = result.genres.length ? result.genres.join(", ") : "none reaches its threshold";
+  document.getElementById("bars").replaceChildren(...result.scores.map(bar));
+  const used = result.inputs;
+  const parts = ["overview"];
+  if (used.tagline) parts.push("tagline");
+  if (used.title) parts.push("title");
+  if (used.metadata.length) parts.push(used.metadata.join(", "));
+  if (used.poster) parts.push("poster");
+  document.getElementById("inputs-line").textContent =
+    `Read: ${parts.join(", ")}.` + (result.poster_note ? ` ${result.poster_note}.` : "");
+  document.getElementById("answered-by").textContent = `Answered by ${modelName(result.model)}.`;
+  answerBox.hidden = false;
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!form.overview.value.trim()) { showError("Write the movie's overview first."); return; }
+  submit.disabled = true;
+  try {
+    const response = await fetch("/predict", { method: "POST", body: new FormData(form) });
+    const body = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
+    if (response.ok) showAnswer(body); else showError(body.error || `the server answered ${response.status}`);
+  } catch (failure) {
+    showError(`The server could not be reached: ${failure.message}`);
+  } finally {
+    submit.disabled = false;
+  }
+});

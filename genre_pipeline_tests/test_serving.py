@@ -1,0 +1,381 @@
+"""`genre-pipeline serve`: the real server on a free port, called over HTTP, with the session's champion."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+from mlflow import MlflowClient
+from PIL import Image
+
+from genre_pipeline.models import tracking
+from genre_pipeline.models.predictor import GenrePredictor
+
+from .conftest import BIN, free_port, wait_for
+
+MOVIE = {
+    "overview": "A retired gunslinger rides into a frontier town ruled by a ruthless cattle baron.",
+    "tagline": "Justice rides alone.",
+    "title": "The Long Ride",
+    "runtime": 104,
+    "release_year": 1994,
+}
+
+
+class Server:
+    def __init__(self, uri: str, process: subprocess.Popen, port: int):
+        self.uri, self.process, self.url = uri, process, f"http://127.0.0.1:{port}"
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=120, **kwargs)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=30)
+
+
+def start_server(trained, tmp_path) -> Server:
+    """The server on a copy of the session's tracking store, so that moving its alias changes nothing
+    for other tests (the copy's model versions point at the same artifacts)."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(trained["store"].mlflow_db, db)
+    uri, port = tracking.sqlite_uri(db), free_port()
+    process = subprocess.Popen(
+        [BIN / "genre-pipeline", "serve", "--tracking-uri", uri, "--port", str(port), "--poll-interval", "0.5"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "GENRE_PIPELINE_DATA": str(trained["data_dir"])},
+    )
+    server = Server(uri, process, port)
+    try:
+        wait_for(server.url + "/health", process)
+    except AssertionError:
+        process.kill()
+        raise
+    return server
+
+
+def stop(server: Server) -> str:
+    server.process.terminate()
+    _, stderr = server.process.communicate(timeout=60)
+    return stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    running = start_server(trained, tmp_path_factory.mktemp("serve"))
+    yield running
+    log = stop(running)
+    assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.fixture(scope="module")
+def poster_file(demo_dir):
+    return sorted((demo_dir / "posters").iterdir())[0]
+
+
+@pytest.fixture(scope="module")
+def poster_bytes(poster_file) -> bytes:
+    return poster_file.read_bytes()
+
+
+def champion(trained) -> GenrePredictor:
+    return GenrePredictor.from_registry(trained["uri"])
+
+
+def assert_consistent(result: dict, labels: list[str]) -> None:
+    scores = result["scores"]
+    assert sorted(s["genre"] for s in scores) == sorted(labels)
+    assert [s["probability"] for s in scores] == sorted((s["probability"] for s in scores), reverse=True)
+    for score in scores:
+        assert 0 <= score["probability"] <= 1 and 0 < score["threshold"] < 1
+        assert score["decided"] == (score["genre"] in result["genres"])
+    assert set(result["genres"]) == {s["genre"] for s in scores if s["decided"]}
+
+
+def test_predict_answers_every_genre_as_the_champion_does_in_process(server, trained, poster_bytes):
+    predictor = champion(trained)
+    text = server.post("/predict", json=MOVIE)
+    assert text.status_code == 200, text.text
+    answer = text.json()
+    assert_consistent(answer, predictor.classes)
+    assert answer["model"]["version"] == str(predictor.info["version"])
+    assert answer["model"]["run_id"] == predictor.info["run_id"]
+    assert answer["inputs"] == {
+        "overview": True,
+        "tagline": True,
+        "title": predictor.reads_titles,
+        "metadata": ["runtime", "release_year"] if predictor.reads_metadata else [],
+        "poster": False,
+    }
+    (expected,) = predictor.predict_rows([MOVIE])
+    served = {s["genre"]: s["probability"] for s in answer["scores"]}
+    assert served == pytest.approx({g: p for g, p, _ in expected.top}, abs=1e-4)
+    assert answer["genres"] == expected.genres
+
+    form = {k: str(v) for k, v in MOVIE.items()}
+    upload = server.post("/predict", data=form, files={"poster": ("poster.jpg", poster_bytes, "image/jpeg")})
+    assert upload.status_code == 200, upload.text
+    with_poster = upload.json()
+    assert_consistent(with_poster, predictor.classes)
+    assert with_poster["inputs"]["poster"] is predictor.uses_posters
+    (expected,) = predictor.predict_rows([MOVIE | {"poster": poster_bytes}])
+    served = {s["genre"]: s["probability"] for s in with_poster["scores"]}
+    assert served == pytest.approx({g: p for g, p, _ in expected.top}, abs=1e-4)
+
+    # A browser sends an empty file part when no poster is chosen, and empty strings for blank fields.
+    blank = server.post(
+        "/predict",
+        data={"overview": MOVIE["overview"], "tagline": "", "runtime": ""},
+        files={"poster": ("", b"", "application/octet-stream")},
+    )
+    assert blank.status_code == 200, blank.text
+    assert blank.json()["inputs"] == {
+        "overview": True,
+        "tagline": False,
+        "title": False,
+        "metadata": [],
+        "poster": False,
+    }
+
+
+def test_a_batch_answers_what_single_requests_answer(server, trained, poster_bytes):
+    movies = [
+        MOVIE,
+        {"overview": "Two rival chefs fall in love during a summer in Provence.", "vote_average": 7.1},
+        {"overview": "A space marine fights alien hordes on a mining colony.", "poster_base64": ""},
+        {
+            "overview": "A haunted farmhouse and whispers after midnight.",
+            "poster_base64": base64.b64encode(poster_bytes).decode(),
+        },
+    ]
+    batch = server.post("/predict/batch", json={"movies": movies})
+    assert batch.status_code == 200, batch.text
+    answers = batch.json()["predictions"]
+    assert len(answers) == len(movies)
+    for movie, answer in zip(movies, answers):
+        single = server.post("/predict", json=movie).json()
+        assert answer["genres"] == single["genres"]
+        assert [s["probability"] for s in answer["scores"]] == pytest.approx(
+            [s["probability"] for s in single["scores"]], abs=1e-4
+        )
+    assert answers[2]["inputs"]["poster"] is False  # an empty poster_base64 is no poster
+    assert answers[3]["inputs"]["poster"] is champion(trained).uses_posters
+
+
+def test_health_and_model_describe_the_registered_champion(server, trained):
+    predictor = champion(trained)
+    assert server.get("/health").json()["version"] == str(predictor.info["version"])
+    model = server.get("/model").json()
+    labels = json.loads(trained["store"].label_sets_file.read_text())[predictor.info["label_set"]]
+    assert model["labels"] == labels and list(model["thresholds"]) == labels
+    assert model["thresholds"] == pytest.approx(dict(zip(labels, predictor.thresholds)))
+    run = MlflowClient(trained["uri"]).get_run(model["run_id"])
+    assert model["metrics"]["test"]["macro_f1"] == pytest.approx(run.data.metrics["test_macro_f1"])
+    assert model["metrics"]["validation"]["macro_f1"] == pytest.approx(run.data.metrics["validation_macro_f1"])
+    assert model["model"] == run.data.params["model"] and model["alias"] == "champion"
+
+
+def png(width: int, height: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bad_requests(poster: bytes) -> dict:
+    """name -> (request keyword arguments, path, expected status, phrase the error must contain)."""
+    text = {k: str(v) for k, v in MOVIE.items()}
+    bomb = png(12_000, 12_000, "L")  # ~140 KB that decode to 144 megapixels
+    return {
+        "empty overview": (dict(json={"overview": "   "}), "/predict", 422, "overview: empty"),
+        "missing overview": (dict(json={"tagline": "x"}), "/predict", 422, "overview: required"),
+        "overview too long": (dict(json={"overview": "word " * 10_000}), "/predict", 422, "overview:"),
+        "unknown field": (dict(json=MOVIE | {"genre": "Drama"}), "/predict", 422, "genre: not a field"),
+        "negative runtime": (dict(json=MOVIE | {"runtime": -5}), "/predict", 422, "runtime:"),
+        "malformed JSON": (
+            dict(data='{"overview": ', headers={"Content-Type": "application/json"}),
+            "/predict",
+            400,
+            "not valid JSON",
+        ),
+        "JSON list": (dict(json=[MOVIE]), "/predict", 400, "must be a JSON object"),
+        "wrong content type": (
+            dict(data="overview", headers={"Content-Type": "text/plain"}),
+            "/predict",
+            415,
+            "text/plain",
+        ),
+        "no content type": (dict(data=b"overview"), "/predict", 415, "(none)"),
+        "poster not an image": (
+            dict(data=text, files={"poster": ("p.jpg", b"%PDF-1.4 not an image", "image/jpeg")}),
+            "/predict",
+            422,
+            "not a usable image",
+        ),
+        "truncated poster": (
+            dict(data=text, files={"poster": ("p.jpg", poster[: len(poster) // 2], "image/jpeg")}),
+            "/predict",
+            422,
+            "not a usable image",
+        ),
+        "decompression bomb": (
+            dict(data=text, files={"poster": ("p.png", bomb, "image/png")}),
+            "/predict",
+            413,
+            "megapixels",
+        ),
+        "poster over 8 MB": (
+            dict(data=text, files={"poster": ("p.jpg", b"\xff" * 9_000_000, "image/jpeg")}),
+            "/predict",
+            413,
+            "MB",
+        ),
+        "20 MB upload": (
+            dict(data=text, files={"poster": ("p.jpg", b"\0" * 20_000_000, "image/jpeg")}),
+            "/predict",
+            413,
+            "MB",
+        ),
+        "poster as text": (dict(data=text | {"poster": "abc"}), "/predict", 422, "poster: must be an image file"),
+        "bad base64": (dict(json=MOVIE | {"poster_base64": "***"}), "/predict", 422, "not base64"),
+        "empty batch": (dict(json={"movies": []}), "/predict/batch", 422, "movies:"),
+        "batch too large": (dict(json={"movies": [MOVIE] * 300}), "/predict/batch", 422, "movies:"),
+        "batch with a bad movie": (
+            dict(json={"movies": [MOVIE, {"overview": ""}]}),
+            "/predict/batch",
+            422,
+            "movies[1].overview",
+        ),
+        "batch as a form": (dict(data=text), "/predict/batch", 415, "application/json"),
+    }
+
+
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, poster_bytes):
+    for name, (kwargs, path, status, phrase) in bad_requests(poster_bytes).items():
+        answer = server.post(path, **kwargs)
+        assert answer.status_code == status, (name, answer.status_code, answer.text[:300])
+        error = answer.json()["error"]
+        assert phrase in error and "Traceback" not in error, (name, error)
+    assert server.post("/predict", json=MOVIE).status_code == 200
+    assert server.get("/health").json()["status"] == "ok"
+
+
+def test_the_page_loads_only_what_the_server_serves(server):
+    page = server.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "//" not in "".join(part.split('"')[0] for part in page.text.split('src="')[1:])
+    for asset in ("/static/page.js", "/static/page.css"):
+        served = server.get(asset)
+        assert served.status_code == 200, asset
+        assert "http://" not in served.text and "https://" not in served.text, asset
+    assert server.get("/docs").status_code == 200
+
+
+def test_the_server_reloads_a_moved_champion_without_dropping_requests(trained, tmp_path):
+    running = start_server(trained, tmp_path)
+    statuses, versions, stop_requests = [], set(), threading.Event()
+
+    def keep_asking():
+        while not stop_requests.is_set():
+            answer = running.post("/predict", json=MOVIE)
+            statuses.append(answer.status_code)
+            if answer.ok:
+                versions.add(answer.json()["model"]["version"])
+
+    client = MlflowClient(running.uri, running.uri)
+    before = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS)
+    report = json.loads(trained["store"].model_report_file("baseline_model").read_text())
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        loaded_at = running.get("/model").json()["loaded_at"]
+        time.sleep(2)  # four polls: an alias that did not move reloads nothing
+        assert running.get("/model").json()["loaded_at"] == loaded_at
+        moved = client.create_model_version(tracking.REGISTERED_MODEL, report["model_uri"], run_id=report["run_id"])
+        client.set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS, moved.version)
+        deadline = time.monotonic() + 180
+        while running.get("/model").json()["version"] != str(moved.version):
+            assert time.monotonic() < deadline, "the server did not load the moved champion"
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop_requests.set()
+        asker.join(timeout=180)
+        log = stop(running)
+    assert statuses and set(statuses) == {200}, log[-3000:]
+    assert versions == {str(before.version), str(moved.version)}
+
+
+def percent(name: str, style: str) -> float:
+    """The percentage a CSS property is set to in an inline style."""
+    return float(re.search(rf"(?:^|;\s*){name}: ([\d.]+)%", style).group(1))
+
+
+def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chromium, poster_file, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = chromium
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=390,1600"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    predictor = champion(trained)
+    wait = WebDriverWait(driver, 120)
+    try:
+        driver.get(server.url)
+        model_line = driver.find_element(By.ID, "model-line")
+        wait.until(lambda _: model_line.text.startswith("Answered by"))
+        assert f"v{predictor.info['version']}" in model_line.text
+
+        driver.find_element(By.ID, "overview").send_keys(MOVIE["overview"])
+        driver.find_element(By.ID, "tagline").send_keys(MOVIE["tagline"])
+        driver.find_element(By.ID, "poster").send_keys(str(poster_file))
+        preview = driver.find_element(By.ID, "poster-preview")
+        wait.until(
+            lambda _: preview.is_displayed() and driver.execute_script("return arguments[0].naturalWidth", preview)
+        )
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda _: len(driver.find_elements(By.CSS_SELECTOR, "#bars li")) == len(predictor.classes))
+
+        expected = server.post(
+            "/predict",
+            data={"overview": MOVIE["overview"], "tagline": MOVIE["tagline"]},
+            files={"poster": (poster_file.name, poster_file.read_bytes(), "image/jpeg")},
+        ).json()
+        rows = driver.find_elements(By.CSS_SELECTOR, "#bars li")
+        assert [row.get_attribute("data-genre") for row in rows] == [s["genre"] for s in expected["scores"]]
+        for row, score in zip(rows, expected["scores"]):
+            assert ("decided" in row.get_attribute("class").split()) is score["decided"]
+            fill = row.find_element(By.CLASS_NAME, "fill").get_attribute("style")
+            line = row.find_element(By.CLASS_NAME, "threshold").get_attribute("style")
+            assert percent("width", fill) == pytest.approx(score["probability"] * 100, abs=0.06)
+            assert percent("left", line) == pytest.approx(score["threshold"] * 100, abs=0.06)
+            assert row.find_element(By.CLASS_NAME, "track").size["width"] > 100  # bars are drawn, not collapsed
+        decided_text = driver.find_element(By.ID, "decided").text
+        assert decided_text == (", ".join(expected["genres"]) or "none reaches its threshold")
+        assert ("poster" in driver.find_element(By.ID, "inputs-line").text) is predictor.uses_posters
+        assert f"v{predictor.info['version']}" in driver.find_element(By.ID, "answered-by").text
+        # Phone width: nothing wider than the screen.
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        driver.save_screenshot(str(tmp_path / "page.png"))
+
+        # An error from the server is shown, not swallowed: a file that is not an image.
+        not_image = tmp_path / "notes.jpg"
+        not_image.write_bytes(b"not an image at all")
+        driver.find_element(By.ID, "poster").send_keys(str(not_image))
+        driver.find_element(By.ID, "submit").click()
+        error = driver.find_element(By.ID, "error")
+        wait.until(lambda _: error.is_displayed())
+        assert "not a usable image" in error.text
+    finally:
+        driver.quit()
