@@ -2,13 +2,13 @@
 
 import dagster as dg
 
-from genre_pipeline.defs import dataset, ingestion, models
+from genre_pipeline.defs import dataset, ingestion, models, predictions
 from genre_pipeline.defs.resources import build_resources
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, dataset, models]),
-    asset_checks=dg.load_asset_checks_from_modules([ingestion, dataset, models]),
+    assets=dg.load_assets_from_modules([ingestion, dataset, models, predictions]),
+    asset_checks=dg.load_asset_checks_from_modules([ingestion, dataset, models, predictions]),
     schedules=[tmdb_refresh_schedule],
     resources=build_resources(),
     # Steps run one after another in the run's process: on a small machine a subprocess per

@@ -37,6 +37,7 @@ class DataStore:
     eda_dir = property(lambda self: self.root / "reports" / "eda")
     embeddings_dir = property(lambda self: self.root / "embeddings")
     models_dir = property(lambda self: self.root / "models")
+    genre_predictions_file = property(lambda self: self.root / "predictions" / "genre_predictions.parquet")
     mlflow_db = property(lambda self: self.root / "mlflow.db")
     mlflow_artifacts_dir = property(lambda self: self.root / "mlartifacts")
 
@@ -54,6 +55,10 @@ class DataStore:
 
     def model_report_file(self, model: str) -> Path:
         return self.model_dir(model) / "report.json"
+
+    @property
+    def tmdb_genres_file(self) -> Path:
+        return self.raw_dir / "genres.json"
 
     def labels_file(self, label_set: str) -> Path:
         return self.dataset_dir / f"labels_{label_set}.parquet"

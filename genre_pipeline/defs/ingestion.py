@@ -83,7 +83,9 @@ def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: Stora
 @dg.asset(group_name="ingestion", pool=TMDB_POOL, retry_policy=TMDB_RETRY, kinds={"python"})
 def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
     """TMDb's movie genre list (/genre/movie/list): ids and names."""
-    payload, metadata = _fetch_reference("/genre/movie/list", "genres.json", config, tmdb, storage)
+    payload, metadata = _fetch_reference(
+        "/genre/movie/list", storage.store.tmdb_genres_file.name, config, tmdb, storage
+    )
     genres = pd.DataFrame(payload.get("genres", []))
     return dg.MaterializeResult(
         metadata={**metadata, "genres": len(genres), "preview": markdown_table(genres, 25)},

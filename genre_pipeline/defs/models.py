@@ -10,6 +10,7 @@ import json
 
 import dagster as dg
 import pandas as pd
+from mlflow import MlflowClient
 from pydantic import Field
 
 from genre_pipeline.dataset.labels import LabelSet
@@ -445,6 +446,7 @@ def model_comparison(storage: StorageResource, training: TrainingResource) -> dg
     promoted, decision = tracking.promote_if_better(
         chosen["model_uri"], chosen["run_id"], chosen["validation_macro_f1"], training.label_set, candidate
     )
+    champion = tracking.current_champion(MlflowClient())
     return dg.MaterializeResult(
         metadata={
             "comparison": markdown_table(table, None),
@@ -452,5 +454,8 @@ def model_comparison(storage: StorageResource, training: TrainingResource) -> dg
             "promoted": promoted,
             "decision": decision,
             "label_set": training.label_set,
-        }
+            "champion_version": champion["version"],
+        },
+        # What downstream assets read of this one is the champion: they rerun only when it changes.
+        data_version=dg.DataVersion(f"champion-v{champion['version']}-{champion['run_id']}"),
     )

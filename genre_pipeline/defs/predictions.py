@@ -1,0 +1,95 @@
+"""Batch predictions: the champion labels the ingested movies TMDb gives no genre."""
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.common import markdown_table, progress_logger
+from genre_pipeline.defs.dataset import dataset_splits
+from genre_pipeline.defs.ingestion import movie_details, posters
+from genre_pipeline.defs.models import model_comparison
+from genre_pipeline.defs.resources import StorageResource, TrainingResource
+from genre_pipeline.models import metrics, tracking
+from genre_pipeline.models.predictor import (
+    LABELLED_CHECK,
+    UNLABELLED,
+    GenrePredictor,
+    labels_for,
+    movies_to_score,
+    predict_movies,
+    prediction_table,
+)
+from genre_pipeline.models.thresholds import apply_thresholds
+from genre_pipeline.store import frame_fingerprint
+
+
+class PredictionConfig(dg.Config):
+    check_sample: int = Field(
+        default=200,
+        ge=0,
+        description="Labelled test-split movies scored beside the unlabelled ones, as a check of the model.",
+    )
+    seed: int = 0
+
+
+@dg.asset(
+    group_name="predictions",
+    deps=[movie_details, posters, dataset_splits, model_comparison],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"mlflow", "pandas"},
+)
+def genre_predictions(
+    context: dg.AssetExecutionContext, config: PredictionConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """The champion's genres for every ingested movie TMDb gives none, and for a sample of labelled
+    test-split movies as a check, with the champion version that answered; reruns when the champion or
+    the movies change."""
+    store = storage.store
+    predictor = GenrePredictor.from_registry(training.tracking_uri or tracking.sqlite_uri(store.mlflow_db))
+    details = store.read_details()
+    splits = store.read_table(store.splits_file)
+    movies, scored_as = movies_to_score(
+        details, splits.loc[splits["split"] == "test", "id"].tolist(), config.check_sample, config.seed
+    )
+    status = store.read_poster_status()
+    ok = status[status["status"] == "ok"]
+    poster_files = {int(i): store.root / f for i, f in zip(ok["id"], ok["file"])}
+    probabilities, used_poster = predict_movies(
+        predictor, movies, poster_files, progress=progress_logger(context, "scored")
+    )
+    table = prediction_table(predictor, movies, scored_as, probabilities, used_poster)
+    store.write_table(store.genre_predictions_file, table)
+
+    metadata = {
+        "champion": f"{tracking.REGISTERED_MODEL} v{predictor.info['version']} ({predictor.info['model']})",
+        "unlabelled_movies": int((table["scored_as"] == UNLABELLED).sum()),
+        "check_movies": int((table["scored_as"] == LABELLED_CHECK).sum()),
+        "with_poster": int(table["used_poster"].sum()),
+        "path": str(store.genre_predictions_file),
+        "dagster/row_count": len(table),
+    }
+    check = (table["scored_as"] == LABELLED_CHECK).to_numpy()
+    if check.any():
+        known = {g["name"] for g in store.read_json(store.tmdb_genres_file, {}).get("genres", [])}
+        y_true = np.stack([labels_for(list(g), predictor.classes, known) for g in table.loc[check, "tmdb_genres"]])
+        labelled = y_true.any(axis=1)  # a movie whose genres all fall outside the label set cannot be scored
+        report = metrics.evaluate(
+            y_true[labelled],
+            apply_thresholds(probabilities[check][labelled], predictor.thresholds),
+            probabilities[check][labelled],
+            predictor.classes,
+        )
+        metadata |= {f"check_{k}": float(report["summary"][k]) for k in ("macro_f1", "micro_f1", "samples_f1")}
+    shown = table[["id", "title", "scored_as", "predicted_genres", "top_3", "tmdb_genres", "used_poster"]]
+    metadata["preview"] = markdown_table(
+        shown.assign(
+            predicted_genres=shown["predicted_genres"].map(", ".join), tmdb_genres=shown["tmdb_genres"].map(", ".join)
+        ),
+        25,
+    )
+    context.log.info(f"scored {len(table)} movies with {metadata['champion']}")
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(frame_fingerprint(table)),
+    )
