@@ -180,6 +180,7 @@ def test_health_and_model_describe_the_registered_champion(server, trained):
     assert model["metrics"]["test"]["macro_f1"] == pytest.approx(run.data.metrics["test_macro_f1"])
     assert model["metrics"]["validation"]["macro_f1"] == pytest.approx(run.data.metrics["validation_macro_f1"])
     assert model["model"] == run.data.params["model"] and model["alias"] == "champion"
+    assert model["text_encoders"] == json.loads(run.data.params["text_encoders"])
 
 
 def png(width: int, height: int, mode: str = "RGB") -> bytes:

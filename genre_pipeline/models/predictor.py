@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import mlflow
@@ -79,7 +80,7 @@ class GenrePredictor:
             "model": params["model"],
             "kind": params["kind"],
             "label_set": params["label_set"],
-            "text_encoders": params.get("text_encoders"),
+            "text_encoders": json.loads(params.get("text_encoders", "[]")),  # logged as a JSON list
             "image_encoder": params["image_encoder"],
             "fine_tuned_encoders": [m for m in params.get("fine_tuned_encoders", "").split(",") if m],
         }
