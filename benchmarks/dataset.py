@@ -34,7 +34,7 @@ def main() -> None:
 
     resources = build_resources()
     resources["tmdb"] = TMDbResource(
-        snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.ingest_rate, max_workers=16
+        source="snapshot", snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.ingest_rate, max_workers=16
     )
     instance = dg.DagsterInstance.ephemeral()
     first, last = snapshot_years(args.snapshot)

@@ -36,7 +36,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as data_dir:
         resources = {
             "tmdb": TMDbResource(
-                snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.rate, max_workers=args.workers
+                source="snapshot",
+                snapshot_dir=str(args.snapshot.resolve()),
+                rate_limit_per_s=args.rate,
+                max_workers=args.workers,
             ),
             "storage": StorageResource(data_dir=data_dir, source="bench"),
         }

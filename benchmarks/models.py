@@ -91,7 +91,7 @@ def main() -> None:
 
     resources = build_resources()
     resources["tmdb"] = TMDbResource(
-        snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.ingest_rate, max_workers=16
+        source="snapshot", snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.ingest_rate, max_workers=16
     )
     if args.text_encoders:
         resources["training"] = TrainingResource(text_encoders=args.text_encoders.split(","))

@@ -20,6 +20,8 @@ def _tmdb_replay(args: argparse.Namespace) -> int:
         server_error_fraction=args.server_error_fraction,
         slow_fraction=args.slow_fraction,
         slow_s=args.slow_s,
+        drip_fraction=args.drip_fraction,
+        drip_interval_s=args.drip_interval_s,
         truncated_image_fraction=args.truncated_image_fraction,
         corrupt_image_fraction=args.corrupt_image_fraction,
         max_per_path=args.max_faults_per_path,
@@ -184,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--server-error-fraction", type=float, default=0.0, help="share answered 500/503")
     faults.add_argument("--slow-fraction", type=float, default=0.0, help="share answered after --slow-s")
     faults.add_argument("--slow-s", type=float, default=2.0)
+    faults.add_argument("--drip-fraction", type=float, default=0.0, help="share answered one byte at a time")
+    faults.add_argument("--drip-interval-s", type=float, default=2.0, help="seconds between dripped bytes")
     faults.add_argument("--truncated-image-fraction", type=float, default=0.0, help="share of posters cut short")
     faults.add_argument("--corrupt-image-fraction", type=float, default=0.0, help="share of posters garbled")
     faults.add_argument("--max-faults-per-path", type=int, default=None, help="at most this many faults per path")

@@ -12,6 +12,6 @@ defs = dg.Definitions(
     schedules=[tmdb_refresh_schedule],
     resources=build_resources(),
     # Steps run one after another in the run's process: on a small machine a subprocess per
-    # step costs seconds each and buys no parallelism the TMDb pool would allow anyway.
+    # step costs seconds each and buys no parallelism the TMDb lock would allow anyway.
     executor=dg.in_process_executor,
 )

@@ -195,6 +195,13 @@ def download_posters(
             rows[movie_id] = {column: old[column] for column in POSTER_STATUS_COLUMNS}
             reused += 1
             continue
+        # Stored by a run that died before writing the statuses: every stored file was verified before
+        # its atomic write, so it is checked again from disk, not downloaded again.
+        stored = _stored_poster(store, movie_id, poster_path, min_width=min_width, min_height=min_height)
+        if stored is not None:
+            rows[movie_id] = stored
+            reused += 1
+            continue
         to_download.append((movie_id, poster_path))
 
     def fetch_and_verify(item: tuple[int, str]) -> dict:
@@ -207,17 +214,10 @@ def download_posters(
             atomic_write_bytes(store.poster_rejected_dir / name, data)
             return _status_row(movie_id, poster_path, "corrupt", error=str(error), size=len(data))
         target = store.poster_images_dir / name
-        atomic_write_bytes(target, data if poster.is_rgb_jpeg else _to_jpeg(poster.image))
+        stored = data if poster.is_rgb_jpeg else _to_jpeg(poster.image)
+        atomic_write_bytes(target, stored)
         (store.poster_rejected_dir / name).unlink(missing_ok=True)
-        return _status_row(
-            movie_id,
-            poster_path,
-            "ok",
-            file=str(target.relative_to(store.root)),
-            width=poster.image.width,
-            height=poster.image.height,
-            size=len(data),
-        )
+        return _ok_row(store, movie_id, poster_path, target, poster, len(stored))
 
     for done, (item, result) in enumerate(client.map_concurrent(fetch_and_verify, to_download), start=1):
         movie_id, poster_path = item
@@ -236,6 +236,30 @@ def download_posters(
     summary = {status: int(counts.get(status, 0)) for status in POSTER_STATUSES}
     summary.update(downloaded=len(to_download), reused=reused)
     return frame, summary
+
+
+def _ok_row(store: DataStore, movie_id: int, poster_path: str, target, poster, stored_bytes: int) -> dict:
+    """An 'ok' row: ``bytes`` is the stored file's size (a converted poster differs from the download)."""
+    return _status_row(
+        movie_id,
+        poster_path,
+        "ok",
+        file=str(target.relative_to(store.root)),
+        width=poster.image.width,
+        height=poster.image.height,
+        size=stored_bytes,
+    )
+
+
+def _stored_poster(store: DataStore, movie_id: int, poster_path: str, *, min_width: int, min_height: int):
+    """The 'ok' row of a poster file already in images/, if it still verifies; else None."""
+    try:
+        target = store.poster_images_dir / poster_file_name(poster_path)
+        data = target.read_bytes()
+        poster = verify_poster(data, min_width=min_width, min_height=min_height)
+    except (FileNotFoundError, ValueError):  # not stored, an unusable name, or a PosterError
+        return None
+    return _ok_row(store, movie_id, poster_path, target, poster, len(data))
 
 
 def _status_row(movie_id, poster_path, status, *, file=None, width=None, height=None, size=None, error=None) -> dict:

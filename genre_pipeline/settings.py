@@ -66,6 +66,12 @@ def choose_source(env: Mapping[str, str] = os.environ) -> Source:
         digest = hashlib.sha256(path.encode()).hexdigest()[:8]
         label = source_label("snapshot", snapshot_dir=path)
         return Source("snapshot", label, f"snapshot-{Path(path).name}-{digest}", path)
+    if base_url and not (env.get(TOKEN_ENV) or env.get(API_KEY_ENV)):
+        # Falling back to the demo catalog here would answer a typo'd credential with synthetic data.
+        raise ValueError(
+            f"{BASE_URL_ENV} is set but neither {TOKEN_ENV} nor {API_KEY_ENV}: set the credential, "
+            f"or unset {BASE_URL_ENV} for the demo catalog"
+        )
     if env.get(TOKEN_ENV) or env.get(API_KEY_ENV):
         url = base_url or TMDB_API_URL
         slug = "tmdb" if url == TMDB_API_URL else "tmdb-" + hashlib.sha256(url.encode()).hexdigest()[:8]

@@ -21,6 +21,7 @@ class DataStore:
         self.root = Path(root)
 
     http_cache = property(lambda self: self.root / "http_cache")
+    tmdb_lock_file = property(lambda self: self.root / "tmdb.lock")
     raw_dir = property(lambda self: self.root / "raw")
     discover_dir = property(lambda self: self.root / "raw" / "discover")
     details_file = property(lambda self: self.root / "details" / "movie_details.jsonl")
@@ -40,6 +41,11 @@ class DataStore:
     genre_predictions_file = property(lambda self: self.root / "predictions" / "genre_predictions.parquet")
     mlflow_db = property(lambda self: self.root / "mlflow.db")
     mlflow_artifacts_dir = property(lambda self: self.root / "mlartifacts")
+
+    @property
+    def ingestion_dirs(self) -> tuple[Path, ...]:
+        """What only the TMDb lock's holder writes."""
+        return self.http_cache, self.raw_dir, self.details_file.parent, self.poster_images_dir.parent
 
     def embeddings_file(self, modality: str, encoder: str, backend: str) -> Path:
         """One cache per encoder and inference backend (their embeddings differ slightly): the readable

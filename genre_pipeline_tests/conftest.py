@@ -93,7 +93,9 @@ DATASET_CHECKS = [
 
 def pipeline_resources(snapshot_dir, data_dir, **tmdb_options):
     """Resources for a replay of ``snapshot_dir`` into ``data_dir``, with a fast client for tests."""
-    tmdb = TMDbResource(snapshot_dir=str(snapshot_dir), rate_limit_per_s=500, backoff_base_s=0.01, **tmdb_options)
+    tmdb = TMDbResource(
+        source="snapshot", snapshot_dir=str(snapshot_dir), rate_limit_per_s=500, backoff_base_s=0.01, **tmdb_options
+    )
     return {
         "tmdb": tmdb,
         "storage": StorageResource(data_dir=str(data_dir), source="test"),

@@ -104,11 +104,14 @@ def test_downstream_follows_only_when_the_data_changed(catalog_copy, tmp_path):
 def test_the_credential_never_reaches_dagster_events(replay, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     res = {
-        "tmdb": TMDbResource(api_key=API_KEY, base_url=replay.api_url, rate_limit_per_s=500),
+        "tmdb": TMDbResource(source="tmdb", api_key=API_KEY, base_url=replay.api_url, rate_limit_per_s=500),
         "storage": StorageResource(data_dir=str(tmp_path), source="test"),
     }
     assert dg.materialize([ingestion.tmdb_configuration], resources=res, instance=instance).success
-    bad = {**res, "tmdb": TMDbResource(api_key="not-the-key-77", base_url=replay.api_url, rate_limit_per_s=500)}
+    bad = {
+        **res,
+        "tmdb": TMDbResource(source="tmdb", api_key="not-the-key-77", base_url=replay.api_url, rate_limit_per_s=500),
+    }
     failed = dg.materialize([ingestion.tmdb_genres], resources=bad, instance=instance, raise_on_error=False)
     assert not failed.success
     failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")

@@ -15,7 +15,4 @@ ON_UPSTREAM_DATA_CHANGE = (
     & ~AC.in_progress()
 ).with_label("on_upstream_data_change")
 
-# One TMDb client at a time across runs, so that two runs never double the request rate.
-TMDB_POOL = "tmdb_api"
-
 TMDB_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)

@@ -8,7 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from genre_pipeline import ingest, settings
-from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_POOL, TMDB_RETRY
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_RETRY
 from genre_pipeline.defs.common import markdown_table, progress_logger
 from genre_pipeline.defs.resources import StorageResource, TMDbResource
 from genre_pipeline.store import content_fingerprint
@@ -62,14 +62,14 @@ def _fetch_reference(
     path: str, file_name: str, config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource
 ) -> tuple[dict, dict]:
     store, started = storage.store, time.monotonic()
-    with tmdb.open_client(store.http_cache) as client:
+    with tmdb.open_client(store) as client:
         payload = client.get_json(path, use_cache=not config.refresh)
         metadata = _client_metadata(tmdb, client, started)
     store.write_json(store.raw_dir / file_name, payload)
     return payload, metadata
 
 
-@dg.asset(group_name="ingestion", pool=TMDB_POOL, retry_policy=TMDB_RETRY, kinds={"python"})
+@dg.asset(group_name="ingestion", retry_policy=TMDB_RETRY, kinds={"python"})
 def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
     """TMDb's /configuration: image base URLs and the poster sizes it serves."""
     payload, metadata = _fetch_reference("/configuration", "configuration.json", config, tmdb, storage)
@@ -80,7 +80,7 @@ def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: Stora
     )
 
 
-@dg.asset(group_name="ingestion", pool=TMDB_POOL, retry_policy=TMDB_RETRY, kinds={"python"})
+@dg.asset(group_name="ingestion", retry_policy=TMDB_RETRY, kinds={"python"})
 def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
     """TMDb's movie genre list (/genre/movie/list): ids and names."""
     payload, metadata = _fetch_reference(
@@ -97,7 +97,6 @@ def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResou
     group_name="ingestion",
     partitions_def=RELEASE_YEARS,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=TMDB_POOL,
     retry_policy=TMDB_RETRY,
     kinds={"python"},
 )
@@ -108,7 +107,7 @@ def raw_discover_pages(
     store, started = storage.store, time.monotonic()
     years = [int(key) for key in context.partition_keys]
     rows, ids_by_year = [], {}
-    with tmdb.open_client(store.http_cache) as client:
+    with tmdb.open_client(store) as client:
         for year in years:
             result = ingest.discover_year(
                 client,
@@ -141,7 +140,6 @@ def raw_discover_pages(
 @dg.asset(
     group_name="ingestion",
     deps=[raw_discover_pages],
-    pool=TMDB_POOL,
     retry_policy=TMDB_RETRY,
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"python"},
@@ -158,7 +156,7 @@ def movie_details(
 
     progress = progress_logger(context, "details fetched")
 
-    with tmdb.open_client(store.http_cache) as client:
+    with tmdb.open_client(store) as client:
         changed: set[int] = set()
         if config.check_changes and known:
             since = dt.date.fromisoformat(state.get("last_changes_check", (today - dt.timedelta(days=1)).isoformat()))
@@ -198,7 +196,6 @@ def movie_details(
 @dg.asset(
     group_name="ingestion",
     deps=[movie_details, tmdb_configuration],
-    pool=TMDB_POOL,
     retry_policy=TMDB_RETRY,
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"python"},
@@ -216,7 +213,7 @@ def posters(
 
     progress = progress_logger(context, "posters downloaded and verified")
 
-    with tmdb.open_client(store.http_cache) as client:
+    with tmdb.open_client(store) as client:
         base = client.image_base_url or configuration.get("images", {}).get("secure_base_url")
         if not base:
             raise dg.Failure("no image base URL: materialize tmdb_configuration first", allow_retries=False)

@@ -4,16 +4,17 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import dagster as dg
+import pydantic
 from pydantic import Field, field_validator
 
 from genre_pipeline import settings
 from genre_pipeline.models.encoders import DEFAULT_TEXT_ENCODER
 from genre_pipeline.models.onnx_backend import DEFAULT_BACKEND, check_backend
 from genre_pipeline.store import DataStore
-from genre_pipeline.tmdb import demo_catalog
+from genre_pipeline.tmdb import demo_catalog, lock
 from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, TMDbAuthError, TMDbClient
 from genre_pipeline.tmdb.replay import serve_snapshot
 
@@ -32,34 +33,62 @@ class StorageResource(dg.ConfigurableResource):
 class TMDbResource(dg.ConfigurableResource):
     """Where TMDb data comes from and how politely the client asks.
 
-    With a token or key it talks to the real API (or ``base_url``); with ``snapshot_dir``
-    it starts a replay server over that folder for the duration of the step; with
-    neither it serves the built-in, synthetic demo catalog the same way.
+    ``source`` says which: ``tmdb`` talks to the real API (or ``base_url``) with a token or key;
+    ``snapshot`` starts a replay server over ``snapshot_dir`` for the duration of the step;
+    ``demo`` serves the built-in, synthetic demo catalog the same way.
     """
 
+    # Required: resource config given at launch replaces every value set in code, so a launchpad
+    # config with only rate_limit_per_s would otherwise drop the credential and quietly serve the demo.
+    source: Literal["tmdb", "snapshot", "demo"] = Field(
+        description="tmdb (a credential, optionally base_url), snapshot (snapshot_dir) or demo (synthetic)."
+    )
     api_read_access_token: Optional[str] = Field(default=None, description=f"From {TOKEN_ENV}.")
     api_key: Optional[str] = Field(default=None, description=f"From {API_KEY_ENV}.")
     base_url: Optional[str] = Field(default=None, description="A TMDb-compatible API root (TMDB_BASE_URL).")
-    snapshot_dir: Optional[str] = Field(default=None, description="Replay this snapshot folder instead.")
+    snapshot_dir: Optional[str] = Field(default=None, description="The snapshot folder a snapshot source replays.")
     demo_catalog_dir: Optional[str] = Field(default=None, description="Where the demo catalog is generated.")
-    rate_limit_per_s: float = Field(default=35.0, description="Client-side limit, under TMDb's ~40 requests/s.")
-    max_workers: int = Field(default=8, description="Concurrent requests for details and posters.")
-    timeout_s: float = 10.0
-    max_retries: int = 6
-    backoff_base_s: float = 0.5
+    # Bounds are checked when the resource is built, before any step runs: a bad value fails the run
+    # at once, naming the field, and is never retried like a network fault.
+    rate_limit_per_s: float = Field(default=35.0, gt=0, description="Client-side limit, under TMDb's ~40 requests/s.")
+    max_workers: int = Field(default=8, ge=1, le=64, description="Concurrent requests for details and posters.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one request, body included.")
+    max_retries: int = Field(default=6, ge=0, description="Retries of a request after 429, 5xx or a timeout.")
+    backoff_base_s: float = Field(default=0.5, ge=0, description="First retry's pause; doubles each retry.")
+    max_retry_after_s: float = Field(
+        default=60.0, ge=0, description="Longest pause a 429's Retry-After may impose on the client."
+    )
 
-    @property
-    def source_kind(self) -> str:
-        if self.snapshot_dir:
-            return "snapshot"
-        return "tmdb" if self.api_read_access_token or self.api_key else "demo"
+    @pydantic.model_validator(mode="after")
+    def _source_has_what_it_needs(self):
+        if self.source == "tmdb" and not (self.api_read_access_token or self.api_key):
+            raise ValueError(f"source 'tmdb' needs a credential: set {TOKEN_ENV} or {API_KEY_ENV}")
+        if self.source != "tmdb" and self.base_url:
+            raise ValueError(f"base_url ({settings.BASE_URL_ENV}) is set but source is {self.source!r}, not 'tmdb'")
+        if self.source == "snapshot" and not self.snapshot_dir:
+            raise ValueError("source 'snapshot' needs snapshot_dir")
+        return self
 
     @property
     def source_label(self) -> str:
-        return settings.source_label(self.source_kind, snapshot_dir=self.snapshot_dir, base_url=self.base_url)
+        return settings.source_label(self.source, snapshot_dir=self.snapshot_dir, base_url=self.base_url)
 
     @contextlib.contextmanager
-    def open_client(self, cache_dir: Path | None) -> Iterator[TMDbClient]:
+    def open_client(self, store: DataStore) -> Iterator[TMDbClient]:
+        """A client for the step, holding the data folder's TMDb lock: one client per folder at a time,
+        so two runs never double the request rate nor write the same files."""
+        log = dg.get_dagster_logger()
+        with lock.exclusive(
+            store.tmdb_lock_file, on_wait=lambda holder: log.info(f"waiting for the TMDb lock: {holder}")
+        ):
+            removed = lock.remove_partial_files(*store.ingestion_dirs)
+            if removed:
+                log.info(f"removed {removed} partial files a killed run left")
+            with self._checked_client(store.http_cache) as client:
+                yield client
+
+    @contextlib.contextmanager
+    def _checked_client(self, cache_dir: Path) -> Iterator[TMDbClient]:
         try:
             with self._client(cache_dir) as client:
                 yield client
@@ -76,8 +105,9 @@ class TMDbResource(dg.ConfigurableResource):
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,
             backoff_base_s=self.backoff_base_s,
+            max_retry_after_s=self.max_retry_after_s,
         )
-        if self.source_kind == "tmdb":
+        if self.source == "tmdb":
             with TMDbClient(
                 self.base_url or TMDB_API_URL, token=self.api_read_access_token, api_key=self.api_key, **options
             ) as client:
@@ -120,7 +150,7 @@ def build_resources(env=os.environ) -> dict:
     else:
         tmdb_options["demo_catalog_dir"] = str(data_dir / "demo-catalog")
     return {
-        "tmdb": TMDbResource(**tmdb_options),
+        "tmdb": TMDbResource(source=source.kind, **tmdb_options),
         "storage": StorageResource(data_dir=str(data_dir), source=source.slug),
         "quality": DataQualityResource(),
         "training": TrainingResource(),

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlencode
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 TMDB_API_URL = "https://api.themoviedb.org/3"
@@ -106,12 +107,24 @@ class ResponseCache:
         atomic_write_bytes(self._file(key), body)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (single-threaded): os.umask can only be read by setting it.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file.
+    The file gets the mode a plain ``open()`` would give (mkstemp's 0600 otherwise stays)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -177,9 +190,18 @@ class TMDbClient:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         max_workers: int = 8,
+        max_retry_after_s: float = 60.0,
         credential_hint: str = f"{TOKEN_ENV} (or {API_KEY_ENV})",
         image_base_url: str | None = None,
     ):
+        _check_positive(rate_limit_per_s=rate_limit_per_s, burst=burst, timeout_s=timeout_s, max_workers=max_workers)
+        _check_positive(
+            max_retries=max_retries,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            max_retry_after_s=max_retry_after_s,
+            zero_allowed=True,
+        )
         if not token and not api_key:
             raise TMDbAuthError(f"no TMDb credential: set {credential_hint}")
         self.api_url = api_url.rstrip("/")
@@ -196,6 +218,7 @@ class TMDbClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.max_workers = max_workers
+        self.max_retry_after_s = max_retry_after_s
         self.stats = ClientStats()
         self._stats_lock = threading.Lock()
         self.session = requests.Session()
@@ -235,8 +258,7 @@ class TMDbClient:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         if not self._token:
             params["api_key"] = self._api_key
-        response = self._request(f"{self.api_url}{path}", params, headers, label=path)
-        body = response.content
+        body = self._request(f"{self.api_url}{path}", params, headers, label=path)
         try:
             payload = json.loads(body)
         except ValueError:
@@ -247,7 +269,7 @@ class TMDbClient:
 
     def get_bytes(self, url: str) -> bytes:
         """GET an absolute URL (an image) without the credential: image hosts are not the API."""
-        return self._request(url, {}, {"Accept": "image/*"}, label=url).content
+        return self._request(url, {}, {"Accept": "image/*"}, label=url)
 
     def map_concurrent(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R | BaseException]]:
         """Apply ``fn`` with at most ``max_workers`` in flight; yields (item, result or error) as done."""
@@ -298,28 +320,47 @@ class TMDbClient:
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    def _request(self, url: str, params: dict, headers: dict, *, label: str) -> requests.Response:
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+        """The whole body, or requests.Timeout once ``deadline`` passes: a server that trickles bytes
+        cannot hold a call past timeout_s (each socket read is also bounded by timeout_s)."""
+        chunks = []
+        with response:
+            while chunk := response.raw.read1(64 * 1024, decode_content=True):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise requests.Timeout("deadline passed while reading the body")
+            if time.monotonic() > deadline:
+                raise requests.Timeout("deadline passed while reading the body")
+        return b"".join(chunks)
+
+    def _request(self, url: str, params: dict, headers: dict, *, label: str) -> bytes:
+        """The body of a successful GET, after the retries 429, 5xx, timeouts and broken connections
+        are worth; any other failure raises at once."""
         label = self.redact(label)
-        last_problem = ""
         for attempt in range(self.max_retries + 1):
             self.limiter.acquire()
             self._count(requests=1)
+            deadline = time.monotonic() + self.timeout_s
             try:
-                response = self.session.get(url, params=params, headers=headers, timeout=self.timeout_s)
-                body_length = len(response.content)
-            except requests.Timeout:
-                kind, last_problem = "timeout", f"timed out after {self.timeout_s:g}s"
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
+                response = self.session.get(url, params=params, headers=headers, timeout=self.timeout_s, stream=True)
+                body = self._read_body(response, deadline)
+            except (requests.Timeout, urllib3.exceptions.TimeoutError):
+                kind, last_problem = "timeout", f"no complete answer within {self.timeout_s:g}s"
+            except (
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError,
+            ) as error:
                 kind, last_problem = "connection", f"connection failed ({type(error).__name__})"
             else:
-                self._count(bytes_received=body_length)
+                self._count(bytes_received=len(body))
                 status = response.status_code
                 if status < 400:
-                    return response
+                    return body
                 if status == 401:
                     self._fail("auth")
                     raise TMDbAuthError(
-                        f"TMDb refused the credential (HTTP 401{_tmdb_status(response)}) for {label}: "
+                        f"TMDb refused the credential (HTTP 401{_tmdb_status(body)}) for {label}: "
                         f"check {self.credential_hint}"
                     )
                 if status == 404:
@@ -327,7 +368,11 @@ class TMDbClient:
                     raise TMDbNotFound(f"not found (HTTP 404) at {label}")
                 if status == 429:
                     kind, last_problem = "rate_limited", "HTTP 429"
-                    wait = _retry_after_s(response) or self._backoff(attempt)
+                    asked = _retry_after_s(response)
+                    # A server asking for a day's pause would otherwise stop every thread for a day.
+                    wait = min(asked, self.max_retry_after_s) if asked is not None else self._backoff(attempt)
+                    if asked is not None and asked > self.max_retry_after_s:
+                        last_problem += f" (Retry-After {asked:g}s, waited at most {self.max_retry_after_s:g}s)"
                     self.limiter.pause_until(time.monotonic() + wait)
                     if attempt < self.max_retries:
                         self._retry(kind)
@@ -336,7 +381,7 @@ class TMDbClient:
                     kind, last_problem = "server_error", f"HTTP {status}"
                 else:
                     self._fail(f"http_{status}")
-                    raise TMDbError(f"HTTP {status}{_tmdb_status(response)} at {label}")
+                    raise TMDbError(f"HTTP {status}{_tmdb_status(body)} at {label}")
             if attempt < self.max_retries:
                 self._retry(kind)
                 delay = self._backoff(attempt)
@@ -346,12 +391,19 @@ class TMDbClient:
         raise TMDbUnavailable(f"gave up on {label} after {self.max_retries + 1} attempts: {last_problem}", kind=kind)
 
 
+def _check_positive(*, zero_allowed: bool = False, **values: float) -> None:
+    """A clear error naming the setting: a bad one fails at once instead of deep in a retried step."""
+    for name, value in values.items():
+        if not (value >= 0 if zero_allowed else value > 0):
+            raise ValueError(f"{name} must be {'at least 0' if zero_allowed else 'positive'}, got {value!r}")
+
+
 _END = object()
 
 
-def _tmdb_status(response: requests.Response) -> str:
+def _tmdb_status(body: bytes) -> str:
     try:
-        payload = response.json()
+        payload = json.loads(body)
         return f", TMDb status_code {payload['status_code']}: {payload.get('status_message', '')}"
     except (ValueError, KeyError, TypeError):
         return ""

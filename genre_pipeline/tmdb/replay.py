@@ -76,6 +76,8 @@ class Faults:
     server_error_fraction: float = 0.0
     slow_fraction: float = 0.0
     slow_s: float = 2.0
+    drip_fraction: float = 0.0  # answered one byte at a time, every drip_interval_s
+    drip_interval_s: float = 2.0
     truncated_image_fraction: float = 0.0
     corrupt_image_fraction: float = 0.0
     max_per_path: int | None = None
@@ -129,6 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "TMDbReplay/1.0"
     protocol_version = "HTTP/1.1"
     state: ReplayState
+    dripping = False
 
     def log_message(self, format, *args):  # noqa: A002 - stdlib signature
         # Request lines can carry ?api_key=...: never print them.
@@ -142,7 +145,20 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.dripping:
+            self._drip(body)
+        else:
+            self.wfile.write(body)
+
+    def _drip(self, body: bytes) -> None:
+        """A server that keeps a connection alive without ever finishing: one byte at a time."""
+        try:
+            for offset in range(len(body)):
+                self.wfile.write(body[offset : offset + 1])
+                self.wfile.flush()
+                time.sleep(self.state.faults.drip_interval_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
 
     def _json(self, status: int, payload: dict, headers: dict | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json;charset=utf-8", headers)
@@ -158,6 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
         faults = state.faults
         if state.draw_fault(path, "slow", faults.slow_fraction):
             time.sleep(faults.slow_s)
+        self.dripping = state.draw_fault(path, "drip", faults.drip_fraction)
         if state.draw_fault(path, "rate_limit", faults.rate_limit_fraction):
             return self._json(429, RATE_LIMITED, {"Retry-After": f"{faults.retry_after_s:g}"})
         if state.draw_fault(path, "server_error", faults.server_error_fraction):
@@ -310,13 +327,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _downscale(data: bytes, width: int) -> bytes:
     """Serve a smaller TMDb size by resizing; larger sizes get the stored file."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.width <= width:
-            return data
-        height = round(image.height * width / image.width)
-        buffer = io.BytesIO()
-        image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(buffer, "JPEG", quality=90)
-        return buffer.getvalue()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width <= width:
+                return data
+            height = round(image.height * width / image.width)
+            buffer = io.BytesIO()
+            image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(buffer, "JPEG", quality=90)
+            return buffer.getvalue()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        # A broken stored file is served as it is (the client must judge it), not a dropped connection.
+        return data
 
 
 class ReplayServer:
