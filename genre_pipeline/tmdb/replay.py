@@ -15,6 +15,7 @@ import io
 import json
 import math
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -82,6 +83,14 @@ class Faults:
     corrupt_image_fraction: float = 0.0
     max_per_path: int | None = None
     seed: int = 0
+
+    def broken_image(self, name: str) -> str | None:
+        """'corrupt' or 'truncated' for a poster file this server breaks (always the same ones), else None."""
+        if _file_selected(name, self.corrupt_image_fraction, self.seed, "corrupt"):
+            return "corrupt"
+        if _file_selected(name, self.truncated_image_fraction, self.seed, "truncated"):
+            return "truncated"
+        return None
 
 
 def _file_selected(name: str, fraction: float, seed: int, salt: str) -> bool:
@@ -316,10 +325,11 @@ class _Handler(BaseHTTPRequestHandler):
         if size.startswith("w") and size[1:].isdigit():
             data = _downscale(data, int(size[1:]))
         faults = state.faults
-        if _file_selected(name, faults.corrupt_image_fraction, faults.seed, "corrupt"):
+        broken = faults.broken_image(name)
+        if broken == "corrupt":
             state.faults_injected["corrupt_image"] += 1
             data = data[:64] + random.Random(name).randbytes(len(data) - 64)
-        elif _file_selected(name, faults.truncated_image_fraction, faults.seed, "truncated"):
+        elif broken == "truncated":
             state.faults_injected["truncated_image"] += 1
             data = data[: len(data) // 2]
         self._send(200, data, "image/jpeg")
@@ -340,6 +350,14 @@ def _downscale(data: bytes, width: int) -> bytes:
         return data
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that hangs up mid-answer (killed, or past its deadline) is not the server's error.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class ReplayServer:
     """A running replay server; use ``serve_snapshot`` for a managed one."""
 
@@ -357,7 +375,7 @@ class ReplayServer:
             snapshot = load_snapshot(snapshot)
         self.state = ReplayState(snapshot, token=token, api_key=api_key, faults=faults or Faults())
         handler = type("ReplayHandler", (_Handler,), {"state": self.state})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _QuietServer((host, port), handler)
         self.httpd.daemon_threads = True
         bound_host, bound_port = self.httpd.server_address[:2]
         self.state.base_url = f"http://{bound_host}:{bound_port}"
