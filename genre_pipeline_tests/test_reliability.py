@@ -18,6 +18,7 @@ from PIL import Image
 from genre_pipeline import ingest, settings
 from genre_pipeline.defs.resources import TMDbResource
 from genre_pipeline.store import DataStore
+from genre_pipeline.tmdb import lock
 from genre_pipeline.tmdb.client import ResponseCache, TMDbClient, TMDbUnavailable, atomic_write_bytes
 from genre_pipeline.tmdb.replay import Faults, serve_snapshot
 from genre_pipeline.tmdb.snapshot import load_snapshot
@@ -241,3 +242,48 @@ def test_a_bad_or_partial_launch_config_fails_at_once_naming_the_field(demo_dir,
         assert result.returncode != 0 and "source" in result.stderr
         assert sum(server.state.paths.values()) == 0
         assert not ingestion.store.root.exists() or not (ingestion.store.raw_dir / "configuration.json").exists()
+
+
+# --- the TMDb lock ----------------------------------------------------------------------------
+HOLD_THE_LOCK = """
+import sys, time
+from genre_pipeline.tmdb import lock
+with lock.exclusive(sys.argv[1], on_wait=lambda holder: print("waiting for", holder, flush=True)):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def start_holder(lock_file: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [BIN / "python", "-c", HOLD_THE_LOCK, str(lock_file)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+
+
+def test_the_lock_of_a_killed_holder_is_free_and_a_waiter_sleeps_and_stops_on_sigterm(tmp_path):
+    lock_file = tmp_path / "tmdb.lock"
+    holder = start_holder(lock_file)
+    assert holder.stdout.readline().strip() == "holding"
+    waiter = start_holder(lock_file)
+    try:
+        assert waiter.stdout.readline().startswith(f"waiting for pid {holder.pid} since")
+        before = cpu_seconds(waiter.pid)
+        time.sleep(3)
+        assert waiter.poll() is None and cpu_seconds(waiter.pid) - before < 0.3  # asleep, not spinning
+        waiter.send_signal(signal.SIGTERM)
+        waiter.wait(timeout=10)
+        holder.kill()  # SIGKILL: the kernel releases the lock
+        holder.wait(timeout=10)
+        started = time.monotonic()
+        with lock.exclusive(lock_file):
+            assert time.monotonic() - started < 1
+            assert lock_file.read_text().startswith(f"pid {os.getpid()} ")
+    finally:
+        for process in (holder, waiter):
+            process.kill()
+            process.wait(timeout=10)
