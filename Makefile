@@ -26,9 +26,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $@
 
 run: setup
-	$(DAGSTER) --select tmdb_configuration,tmdb_genres
-	$(DAGSTER) --select raw_discover_pages --partition-range "$$($(BIN)/genre-pipeline years)"
-	$(DAGSTER) --select 'movie_details*'
+	$(DAGSTER) --select '*' --partition-range "$$($(BIN)/genre-pipeline years)"
 
 test: setup
 	$(BIN)/python -m pytest

@@ -7,7 +7,12 @@ from genre_pipeline.defs.resources import build_resources
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, dataset, models, predictions]),
+    # Every asset runs a partition range in one run, so that one command builds the whole graph:
+    # `dagster asset materialize --select '*' --partition-range FIRST...LAST` (the CLI takes a range
+    # only when every selected asset has this policy; unpartitioned assets simply run once).
+    assets=dg.load_assets_from_modules(
+        [ingestion, dataset, models, predictions], backfill_policy=dg.BackfillPolicy.single_run()
+    ),
     asset_checks=dg.load_asset_checks_from_modules([ingestion, dataset, models, predictions]),
     schedules=[tmdb_refresh_schedule],
     resources=build_resources(),
