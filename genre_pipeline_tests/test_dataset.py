@@ -1,5 +1,6 @@
 """Cleaning rules, the label merge rule, stable splits and the EDA files, on small hand-built data."""
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -217,6 +218,29 @@ def test_eda_plots_are_readable_pngs_and_one_html_page(tmp_path):
             assert image.format == "PNG" and image.width > 200 and image.height > 150
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == len(eda.PLOTS) and "test data" in page
+
+
+def test_the_eda_page_counts_the_movies_its_genre_plots_count(tmp_path):
+    rows = [["Drama"], ["Comedy", "Drama"], ["Horror"]] * 10 + [["Western"]] * 2  # Western: pruned
+    movies = pd.DataFrame({"id": range(len(rows)), "overview_tokens": np.arange(len(rows)) + 5})
+    result = labels.build_labels(movies["id"], rows, min_genre_count=3)
+    paths = eda.write_eda_report(
+        movies,
+        result.full,
+        result.merged,
+        {"ok": 32},
+        tmp_path,
+        token_limits=(5, 300),
+        source_label="test data",
+    )
+    assert len(result.full.ids) == 30
+    assert "32 clean movies; the genre plots count the 30 that have a genre" in paths["html"].read_text()
+
+
+def test_heatmap_numbers_contrast_with_their_cell():
+    viridis = matplotlib.colormaps["viridis"]
+    assert eda._text_colour_on(viridis(0.0)) == "white" and eda._text_colour_on(viridis(1.0)) == "black"
+    assert eda._text_colour_on((0.5, 0.5, 0.5, 1.0)) == "black"  # mid grey reads better in black
 
 
 def test_pruning_follows_the_share_of_movies_as_well_as_the_count():

@@ -43,7 +43,7 @@ def _frequency(labels: LabelSet, path: Path) -> Path:
     for y, value in enumerate(counts.values):
         axis.text(value, y, f" {value}", va="center", fontsize=8)
     axis.set_xlabel("movies")
-    axis.set_title(f"Genre frequency ({len(labels.ids)} movies)")
+    axis.set_title(f"Genre frequency ({len(labels.ids)} movies with a genre of the label set)")
     return _save(figure, path)
 
 
@@ -55,22 +55,29 @@ def _heatmap(labels: LabelSet, path: Path, title: str) -> Path:
     axis.set_xticks(range(len(counts)), counts.columns, rotation=90, fontsize=8)
     axis.set_yticks(range(len(counts)), counts.index, fontsize=8)
     if len(counts) <= 20:
-        top = counts.values.max() or 1
+        cell_colours = image.cmap(image.norm(counts.values))
         for i in range(len(counts)):
             for j in range(len(counts)):
-                value = counts.values[i, j]
                 axis.text(
                     j,
                     i,
-                    str(value),
+                    str(counts.values[i, j]),
                     ha="center",
                     va="center",
-                    fontsize=6,
-                    color="black" if value > top * 0.6 else "white",
+                    fontsize=7,
+                    color=_text_colour_on(cell_colours[i, j]),
                 )
     figure.colorbar(image, ax=axis, shrink=0.8, label="movies with both genres")
     axis.set_title(title)
     return _save(figure, path)
+
+
+def _text_colour_on(rgba) -> str:
+    """Black on light cells, white on dark ones, by the cell colour's relative luminance (WCAG)."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    # Contrast with black (L + 0.05) / 0.05 beats contrast with white 1.05 / (L + 0.05) above ~0.18.
+    return "black" if luminance > 0.179 else "white"
 
 
 def _labels_per_movie(labels: LabelSet, path: Path) -> Path:
@@ -147,7 +154,9 @@ def _network(labels: LabelSet, path: Path) -> Path:
         node_color=[degree[n] for n in graph.nodes],
         cmap="coolwarm",
     )
-    nx.draw_networkx_labels(graph, layout, ax=axis, font_size=8)
+    # Labels on a light box: the node colours run from dark blue to dark red.
+    label_box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "boxstyle": "round,pad=0.2"}
+    nx.draw_networkx_labels(graph, layout, ax=axis, font_size=8, bbox=label_box)
     axis.set_title("Genre co-occurrence network (edge: Jaccard overlap; colour: weighted degree)")
     axis.axis("off")
     return _save(figure, path)
@@ -198,7 +207,9 @@ def write_eda_report(
         "<!doctype html><html><head><meta charset='utf-8'><title>genre_pipeline EDA</title>"
         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}img{max-width:100%}</style></head>"
         f"<body><h1>genre_pipeline: exploratory data analysis</h1><p>Source: {html.escape(source_label)}. "
-        f"{len(movies)} movies; {len(full.classes)} genres before merging, {len(merged.classes)} after.</p>"
+        f"{len(movies)} clean movies; the genre plots count the {len(full.ids)} that have a genre of the label "
+        f"set ({len(movies) - len(full.ids)} have none of its genres). "
+        f"{len(full.classes)} genres before merging, {len(merged.classes)} after.</p>"
         f"{sections}</body></html>"
     )
     paths["html"] = out_dir / "eda_report.html"
