@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -74,14 +75,20 @@ def _champion(args: argparse.Namespace):
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from genre_pipeline.models.classifier import MAX_OVERVIEW_CHARS
+
     if not (args.overview or "").strip():
         raise ValueError("--overview is empty: give the movie's plot overview")
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.poster is not None and not Path(args.poster).is_file():
-        why = "is a folder, not an image file" if Path(args.poster).is_dir() else "does not exist"
-        print(f"genre-pipeline predict: poster {args.poster} {why}: predicting without it", file=sys.stderr)
-        args.poster = None
+    if len(args.overview) > MAX_OVERVIEW_CHARS:
+        raise ValueError(
+            f"--overview has {len(args.overview):,} characters, over the {MAX_OVERVIEW_CHARS:,} the model takes: "
+            "give the plot overview"
+        )
+    notes, poster = [], args.poster
+    if poster is not None and not Path(poster).is_file():
+        why = "is a folder, not an image file" if Path(poster).is_dir() else "does not exist"
+        notes.append(f"the poster {poster} {why}: predicted without it")
+        poster = None
     metadata = {
         "original_language": args.language,
         "runtime": args.runtime,
@@ -89,21 +96,44 @@ def _predict(args: argparse.Namespace) -> int:
         "vote_average": args.vote_average,
         "vote_count": args.vote_count,
     }
-    prediction = _champion(args).predict(
-        args.overview, args.tagline, args.poster, top_k=args.top_k, title=args.title, metadata=metadata
+    predictor = _champion(args)
+    prediction = predictor.predict(
+        args.overview, args.tagline, poster, top_k=args.top_k, title=args.title, metadata=metadata
     )
-    if prediction.note:
-        print(f"genre-pipeline predict: {prediction.note}", file=sys.stderr)
+    notes += prediction.notes
+    for note in notes:
+        print(f"genre-pipeline predict: {note}", file=sys.stderr)
+    info = predictor.info
     if args.json:
-        print(json.dumps(prediction.as_dict()))
+        answer = {
+            "genres": prediction.genres,
+            "scores": prediction.scores_as_dicts(),
+            "used_poster": prediction.used_poster,
+            "notes": notes,
+            "model": {"name": info["model"], "version": info["version"], "run_id": info["run_id"]},
+        }
+        print(json.dumps(answer))
         return 0
-    print("predicted genres: " + (", ".join(prediction.genres) or "(none at or above its threshold)"))
-    print(f"  {'genre':<16} {'probability':>11} {'threshold':>9}")
-    for genre, probability, threshold in prediction.top:
-        mark = "  predicted" if genre in prediction.genres else ""
-        print(f"  {genre:<16} {probability:>11.3f} {threshold:>9.2f}{mark}")
-    print("used the poster" if prediction.used_poster else "without a poster")
+    print("decided genres: " + (", ".join(prediction.genres) or "none (no genre reaches its threshold)"))
+    print(
+        f"a genre is decided when its probability reaches its own threshold (tuned on validation); "
+        f"listed: the {args.top_k} most probable and every decided one"
+    )
+    print(f"  {'genre':<16} {'probability':>11}    {'threshold':>9}  decided")
+    decided = set(prediction.genres)
+    for genre, probability, threshold in prediction.scores:
+        relation, mark = (">=", "yes") if genre in decided else ("< ", "no")
+        print(f"  {genre:<16} {probability:>11.3f} {relation} {threshold:>9.3f}  {mark}")
+    print(("read the poster" if prediction.used_poster else "predicted without a poster") + f"; {_model_line(info)}")
     return 0
+
+
+def _model_line(info: dict) -> str:
+    version = f"genre-classifier v{info['version']}"
+    return f"model: {info['model']} ({info['kind']}), {version}, label set {info['label_set']}"
+
+
+SKIPPED_REASONS = {"no_overview": "without an overview", "no_label_in_set": "with no genre of the label set"}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -113,8 +143,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from genre_pipeline.models.predictor import evaluate_snapshot
     from genre_pipeline.tmdb.snapshot import check_layout
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     check_layout(Path(args.snapshot))
     predictor = _champion(args)
     train_ids_file = mlflow.artifacts.download_artifacts(
@@ -127,16 +155,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_snapshot(predictor, args.snapshot, limit=args.limit, train_ids=train_ids, progress=progress)
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "per_genre"} | {"per_genre": result["per_genre"]}))
+        print(json.dumps(result))
         return 0
-    champion = result["champion"]
-    print(
-        f"champion: {champion['model']} ({champion['kind']}) v{champion['version']}, label set {champion['label_set']}"
-    )
+    print(_model_line(predictor.info))
+    skipped = ", ".join(f"{n} {SKIPPED_REASONS[why]}" for why, n in result["skipped"].items())
     print(
         f"movies scored: {result['n_movies']} (with a usable poster: {result['with_poster']}; "
-        f"skipped: {', '.join(f'{n} {why}' for why, n in result['skipped'].items())}; "
-        f"seen in training: {result['seen_in_training']})"
+        f"seen in training: {result['seen_in_training']}); skipped: {skipped}"
     )
     for key in HEADLINE_KEYS:
         print(f"  {key:<16} {result[key]:.4f}")
@@ -155,8 +180,6 @@ def _serve(args: argparse.Namespace) -> int:
     from genre_pipeline.serving.app import create_app
     from genre_pipeline.serving.champion import ChampionWatcher
 
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     watcher = ChampionWatcher(args.tracking_uri or _default_tracking_uri(), poll_interval_s=args.poll_interval)
     info = watcher.current.predictor.info
     print(
@@ -166,6 +189,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    port = _at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genre-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("tmdb-replay", help="serve a snapshot folder with TMDb's API routes")
     replay.add_argument("--snapshot", required=True, help="folder laid out like ../shared/data/tmdb-snapshot")
     replay.add_argument("--host", default="127.0.0.1")
-    replay.add_argument("--port", type=int, default=8765)
+    replay.add_argument("--port", type=_port, default=8765)
     replay.add_argument(
         "--token",
         default=DEFAULT_REPLAY_TOKEN,
@@ -196,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-catalog", help="write the synthetic demo catalog to a folder")
     demo.add_argument("--out", required=True)
-    demo.add_argument("--movies", type=int, default=demo_catalog.DEFAULT_MOVIES)
+    demo.add_argument("--movies", type=_at_least(1), default=demo_catalog.DEFAULT_MOVIES)
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(handler=_demo_catalog)
 
@@ -217,21 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     metadata.add_argument("--year", type=int, default=None, help="release year")
     metadata.add_argument("--vote-average", type=float, default=None)
     metadata.add_argument("--vote-count", type=int, default=None)
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--top-k", type=_at_least(1), default=3, help="list this many most probable genres")
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--tracking-uri", default=None, help="MLflow store (default: the data folder's sqlite)")
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="score every movie of a snapshot folder with the champion")
     evaluate.add_argument("--snapshot", required=True, help="folder laid out like ../shared/data/tmdb-snapshot")
-    evaluate.add_argument("--limit", type=int, default=None, help="score only the first N movies")
+    evaluate.add_argument("--limit", type=_at_least(1), default=None, help="score only the first N movies")
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--tracking-uri", default=None)
     evaluate.set_defaults(handler=_evaluate)
 
     serve = commands.add_parser("serve", help="the champion over HTTP (API and web page); reloads when it changes")
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--poll-interval", type=float, default=10.0, help="seconds between checks of the champion alias")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--tracking-uri", default=None)
@@ -239,8 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A command's output is its answer: no library progress bars (weights loading, artifact downloads) on
+# stderr. setdefault: a user who wants them back sets the variables.
+QUIET_LIBRARIES = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
     from genre_pipeline.models.predictor import NoChampion
 
     try:

@@ -65,7 +65,7 @@ def test_a_graph_beyond_the_guard_is_not_used(reference, monkeypatch, caplog):
     # int8 MiniLM keeps a min cosine near 0.98 to fp32: a guard at 0.999 must refuse it.
     monkeypatch.setattr(onnx_backend, "GUARD_MIN_COSINE", 0.999)
     encoder = TextEncoder(MINILM, backend="onnx-int8")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):  # a warning when the graph was just exported, info on later loads
         embedded = encoder.encode(TEXTS)
     assert encoder.backend == "onnx"
     assert "not using onnx-int8" in caplog.text and "min 0.9" in caplog.text

@@ -159,9 +159,25 @@ def _poster_of(value):
         return None, f"poster not usable ({error})"
 
 
-def encode_inputs(frame: pd.DataFrame, classifier: GenreClassifier, encoders: dict) -> tuple[MemberInputs, list]:
-    """Raw input rows -> what the members read, and per row why its poster was not used (None if it was,
-    or if none was given). An empty overview is an error: there is nothing to predict from."""
+def _text_notes(texts: list[str], classifier: GenreClassifier, encoders: dict) -> list[str | None]:
+    """Per text, a note when it is longer than a text encoder reads (None otherwise)."""
+    text_encoders = [encoders[ref.key] for ref in classifier.encoders if ref.modality == "text"]
+    if not text_encoders:  # TF-IDF reads every word
+        return [None] * len(texts)
+    shortest = min(encoder.max_length for encoder in text_encoders)
+    longest_counts = np.max([encoder.token_counts(texts) for encoder in text_encoders], axis=0)
+    return [
+        f"the text is {tokens} tokens long: the text encoders read only its first {shortest}"
+        if tokens > shortest
+        else None
+        for tokens in longest_counts
+    ]
+
+
+def encode_inputs(frame: pd.DataFrame, classifier: GenreClassifier, encoders: dict) -> tuple[MemberInputs, list, list]:
+    """Raw input rows -> what the members read, per row why its poster was not used (None if it was, or
+    if none was given), and per row whether its text was cut for the text encoders. An empty overview is
+    an error: there is nothing to predict from."""
     if "overview" not in frame.columns:
         raise ValueError("the input has no 'overview' column: every movie needs its plot overview")
     texts = []
@@ -192,7 +208,8 @@ def encode_inputs(frame: pd.DataFrame, classifier: GenreClassifier, encoders: di
                 features[has_poster] = encoder.encode([p for p in posters if p is not None])
             poster_features[ref.key] = features
     metadata = frame.reindex(columns=list(METADATA_COLUMNS)).reset_index(drop=True)
-    return MemberInputs(texts, titles, text_features, poster_features, has_poster, metadata), notes
+    inputs = MemberInputs(texts, titles, text_features, poster_features, has_poster, metadata)
+    return inputs, notes, _text_notes(texts, classifier, encoders)
 
 
 # Logged as a model from code (MLflow's recommended form: no pickled Python object in the model).
@@ -211,7 +228,7 @@ class GenreClassifierModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        inputs, notes = encode_inputs(frame, self.classifier, self.encoders)
+        inputs, poster_notes, text_notes = encode_inputs(frame, self.classifier, self.encoders)
         probabilities = self.classifier.probabilities(inputs)
         decisions = self.classifier.decisions(probabilities)
         columns = {}
@@ -220,7 +237,8 @@ class GenreClassifierModel(mlflow.pyfunc.PythonModel):
         for j, genre in enumerate(self.classifier.classes):
             columns[decision_column(genre)] = decisions[:, j].astype(bool)
         columns["used_poster"] = inputs.has_poster.astype(bool)
-        columns["poster_note"] = [note or "" for note in notes]
+        columns["poster_note"] = [note or "" for note in poster_notes]
+        columns["text_note"] = [note or "" for note in text_notes]
         return pd.DataFrame(columns)
 
 
@@ -249,6 +267,6 @@ def signature(classes: list[str]):
     outputs = Schema(
         [ColSpec("double", probability_column(g)) for g in classes]
         + [ColSpec("boolean", decision_column(g)) for g in classes]
-        + [ColSpec("boolean", "used_poster"), ColSpec("string", "poster_note")]
+        + [ColSpec("boolean", "used_poster"), ColSpec("string", "poster_note"), ColSpec("string", "text_note")]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)

@@ -171,6 +171,11 @@ class TextEncoder(_BackendChoice):
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens each whole text is, special tokens included, before truncation to max_length
+        (verbose=False: a text longer than the model takes is what is being measured, not a mistake)."""
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+
     def save(self, directory: Path) -> None:
         """The (fine-tuned) encoder and its tokenizer, loadable again as ``TextEncoder(str(directory))``."""
         self.model.save_pretrained(directory)

@@ -235,13 +235,15 @@ def exported(
     input_names: list[str],
     dynamic: tuple,
     guard_inputs: Callable[[], dict[str, np.ndarray]],
-) -> Path:
-    """The folder of ``module``'s graphs for its current weights, exported on first use."""
+) -> tuple[Path, bool]:
+    """The folder of ``module``'s graphs for its current weights, exported on first use, and whether
+    this call exported it."""
     directory = settings.encoder_cache_dir() / "onnx" / f"{cache_name}-{weights_digest(module)}"
-    if not directory.is_dir():
-        log.info("exporting %s to ONNX into %s (once for these weights)", cache_name, directory)
-        _build(directory, module, example, input_names, dynamic, guard_inputs())
-    return directory
+    if directory.is_dir():
+        return directory, False
+    log.info("exporting %s to ONNX into %s (once for these weights)", cache_name, directory)
+    _build(directory, module, example, input_names, dynamic, guard_inputs())
+    return directory, True
 
 
 def load_graph(directory: Path, backend: str) -> OnnxEncoder:
@@ -273,7 +275,10 @@ def fastest_available(
             backend,
         )
         return None
-    directory = exported(cache_name, module, **graph)
+    directory, just_exported = exported(cache_name, module, **graph)
+    # A graph's guard is measured once, when it is exported: that is when its failure is news. Every
+    # later load (each predict call, each server start) falls back the same way and says so at info.
+    drift_level = logging.WARNING if just_exported else logging.INFO
     for candidate in BACKENDS[BACKENDS.index(backend) : 0 : -1]:  # e.g. onnx-int8, then onnx
         if not (directory / candidate).is_dir():
             log.info("%s has no weights the %s recipe quantizes: it runs the fp32 graph", cache_name, candidate)
@@ -281,6 +286,6 @@ def fastest_available(
         try:
             return load_graph(directory, candidate)
         except EncoderDrift as drift:
-            log.warning("not using %s: %s", candidate, drift)
+            log.log(drift_level, "not using %s: %s", candidate, drift)
     log.warning("%s runs on PyTorch fp32: no ONNX graph met the accuracy guard", cache_name)
     return None

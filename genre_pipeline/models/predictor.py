@@ -37,18 +37,24 @@ def champion_version(client: MlflowClient, tracking_uri: str) -> str:
 
 @dataclasses.dataclass
 class Prediction:
-    genres: list[str]  # the decided genres: probability at or above the genre's tuned threshold
-    top: list[tuple[str, float, float]]  # the k most probable genres: (genre, probability, threshold)
+    genres: list[str]  # the decided genres: probability at or above the genre's own tuned threshold
+    # (genre, probability, threshold), most probable first: the k most probable genres and every decided
+    # one, so that no decided genre is missing from the list
+    scores: list[tuple[str, float, float]]
     used_poster: bool
-    note: str | None = None
+    poster_note: str | None = None  # why a given poster was not used
+    text_note: str | None = None  # how much of a long text the text encoders read
 
-    def as_dict(self) -> dict:
-        result = {
-            "genres": self.genres,
-            "top": [{"genre": g, "probability": round(p, 4), "threshold": round(t, 4)} for g, p, t in self.top],
-            "used_poster": self.used_poster,
-        }
-        return result | ({"note": self.note} if self.note else {})
+    @property
+    def notes(self) -> list[str]:
+        return [note for note in (self.text_note, self.poster_note) if note]
+
+    def scores_as_dicts(self) -> list[dict]:
+        decided = set(self.genres)
+        return [
+            {"genre": g, "probability": round(p, 4), "threshold": round(t, 4), "decided": g in decided}
+            for g, p, t in self.scores
+        ]
 
 
 class GenrePredictor:
@@ -102,19 +108,28 @@ class GenrePredictor:
 
     def predict_rows(self, rows: list[dict], top_k: int | None = None) -> list[Prediction]:
         """One Prediction per input row (the pyfunc model's columns; ``poster`` as image bytes), listing
-        the ``top_k`` most probable genres (all of them when None)."""
+        the ``top_k`` most probable genres and every decided one (all genres when ``top_k`` is None)."""
         # Only the columns some row gives, with explicit Nones: a missing key would make a float NaN
         # column that the model's string schema refuses.
         columns = [c for c in INPUT_COLUMNS if any(row.get(c) is not None for row in rows)]
         output = self.predict_frame(pd.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=columns))
+        text_notes = output["text_note"] if "text_note" in output else [""] * len(output)
         predictions = []
-        for probabilities, used_poster, note in zip(
-            self.probabilities(output), output["used_poster"], output["poster_note"]
+        for probabilities, used_poster, poster_note, text_note in zip(
+            self.probabilities(output), output["used_poster"], output["poster_note"], text_notes
         ):
-            order = np.argsort(-probabilities, kind="stable")[:top_k]
-            chosen = [self.classes[j] for j in np.flatnonzero(probabilities >= self.thresholds)]
-            top = [(self.classes[j], float(probabilities[j]), float(self.thresholds[j])) for j in order]
-            predictions.append(Prediction(chosen, top, bool(used_poster), note or None))
+            decided = probabilities >= self.thresholds
+            order = np.argsort(-probabilities, kind="stable")
+            listed = [j for rank, j in enumerate(order) if top_k is None or rank < top_k or decided[j]]
+            predictions.append(
+                Prediction(
+                    [self.classes[j] for j in np.flatnonzero(decided)],
+                    [(self.classes[j], float(probabilities[j]), float(self.thresholds[j])) for j in listed],
+                    bool(used_poster),
+                    poster_note or None,
+                    text_note or None,
+                )
+            )
         return predictions
 
     def predict(

@@ -88,19 +88,15 @@ def model_summary(served: ServedModel) -> dict:
 
 
 def answer(served: ServedModel, row: dict, prediction) -> dict:
-    decided = set(prediction.genres)
     predictor = served.predictor
-    result = {
+    return {
         "genres": prediction.genres,
-        "scores": [
-            {"genre": g, "probability": round(p, 4), "threshold": round(t, 4), "decided": g in decided}
-            for g, p, t in prediction.top
-        ],
+        "scores": prediction.scores_as_dicts(),
         "inputs": inputs.inputs_used(
             row, prediction.used_poster, reads_titles=predictor.reads_titles, reads_metadata=predictor.reads_metadata
         ),
+        "notes": prediction.notes,
     }
-    return result | ({"poster_note": prediction.note} if prediction.note else {})
 
 
 async def _form_row(request: Request) -> dict:

@@ -84,7 +84,7 @@ function showAnswer(result) {
   if (used.metadata.length) parts.push(used.metadata.join(", "));
   if (used.poster) parts.push("poster");
   document.getElementById("inputs-line").textContent =
-    `Read: ${parts.join(", ")}.` + (result.poster_note ? ` ${result.poster_note}.` : "");
+    `Read: ${parts.join(", ")}.` + result.notes.map((note) => ` ${note[0].toUpperCase()}${note.slice(1)}.`).join("");
   document.getElementById("answered-by").textContent = `Answered by ${modelName(result.model)}.`;
   answerBox.hidden = false;
 }
