@@ -21,6 +21,8 @@ def test_definitions_load():
     assert len(graph.asset_check_keys) == 7
     assert defs.resolve_schedule_def("tmdb_refresh_schedule")
     assert graph.get(dg.AssetKey("movie_details")).automation_condition is not None
+    # What lets one `dagster asset materialize --select '*' --partition-range` build the whole graph.
+    assert {graph.get(key).backfill_policy for key in graph.get_all_asset_keys()} == {dg.BackfillPolicy.single_run()}
 
 
 def test_the_schedule_refreshes_the_two_latest_years_and_changes():

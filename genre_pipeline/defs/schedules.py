@@ -8,7 +8,8 @@ from genre_pipeline.defs.ingestion import RELEASE_YEARS, movie_details, raw_disc
 
 @dg.schedule(
     cron_schedule="0 4 * * *",
-    target=[raw_discover_pages, movie_details],
+    # By key: the definitions load the assets with a backfill policy added, as new objects.
+    target=dg.AssetSelection.assets(raw_discover_pages, movie_details),
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Re-query the two latest release years and re-fetch movies /movie/changes lists; "
     "downstream assets follow only if the data changed.",
