@@ -35,6 +35,7 @@ dev: setup
 	$(BIN)/dagster dev -w workspace.yaml
 
 mlflow: setup
+	@echo "training runs: http://127.0.0.1:5000/#/?workflowType=machine_learning (MLflow 3 opens on GenAI otherwise)"
 	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/genre-pipeline tracking-uri)" --host 127.0.0.1 --port 5000
 
 serve: setup

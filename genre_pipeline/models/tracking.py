@@ -22,8 +22,6 @@ from genre_pipeline.models.genre_models import ModelOutcome, TrainingData
 REGISTERED_MODEL = "genre-classifier"
 CHAMPION_ALIAS = "champion"
 DEFAULT_EXPERIMENT = "genre-pipeline"
-# MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it trains models.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Macro-F1 on validation with the thresholds tuned there: what champion selection compares. The
 # per-epoch figure at 0.5 thresholds, logged as history, is "epoch_validation_macro_f1".
 VALIDATION_METRIC = "validation_macro_f1"
@@ -83,14 +81,9 @@ def use_tracking(tracking_uri: str, experiment: str, artifact_root: Path) -> str
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is None:
         # A sqlite store would otherwise put artifacts in ./mlartifacts of whatever the cwd is.
-        experiment_id = mlflow.create_experiment(
-            experiment, artifact_location=Path(artifact_root).resolve().as_uri(), tags=EXPERIMENT_TAGS
-        )
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
     else:
         experiment_id = existing.experiment_id
-        for key, value in EXPERIMENT_TAGS.items():
-            if existing.tags.get(key) != value:
-                mlflow.MlflowClient().set_experiment_tag(experiment_id, key, value)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
