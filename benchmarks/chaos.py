@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from genre_pipeline import settings
+from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.client import ResponseCache
 from genre_pipeline.tmdb.replay import Faults, serve_snapshot
@@ -106,7 +107,7 @@ def cached_detail_ids(store: DataStore, ids) -> set[int]:
 
 def outcome(store: DataStore) -> dict:
     details = [json.loads(line) for line in store.details_file.read_text().splitlines() if line]
-    status = store.read_poster_status()
+    status = poster_files.read_statuses(store)
     return {
         "detail_ids": [m["id"] for m in details],
         "status": dict(zip(status["id"].astype(int), status["status"])),

@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 from common import materialization_metadata, materialize_ingestion, select_snapshot
 
+from genre_pipeline import settings
 from genre_pipeline.tmdb.snapshot import snapshot_years
 
 
@@ -32,7 +33,7 @@ def main() -> None:
     from genre_pipeline.defs import dataset
     from genre_pipeline.defs.resources import TMDbResource, build_resources
 
-    resources = build_resources()
+    resources = build_resources(settings.configured_source())
     resources["tmdb"] = TMDbResource(
         source="snapshot", snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.ingest_rate, max_workers=16
     )

@@ -69,7 +69,7 @@ def main() -> None:
     from genre_pipeline.models.onnx_backend import BACKENDS, DEFAULT_BACKEND, compare
     from genre_pipeline.store import DataStore
 
-    store = DataStore(settings.default_data_dir() / settings.choose_source().slug)
+    store = DataStore(settings.default_data_dir() / settings.configured_source().slug)
     movies = store.read_table(store.movies_clean_file).set_index("id")
     labels = store.read_table(store.labels_file("full")).set_index("id")
     splits = store.read_table(store.splits_file).set_index("id")["split"]

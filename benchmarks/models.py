@@ -22,6 +22,7 @@ from pathlib import Path
 import dagster as dg
 from common import materialize_ingestion, select_snapshot
 
+from genre_pipeline import settings
 from genre_pipeline.dataset.cleaning import metadata_fields
 from genre_pipeline.tmdb.snapshot import load_snapshot, snapshot_years
 
@@ -89,7 +90,7 @@ def main() -> None:
     from genre_pipeline.models import tracking
     from genre_pipeline.models.metrics import HEADLINE_KEYS
 
-    resources = build_resources()
+    resources = build_resources(settings.configured_source())
     resources["tmdb"] = TMDbResource(
         source="snapshot", snapshot_dir=str(args.snapshot.resolve()), rate_limit_per_s=args.ingest_rate, max_workers=16
     )

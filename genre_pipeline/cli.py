@@ -50,7 +50,7 @@ def _demo_catalog(args: argparse.Namespace) -> int:
 
 
 def _years(args: argparse.Namespace) -> int:
-    first, last = settings.year_range(settings.choose_source())
+    first, last = settings.year_range(settings.configured_source())
     print(f"{first}...{last}")
     return 0
 
@@ -59,7 +59,7 @@ def _default_tracking_uri() -> str:
     from genre_pipeline.models.tracking import sqlite_uri
     from genre_pipeline.store import DataStore
 
-    source = settings.choose_source()
+    source = settings.configured_source()
     return sqlite_uri(DataStore(settings.default_data_dir() / source.slug).mlflow_db)
 
 

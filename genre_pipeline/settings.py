@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import os
 import re
 from pathlib import Path
 from typing import Mapping
 
+from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
 from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV
 from genre_pipeline.tmdb.snapshot import snapshot_years
@@ -79,6 +81,13 @@ def choose_source(env: Mapping[str, str] = os.environ) -> Source:
     return Source("demo", source_label("demo"), "demo")
 
 
+@functools.cache
+def configured_source() -> Source:
+    """The source this process's environment selects, read once: the code location's partitions and
+    resources and the CLI all receive this one value."""
+    return choose_source(os.environ)
+
+
 def year_range(source: Source, env: Mapping[str, str] = os.environ) -> tuple[int, int]:
     """The release years to partition by: ``GENRE_PIPELINE_YEARS=FIRST-LAST`` or the source's own."""
     configured = env.get(YEARS_ENV)
@@ -94,5 +103,5 @@ def year_range(source: Source, env: Mapping[str, str] = os.environ) -> tuple[int
     if source.kind == "demo":
         return demo_catalog.FIRST_YEAR, demo_catalog.LAST_YEAR
     if source.kind == "snapshot":
-        return snapshot_years(source.snapshot_dir)
+        return snapshot_years(source.snapshot_dir, DataStore(default_data_dir(env) / source.slug).snapshot_years_file)
     return FIRST_API_YEAR, dt.date.today().year

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from genre_pipeline.tmdb.client import atomic_write_bytes
-
-POSTER_STATUS_COLUMNS = ["id", "poster_path", "status", "file", "width", "height", "bytes", "error"]
+from genre_pipeline.files import atomic_write_bytes
 
 
 class DataStore:
@@ -21,6 +19,7 @@ class DataStore:
         self.root = Path(root)
 
     http_cache = property(lambda self: self.root / "http_cache")
+    snapshot_years_file = property(lambda self: self.root / "snapshot_years.json")  # a snapshot source's years
     tmdb_lock_file = property(lambda self: self.root / "tmdb.lock")
     raw_dir = property(lambda self: self.root / "raw")
     discover_dir = property(lambda self: self.root / "raw" / "discover")
@@ -62,9 +61,9 @@ class DataStore:
     def model_report_file(self, model: str) -> Path:
         return self.model_dir(model) / "report.json"
 
-    @property
-    def tmdb_genres_file(self) -> Path:
-        return self.raw_dir / "genres.json"
+    tmdb_genres_file = property(lambda self: self.raw_dir / "genres.json")
+    tmdb_configuration_file = property(lambda self: self.raw_dir / "configuration.json")
+    model_comparison_file = property(lambda self: self.models_dir / "model_comparison.csv")
 
     def labels_file(self, label_set: str) -> Path:
         return self.dataset_dir / f"labels_{label_set}.parquet"
@@ -112,15 +111,6 @@ class DataStore:
     def write_details(self, details: dict[int, dict]) -> None:
         lines = "".join(json.dumps(details[i], ensure_ascii=False, sort_keys=True) + "\n" for i in sorted(details))
         atomic_write_bytes(self.details_file, lines.encode())
-
-    # --- posters -------------------------------------------------------------------
-    def read_poster_status(self) -> pd.DataFrame:
-        if not self.poster_status_file.is_file():
-            return pd.DataFrame(columns=POSTER_STATUS_COLUMNS)
-        return pd.read_parquet(self.poster_status_file)
-
-    def write_poster_status(self, frame: pd.DataFrame) -> None:
-        self.write_table(self.poster_status_file, frame)
 
     # --- tables --------------------------------------------------------------------
     @staticmethod

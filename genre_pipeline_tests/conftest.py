@@ -21,7 +21,7 @@ from genre_pipeline.defs.resources import DataQualityResource, StorageResource, 
 from genre_pipeline.models import tracking
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
-from genre_pipeline.tmdb.client import TMDbClient
+from genre_pipeline.tmdb.client import ClientPolicy, TMDbClient
 from genre_pipeline.tmdb.replay import Faults, serve_snapshot
 
 TOKEN = "test-token-5f1d9c"
@@ -55,15 +55,16 @@ def replay(demo_dir):
         yield server
 
 
-def make_client(server, tmp_path=None, **options) -> TMDbClient:
-    defaults = dict(
-        token=TOKEN,
-        rate_limit_per_s=500,
-        backoff_base_s=0.01,
-        timeout_s=5,
+def make_client(server, tmp_path=None, *, token=TOKEN, api_key=None, **policy) -> TMDbClient:
+    """A client of ``server`` with a fast policy; ``policy`` overrides ClientPolicy fields."""
+    defaults = dict(rate_limit_per_s=500, backoff_base_s=0.01, timeout_s=5)
+    return TMDbClient(
+        server.api_url,
+        token=token,
+        api_key=api_key,
         cache_dir=(tmp_path / "cache") if tmp_path else None,
+        policy=ClientPolicy(**{**defaults, **policy}),
     )
-    return TMDbClient(server.api_url, **{**defaults, **options})
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pandas as pd
 from PIL import Image
 
 from genre_pipeline.defs.resources import DataQualityResource
+from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import DataStore
 
 from .conftest import ASSETS, materialize_all, materialize_dataset, pipeline_resources
@@ -84,9 +85,9 @@ def test_a_failing_check_fails(catalog_copy, tmp_path):
     strict = {**res, "quality": DataQualityResource(min_poster_ok_rate=1.0, max_drop_fraction=0.001)}
     # A poster that fails verification lowers the ok-rate below a floor of 1.0.
     store = DataStore(tmp_path / "data" / "test")
-    status = store.read_poster_status()
+    status = poster_files.read_statuses(store)
     status.loc[status["status"] == "ok", "status"] = ["corrupt"] + ["ok"] * (int((status["status"] == "ok").sum()) - 1)
-    store.write_poster_status(status)
+    poster_files.write_statuses(store, status)
     result = materialize_dataset(strict, instance)
     checks = checks_by_name(result)
     assert not checks["poster_ok_rate"].passed

@@ -1,6 +1,7 @@
 """The code location loads, sources are chosen from the environment, the refresh schedule asks for the right runs."""
 
 import datetime as dt
+import json
 
 import dagster as dg
 import pytest
@@ -9,6 +10,7 @@ from genre_pipeline import settings
 from genre_pipeline.definitions import defs
 from genre_pipeline.defs.resources import build_resources
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
+from genre_pipeline.tmdb import snapshot
 
 
 def test_definitions_load():
@@ -47,7 +49,7 @@ def test_the_schedule_refreshes_the_two_latest_years_and_changes():
 def test_the_environment_selects_the_source(env, kind, tmp_path):
     env = {**env, "GENRE_PIPELINE_DATA": str(tmp_path)}
     assert settings.choose_source(env).kind == kind
-    resources = build_resources(env)
+    resources = build_resources(settings.choose_source(env), env)
     assert resources["storage"].data_dir == str(tmp_path)
     # Secrets stay environment references: the value is not in the resource's config.
     tmdb_config = repr(resources["tmdb"]._get_non_default_public_field_values())  # noqa: SLF001
@@ -60,6 +62,24 @@ def test_year_range_from_the_environment():
     assert settings.year_range(demo, {}) == (2015, 2024)
     with pytest.raises(ValueError, match="GENRE_PIPELINE_YEARS"):
         settings.year_range(demo, {"GENRE_PIPELINE_YEARS": "2003-1999"})
+
+
+def test_a_snapshots_year_range_is_read_once_and_again_only_when_its_movies_change(catalog_copy, tmp_path, monkeypatch):
+    env = {"GENRE_PIPELINE_SNAPSHOT": str(catalog_copy), "GENRE_PIPELINE_DATA": str(tmp_path)}
+    source = settings.choose_source(env)
+    first = settings.year_range(source, env)
+    assert first == (2015, 2024)
+
+    def parse_everything(root):
+        raise AssertionError("the whole snapshot was parsed again")
+
+    monkeypatch.setattr(snapshot, "load_snapshot", parse_everything)
+    assert settings.year_range(source, env) == first  # from the record, as every code-location load does
+    monkeypatch.undo()
+
+    movies = catalog_copy / "movies.jsonl"
+    movies.write_text(movies.read_text() + json.dumps({"id": 1, "title": "Old", "release_date": "1950-05-01"}) + "\n")
+    assert settings.year_range(source, env) == (1950, 2024)
 
 
 def test_encoders_with_the_same_basename_never_share_an_embedding_cache(tmp_path):

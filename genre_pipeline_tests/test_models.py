@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, metadata_fields
 from genre_pipeline.defs import models, predictions
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
+from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import tracking
 from genre_pipeline.models.classifier import decision_column, probability_column
 from genre_pipeline.models.encoders import TextEncoder
@@ -38,7 +39,7 @@ def metadata(result, node):
 
 def test_every_model_beats_chance_on_the_test_split(trained):
     chance = best_constant_macro_f1(trained["store"])
-    comparison = pd.read_csv(trained["store"].models_dir / "model_comparison.csv").set_index("model")
+    comparison = pd.read_csv(trained["store"].model_comparison_file).set_index("model")
     assert set(comparison.index) == set(models.MODEL_ASSETS)
     for model in comparison.index:
         assert comparison.at[model, "macro_f1"] > chance + 0.1, (model, comparison.at[model, "macro_f1"], chance)
@@ -270,7 +271,7 @@ def test_the_champion_is_registered_loads_and_predicts(trained):
     assert decision["promoted"] is True
     predictor = GenrePredictor.from_registry(trained["uri"])
     assert predictor.info["model"] in models.CHAMPION_CANDIDATES and predictor.info["label_set"] == "full"
-    comparison = pd.read_csv(trained["store"].models_dir / "model_comparison.csv").set_index("model")
+    comparison = pd.read_csv(trained["store"].model_comparison_file).set_index("model")
     candidates = comparison[comparison["candidate"]]
     assert predictor.info["model"] == candidates["validation_macro_f1"].idxmax()
     prediction = predictor.predict(
@@ -438,7 +439,7 @@ def test_genre_predictions_label_the_movies_tmdb_gives_no_genre(trained):
 
 
 def poster_of(store: DataStore, movie_id: int) -> bytes | None:
-    status = store.read_poster_status().set_index("id")
+    status = poster_files.read_statuses(store).set_index("id")
     if movie_id not in status.index or status.loc[movie_id, "status"] != "ok":
         return None
     return (store.root / status.loc[movie_id, "file"]).read_bytes()

@@ -15,11 +15,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from genre_pipeline import ingest, settings
+from genre_pipeline import settings
 from genre_pipeline.defs.resources import TMDbResource
+from genre_pipeline.files import atomic_write_bytes
+from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import lock
-from genre_pipeline.tmdb.client import ResponseCache, TMDbClient, TMDbUnavailable, atomic_write_bytes
+from genre_pipeline.tmdb.client import ClientPolicy, ResponseCache, TMDbClient, TMDbUnavailable
 from genre_pipeline.tmdb.replay import Faults, serve_snapshot
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
@@ -57,7 +59,7 @@ def test_retry_after_is_capped(demo_dir):
 def test_bad_client_settings_are_refused_naming_the_setting(replay, setting):
     (name,) = setting
     with pytest.raises(ValueError, match=name):
-        TMDbClient(replay.api_url, token=TOKEN, **setting)
+        TMDbClient(replay.api_url, token=TOKEN, policy=ClientPolicy(**setting))
     with pytest.raises(ValueError, match=name):
         TMDbResource(source="snapshot", snapshot_dir="x", **setting)
 
@@ -88,7 +90,9 @@ def posters_of(server, tmp_path, catalog: Path, **options):
     store = DataStore(tmp_path / "store")
     movies = list(load_snapshot(catalog).movies.values())
     with make_client(server, tmp_path) as client:
-        return store, ingest.download_posters(client, store, movies, image_base_url=f"{server.base_url}/t/p", **options)
+        return store, poster_files.download_posters(
+            client, store, movies, image_base_url=f"{server.base_url}/t/p", **options
+        )
 
 
 def image_requests(server) -> int:
@@ -218,7 +222,7 @@ def test_a_killed_run_blocks_nothing_and_its_rerun_asks_only_for_what_was_not_st
         assert not store.poster_status_file.exists()  # died before writing the statuses
         ingestion.run("--select", "posters")
         assert not partial_files(store)
-        status = store.read_poster_status()
+        status = poster_files.read_statuses(store)
         with_poster = {m["id"] for m in movies.values() if m.get("poster_path")}
         assert set(status.loc[status["status"] == "ok", "id"]) == with_poster
         assert len(status) == len(movies) == status["id"].nunique()
@@ -241,7 +245,7 @@ def test_a_bad_or_partial_launch_config_fails_at_once_naming_the_field(demo_dir,
         result = ingestion.run("--select", "tmdb_configuration", "-c", str(partial), check=False)
         assert result.returncode != 0 and "source" in result.stderr
         assert sum(server.state.paths.values()) == 0
-        assert not ingestion.store.root.exists() or not (ingestion.store.raw_dir / "configuration.json").exists()
+        assert not ingestion.store.root.exists() or not ingestion.store.tmdb_configuration_file.exists()
 
 
 # --- the TMDb lock ----------------------------------------------------------------------------

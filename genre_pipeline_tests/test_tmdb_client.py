@@ -8,8 +8,10 @@ import tracemalloc
 import pytest
 from PIL import Image
 
-from genre_pipeline import ingest
-from genre_pipeline.posters import PosterError, verify_poster
+from genre_pipeline.ingestion import discover
+from genre_pipeline.ingestion.details import fetch_details
+from genre_pipeline.ingestion.discover import discover_year
+from genre_pipeline.ingestion.posters import PosterError, download_posters, verify_poster
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.client import RateLimiter, TMDbAuthError, TMDbClient, TMDbUnavailable
 from genre_pipeline.tmdb.snapshot import load_snapshot
@@ -22,7 +24,7 @@ def test_discover_pages_through_every_page_of_a_year(replay, demo_dir):
         m["id"] for m in load_snapshot(demo_dir).movies.values() if (m["release_date"] or "").startswith("2019")
     }
     with make_client(replay) as client:
-        result = ingest.discover_year(client, 2019)
+        result = discover_year(client, 2019)
     pages = [p["body"] for p in result.pages]
     assert [p["page"] for p in pages] == list(range(1, pages[0]["total_pages"] + 1))
     assert len(pages) >= 1 and all(len(p["results"]) <= 20 for p in pages)
@@ -33,12 +35,12 @@ def test_discover_pages_through_every_page_of_a_year(replay, demo_dir):
 
 
 def test_a_year_over_the_10000_result_cap_is_split_by_date(replay, monkeypatch):
-    monkeypatch.setattr(ingest, "MAX_DISCOVER_RESULTS", 5)  # pretend TMDb caps a query at 5 results
+    monkeypatch.setattr(discover, "MAX_DISCOVER_RESULTS", 5)  # pretend TMDb caps a query at 5 results
     with make_client(replay) as client:
-        capped = ingest.discover_year(client, 2019)
+        capped = discover_year(client, 2019)
     with make_client(replay) as client:
-        monkeypatch.setattr(ingest, "MAX_DISCOVER_RESULTS", 10_000)
-        full = ingest.discover_year(client, 2019)
+        monkeypatch.setattr(discover, "MAX_DISCOVER_RESULTS", 10_000)
+        full = discover_year(client, 2019)
     assert sorted(capped.movie_ids) == sorted(full.movie_ids)
     assert capped.queries > 1
     assert all("primary_release_date.gte" in p["params"] for p in capped.pages)
@@ -95,7 +97,7 @@ def test_429_is_retried_after_the_retry_after_delay(faulty_replay):
 def test_5xx_and_429_are_recovered_for_every_movie(faulty_replay, demo_dir):
     ids = sorted(load_snapshot(demo_dir).movies)
     with make_client(faulty_replay) as client:
-        result = ingest.fetch_details(client, ids, known={})
+        result = fetch_details(client, ids, known={})
     assert not result.failed and sorted(result.details) == ids
     injected = faulty_replay.state.faults_injected
     assert injected["server_error"] > 0 and injected["rate_limit"] > 0
@@ -124,7 +126,7 @@ def test_corrupt_and_truncated_posters_are_detected_and_recorded(faulty_replay, 
     store = DataStore(tmp_path / "store")
     movies = list(load_snapshot(demo_dir).movies.values())
     with make_client(faulty_replay) as client:
-        frame, summary = ingest.download_posters(client, store, movies, image_base_url=f"{faulty_replay.base_url}/t/p")
+        frame, summary = download_posters(client, store, movies, image_base_url=f"{faulty_replay.base_url}/t/p")
     broken = (
         faulty_replay.state.faults_injected["corrupt_image"] + faulty_replay.state.faults_injected["truncated_image"]
     )
@@ -142,7 +144,7 @@ def test_posters_resized_to_the_requested_size(replay, demo_dir, tmp_path):
     store = DataStore(tmp_path / "store")
     movie = next(m for m in load_snapshot(demo_dir).movies.values() if m["poster_path"])
     with make_client(replay) as client:
-        frame, _ = ingest.download_posters(client, store, [movie], image_base_url=f"{replay.base_url}/t/p", size="w92")
+        frame, _ = download_posters(client, store, [movie], image_base_url=f"{replay.base_url}/t/p", size="w92")
     assert frame.iloc[0]["status"] == "ok" and frame.iloc[0]["width"] == 92
 
 
@@ -154,16 +156,16 @@ def test_an_interrupted_run_resumes_without_refetching(replay, demo_dir, tmp_pat
             raise KeyboardInterrupt
 
     with make_client(replay, tmp_path) as client, pytest.raises(KeyboardInterrupt):
-        ingest.fetch_details(client, ids, known={}, progress=interrupt)
+        fetch_details(client, ids, known={}, progress=interrupt)
     first_run = client.stats.requests
     assert 40 <= first_run < len(ids)
     with make_client(replay, tmp_path) as client:
-        result = ingest.fetch_details(client, ids, known={})
+        result = fetch_details(client, ids, known={})
     assert sorted(result.details) == ids
     assert client.stats.cache_hits == first_run and client.stats.requests == len(ids) - first_run
     assert max(replay.state.paths.values()) == 1  # nothing was fetched twice
     with make_client(replay, tmp_path) as client:
-        ingest.fetch_details(client, ids, known={})
+        fetch_details(client, ids, known={})
     assert client.stats.requests == 0  # a rerun costs no requests
 
 

@@ -7,6 +7,10 @@ import re
 import unicodedata
 
 import pandas as pd
+import pydantic
+from pydantic import Field
+
+from genre_pipeline.ingestion import posters as poster_files
 
 CLEAN_COLUMNS = [
     "id",
@@ -39,11 +43,17 @@ DROP_RULES = (
 _TOKEN = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
 
 
-@dataclasses.dataclass(frozen=True)
-class CleaningRules:
-    require_tagline: bool = False  # the original study dropped every movie without a tagline
-    min_overview_tokens: int = 5
-    max_overview_tokens: int = 300
+class CleaningRules(pydantic.BaseModel):
+    """Which movies the cleaned data set keeps. Declared once, here; the movies_clean asset takes these
+    fields as its run config."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    require_tagline: bool = Field(
+        default=False, description="Drop movies without a tagline (the original study's rule)."
+    )
+    min_overview_tokens: int = Field(default=5, ge=0, description="Drop overviews shorter than this.")
+    max_overview_tokens: int = Field(default=300, ge=1, description="Drop overviews longer than this.")
 
 
 @dataclasses.dataclass
@@ -115,8 +125,8 @@ def details_frame(details: list[dict], poster_status: pd.DataFrame) -> pd.DataFr
     )
     status = status.astype({"id": "int64"})
     frame = frame.merge(status, on="id", how="left")
-    frame["poster_status"] = frame["poster_status"].fillna("not_downloaded")
-    frame["poster_file"] = frame["poster_file"].where(frame["poster_status"] == "ok", None)
+    frame["poster_status"] = frame["poster_status"].fillna(poster_files.NOT_DOWNLOADED)
+    frame["poster_file"] = frame["poster_file"].where(frame["poster_status"] == poster_files.OK, None)
     return frame
 
 

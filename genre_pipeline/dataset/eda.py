@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pandas as pd  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from genre_pipeline.dataset.labels import LabelSet, connectivity, cooccurrence  # noqa: E402
+from genre_pipeline.files import png_base64  # noqa: E402
 
 PLOTS = {
     "genre_frequency": "Genre frequency",
@@ -215,7 +215,3 @@ def write_eda_report(
     paths["html"] = out_dir / "eda_report.html"
     paths["html"].write_text(page, encoding="utf-8")
     return paths
-
-
-def png_base64(path: Path) -> str:
-    return base64.b64encode(Path(path).read_bytes()).decode()

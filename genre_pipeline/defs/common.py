@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 import pydantic
 
-from genre_pipeline.dataset.eda import png_base64
+from genre_pipeline.files import png_base64
 
 
 def markdown_table(frame: pd.DataFrame, rows: int | None = 20) -> dg.MetadataValue:

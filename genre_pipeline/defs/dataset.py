@@ -11,18 +11,14 @@ from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_images, markdown_table
 from genre_pipeline.defs.ingestion import movie_details, posters
 from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource
-from genre_pipeline.ingest import POSTER_STATUSES
+from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import frame_fingerprint
 
 LABEL_SETS = ("full", "merged")
 
 
-class CleaningConfig(dg.Config):
-    require_tagline: bool = Field(
-        default=False, description="Drop movies without a tagline (the original study's rule)."
-    )
-    min_overview_tokens: int = 5
-    max_overview_tokens: int = 300
+class CleaningConfig(dg.Config, cleaning.CleaningRules):
+    """cleaning.CleaningRules as the asset's run config."""
 
 
 class LabelConfig(dg.Config):
@@ -55,9 +51,8 @@ def _load_label_set(storage: StorageResource, name: str) -> labels.LabelSet:
 def movies_clean(config: CleaningConfig, storage: StorageResource) -> dg.MaterializeResult:
     """One row per movie: title, year, overview, tagline, the model text, poster file and status, genres."""
     store, started = storage.store, time.monotonic()
-    frame = cleaning.details_frame(list(store.read_details().values()), store.read_poster_status())
-    rules = cleaning.CleaningRules(config.require_tagline, config.min_overview_tokens, config.max_overview_tokens)
-    result = cleaning.clean_movies(frame, rules)
+    frame = cleaning.details_frame(list(store.read_details().values()), poster_files.read_statuses(store))
+    result = cleaning.clean_movies(frame, config)
     store.write_table(store.movies_clean_file, result.movies)
     report = {
         "rows_in": result.rows_in,
@@ -76,7 +71,7 @@ def movies_clean(config: CleaningConfig, storage: StorageResource) -> dg.Materia
             "drops": markdown_table(drops),
             "kept_if_require_tagline": result.kept_by_tagline_policy["require_tagline"],
             "kept_if_tagline_optional": result.kept_by_tagline_policy["keep_without_tagline"],
-            "with_usable_poster": int((result.movies["poster_status"] == "ok").sum()),
+            "with_usable_poster": int((result.movies["poster_status"] == poster_files.OK).sum()),
             "preview": markdown_table(
                 result.movies[["id", "title", "release_year", "text", "genres", "poster_status"]], 10
             ),
@@ -181,12 +176,12 @@ def eda_report(storage: StorageResource, tmdb: TMDbResource) -> dg.MaterializeRe
     movies = store.read_table(store.movies_clean_file)
     report = store.read_json(store.cleaning_report_file, {})
     rules = report.get("rules", {})
-    status_counts = store.read_poster_status()["status"].value_counts().to_dict()
+    status_counts = poster_files.read_statuses(store)["status"].value_counts().to_dict()
     paths = eda.write_eda_report(
         movies,
         _load_label_set(storage, "full"),
         _load_label_set(storage, "merged"),
-        {status: int(status_counts.get(status, 0)) for status in POSTER_STATUSES},
+        {status: int(status_counts.get(status, 0)) for status in poster_files.STATUSES},
         store.eda_dir,
         token_limits=(rules.get("min_overview_tokens", 0), rules.get("max_overview_tokens", 0)),
         source_label=tmdb.source_label,
@@ -234,8 +229,8 @@ def cleaning_drop_fractions(storage: StorageResource, quality: DataQualityResour
 @dg.asset_check(asset=movies_clean, description="Enough posters verified: ok / movies with a poster_path.")
 def poster_ok_rate(storage: StorageResource, quality: DataQualityResource) -> dg.AssetCheckResult:
     movies = storage.store.read_table(storage.store.movies_clean_file)
-    with_path = movies[movies["poster_status"] != "no_poster"]
-    rate = float((with_path["poster_status"] == "ok").mean()) if len(with_path) else 1.0
+    with_path = movies[movies["poster_status"] != poster_files.NO_POSTER]
+    rate = float((with_path["poster_status"] == poster_files.OK).mean()) if len(with_path) else 1.0
     return dg.AssetCheckResult(
         passed=rate >= quality.min_poster_ok_rate,
         metadata={"ok_rate": round(rate, 4), "floor": quality.min_poster_ok_rate, "with_poster_path": len(with_path)},

@@ -2,18 +2,22 @@
 
 import datetime as dt
 import time
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from genre_pipeline import ingest, settings
+from genre_pipeline import settings
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_RETRY
 from genre_pipeline.defs.common import markdown_table, progress_logger
 from genre_pipeline.defs.resources import StorageResource, TMDbResource
+from genre_pipeline.ingestion import posters as poster_files
+from genre_pipeline.ingestion.details import fetch_details
+from genre_pipeline.ingestion.discover import changed_movie_ids, discover_year
 from genre_pipeline.store import content_fingerprint
 
-SOURCE = settings.choose_source()
+SOURCE = settings.configured_source()
 FIRST_YEAR, LAST_YEAR = settings.year_range(SOURCE)
 RELEASE_YEARS = dg.TimeWindowPartitionsDefinition(
     start=str(FIRST_YEAR), end=str(LAST_YEAR + 1), cron_schedule="0 0 1 1 *", fmt="%Y"
@@ -59,20 +63,20 @@ def _client_metadata(tmdb: TMDbResource, client, started: float) -> dict:
 
 
 def _fetch_reference(
-    path: str, file_name: str, config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource
+    path: str, target: Path, config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource
 ) -> tuple[dict, dict]:
     store, started = storage.store, time.monotonic()
     with tmdb.open_client(store) as client:
         payload = client.get_json(path, use_cache=not config.refresh)
         metadata = _client_metadata(tmdb, client, started)
-    store.write_json(store.raw_dir / file_name, payload)
+    store.write_json(target, payload)
     return payload, metadata
 
 
 @dg.asset(group_name="ingestion", retry_policy=TMDB_RETRY, kinds={"python"})
 def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
     """TMDb's /configuration: image base URLs and the poster sizes it serves."""
-    payload, metadata = _fetch_reference("/configuration", "configuration.json", config, tmdb, storage)
+    payload, metadata = _fetch_reference("/configuration", storage.store.tmdb_configuration_file, config, tmdb, storage)
     images = payload.get("images", {})
     return dg.MaterializeResult(
         metadata={**metadata, "poster_sizes": ", ".join(images.get("poster_sizes", []))},
@@ -83,9 +87,7 @@ def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: Stora
 @dg.asset(group_name="ingestion", retry_policy=TMDB_RETRY, kinds={"python"})
 def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
     """TMDb's movie genre list (/genre/movie/list): ids and names."""
-    payload, metadata = _fetch_reference(
-        "/genre/movie/list", storage.store.tmdb_genres_file.name, config, tmdb, storage
-    )
+    payload, metadata = _fetch_reference("/genre/movie/list", storage.store.tmdb_genres_file, config, tmdb, storage)
     genres = pd.DataFrame(payload.get("genres", []))
     return dg.MaterializeResult(
         metadata={**metadata, "genres": len(genres), "preview": markdown_table(genres, 25)},
@@ -109,7 +111,7 @@ def raw_discover_pages(
     rows, ids_by_year = [], {}
     with tmdb.open_client(store) as client:
         for year in years:
-            result = ingest.discover_year(
+            result = discover_year(
                 client,
                 year,
                 sort_by=config.sort_by,
@@ -161,9 +163,9 @@ def movie_details(
         if config.check_changes and known:
             since = dt.date.fromisoformat(state.get("last_changes_check", (today - dt.timedelta(days=1)).isoformat()))
             since = max(since, today - dt.timedelta(days=MAX_CHANGES_LOOKBACK_DAYS))
-            changed = ingest.changed_movie_ids(client, since, today) & known.keys()
+            changed = changed_movie_ids(client, since, today) & known.keys()
             state["last_changes_check"] = today.isoformat()
-        result = ingest.fetch_details(client, discovered, known=known, refetch_ids=changed, progress=progress)
+        result = fetch_details(client, discovered, known=known, refetch_ids=changed, progress=progress)
         metadata = _client_metadata(tmdb, client, started)
     # Keep every detail fetched so far, even if the step then fails: nothing is fetched twice.
     store.write_details(result.details)
@@ -205,7 +207,7 @@ def posters(
 ) -> dg.MaterializeResult:
     """Each movie's poster, downloaded, verified with PIL and stored, with a status per movie."""
     store, started = storage.store, time.monotonic()
-    configuration = store.read_json(store.raw_dir / "configuration.json", {})
+    configuration = store.read_json(store.tmdb_configuration_file, {})
     sizes = configuration.get("images", {}).get("poster_sizes", [])
     if sizes and config.size not in sizes:
         raise dg.Failure(f"poster size {config.size!r} is not one TMDb serves: {', '.join(sizes)}", allow_retries=False)
@@ -217,7 +219,7 @@ def posters(
         base = client.image_base_url or configuration.get("images", {}).get("secure_base_url")
         if not base:
             raise dg.Failure("no image base URL: materialize tmdb_configuration first", allow_retries=False)
-        frame, summary = ingest.download_posters(
+        frame, summary = poster_files.download_posters(
             client,
             store,
             details.values(),
@@ -225,12 +227,12 @@ def posters(
             size=config.size,
             min_width=config.min_width,
             min_height=config.min_height,
-            previous=store.read_poster_status(),
+            previous=poster_files.read_statuses(store),
             progress=progress,
         )
         metadata = _client_metadata(tmdb, client, started)
-    store.write_poster_status(frame)
-    failures = frame[frame["status"].isin(["http_error", "corrupt"])]
+    poster_files.write_statuses(store, frame)
+    failures = frame[frame["status"].isin([poster_files.HTTP_ERROR, poster_files.CORRUPT])]
     return dg.MaterializeResult(
         metadata={
             **metadata,
@@ -257,8 +259,8 @@ def details_cover_discovered(storage: StorageResource) -> dg.AssetCheckResult:
 @dg.asset_check(asset=posters, description="Every 'ok' poster is a stored file; nothing else is in images/.")
 def posters_stored_as_recorded(storage: StorageResource) -> dg.AssetCheckResult:
     store = storage.store
-    frame = store.read_poster_status()
-    ok_files = {store.root / f for f in frame.loc[frame["status"] == "ok", "file"]}
+    frame = poster_files.read_statuses(store)
+    ok_files = {store.root / f for f in frame.loc[frame["status"] == poster_files.OK, "file"]}
     missing = [str(f) for f in ok_files if not f.is_file()]
     stray = (
         [p.name for p in store.poster_images_dir.glob("*") if p not in ok_files]

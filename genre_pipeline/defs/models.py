@@ -24,6 +24,7 @@ from genre_pipeline.defs.common import (
 )
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
+from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import finetune, genre_models, metrics, tracking
 from genre_pipeline.models.embeddings import Embeddings, content_key, update_embeddings
 from genre_pipeline.models.encoders import EncoderUnavailable, ImageEncoder, TextEncoder
@@ -161,7 +162,7 @@ def poster_embeddings(
     """Frozen ImageNet features of every verified poster; only new or changed posters are encoded."""
     store = storage.store
     movies = store.read_table(store.movies_clean_file)
-    with_poster = movies[movies["poster_status"] == "ok"]
+    with_poster = movies[movies["poster_status"] == poster_files.OK]
     files = [store.root / f for f in with_poster["poster_file"]]
     return _embedding_result(
         [
@@ -209,7 +210,7 @@ def _log_and_report(
 ) -> dg.MaterializeResult:
     """The model's MLflow run and report files; the asset's metadata."""
     tracking_uri = training.tracking_uri or tracking.sqlite_uri(store.mlflow_db)
-    report = tracking.log_training_run(
+    report, files = tracking.log_training_run(
         outcome,
         data,
         store.model_dir(outcome.name),
@@ -233,12 +234,9 @@ def _log_and_report(
         artifact_root=store.mlflow_artifacts_dir,
         tags={"dagster_run_id": context.run.run_id},
     )
-    out_dir = store.model_dir(outcome.name)
     summary = outcome.test["summary"]
     per_genre = outcome.test["per_genre"][["genre", "support", "predicted", "precision", "recall", "f1", "roc_auc"]]
-    plots = markdown_images(
-        {"F1 per genre (test)": out_dir / "f1_per_genre.png", "ROC per genre (test)": out_dir / "roc_curves.png"}
-    )
+    plots = markdown_images({"F1 per genre (test)": files["f1_per_genre"], "ROC per genre (test)": files["roc_curves"]})
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": report["run_id"],
@@ -439,7 +437,7 @@ def model_comparison(storage: StorageResource, training: TrainingResource) -> dg
             }
         )
     table = pd.DataFrame(rows)
-    table.to_csv(store.models_dir / "model_comparison.csv", index=False)
+    table.to_csv(store.model_comparison_file, index=False)
     candidate = max(CHAMPION_CANDIDATES, key=lambda n: reports[n]["validation_macro_f1"])
     chosen = reports[candidate]
     tracking.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)

@@ -10,6 +10,7 @@ from genre_pipeline.defs.dataset import dataset_splits
 from genre_pipeline.defs.ingestion import movie_details, posters
 from genre_pipeline.defs.models import model_comparison
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
+from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import metrics, tracking
 from genre_pipeline.models.predictor import (
     LABELLED_CHECK,
@@ -52,12 +53,10 @@ def genre_predictions(
     movies, scored_as = movies_to_score(
         details, splits.loc[splits["split"] == "test", "id"].tolist(), config.check_sample, config.seed
     )
-    status = store.read_poster_status()
-    ok = status[status["status"] == "ok"]
-    poster_files = {int(i): store.root / f for i, f in zip(ok["id"], ok["file"])}
-    probabilities, used_poster = predict_movies(
-        predictor, movies, poster_files, progress=progress_logger(context, "scored")
-    )
+    status = poster_files.read_statuses(store)
+    ok = status[status["status"] == poster_files.OK]
+    files = {int(i): store.root / f for i, f in zip(ok["id"], ok["file"])}
+    probabilities, used_poster = predict_movies(predictor, movies, files, progress=progress_logger(context, "scored"))
     table = prediction_table(predictor, movies, scored_as, probabilities, used_poster)
     store.write_table(store.genre_predictions_file, table)
 

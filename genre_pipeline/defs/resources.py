@@ -11,11 +11,12 @@ import pydantic
 from pydantic import Field, field_validator
 
 from genre_pipeline import settings
+from genre_pipeline.files import remove_partial_files
 from genre_pipeline.models.encoders import DEFAULT_TEXT_ENCODER
 from genre_pipeline.models.onnx_backend import DEFAULT_BACKEND, check_backend
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog, lock
-from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, TMDbAuthError, TMDbClient
+from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, ClientPolicy, TMDbAuthError, TMDbClient
 from genre_pipeline.tmdb.replay import serve_snapshot
 
 
@@ -30,8 +31,8 @@ class StorageResource(dg.ConfigurableResource):
         return DataStore(Path(self.data_dir) / self.source)
 
 
-class TMDbResource(dg.ConfigurableResource):
-    """Where TMDb data comes from and how politely the client asks.
+class TMDbResource(dg.ConfigurableResource, ClientPolicy):
+    """Where TMDb data comes from, and how politely the client asks (ClientPolicy's fields).
 
     ``source`` says which: ``tmdb`` talks to the real API (or ``base_url``) with a token or key;
     ``snapshot`` starts a replay server over ``snapshot_dir`` for the duration of the step;
@@ -48,16 +49,6 @@ class TMDbResource(dg.ConfigurableResource):
     base_url: Optional[str] = Field(default=None, description="A TMDb-compatible API root (TMDB_BASE_URL).")
     snapshot_dir: Optional[str] = Field(default=None, description="The snapshot folder a snapshot source replays.")
     demo_catalog_dir: Optional[str] = Field(default=None, description="Where the demo catalog is generated.")
-    # Bounds are checked when the resource is built, before any step runs: a bad value fails the run
-    # at once, naming the field, and is never retried like a network fault.
-    rate_limit_per_s: float = Field(default=35.0, gt=0, description="Client-side limit, under TMDb's ~40 requests/s.")
-    max_workers: int = Field(default=8, ge=1, le=64, description="Concurrent requests for details and posters.")
-    timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one request, body included.")
-    max_retries: int = Field(default=6, ge=0, description="Retries of a request after 429, 5xx or a timeout.")
-    backoff_base_s: float = Field(default=0.5, ge=0, description="First retry's pause; doubles each retry.")
-    max_retry_after_s: float = Field(
-        default=60.0, ge=0, description="Longest pause a 429's Retry-After may impose on the client."
-    )
 
     @pydantic.model_validator(mode="after")
     def _source_has_what_it_needs(self):
@@ -81,7 +72,7 @@ class TMDbResource(dg.ConfigurableResource):
         with lock.exclusive(
             store.tmdb_lock_file, on_wait=lambda holder: log.info(f"waiting for the TMDb lock: {holder}")
         ):
-            removed = lock.remove_partial_files(*store.ingestion_dirs)
+            removed = remove_partial_files(*store.ingestion_dirs)
             if removed:
                 log.info(f"removed {removed} partial files a killed run left")
             with self._checked_client(store.http_cache) as client:
@@ -98,15 +89,10 @@ class TMDbResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def _client(self, cache_dir: Path | None) -> Iterator[TMDbClient]:
-        options = dict(
-            cache_dir=cache_dir,
-            rate_limit_per_s=self.rate_limit_per_s,
-            max_workers=self.max_workers,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            backoff_base_s=self.backoff_base_s,
-            max_retry_after_s=self.max_retry_after_s,
-        )
+        # ClientPolicy's bounds were checked when the resource was built, before any step ran: a bad
+        # value fails the run at once, naming the field, and is never retried like a network fault.
+        policy = ClientPolicy(**{name: getattr(self, name) for name in ClientPolicy.model_fields})
+        options = dict(cache_dir=cache_dir, policy=policy)
         if self.source == "tmdb":
             with TMDbClient(
                 self.base_url or TMDB_API_URL, token=self.api_read_access_token, api_key=self.api_key, **options
@@ -132,9 +118,8 @@ class TMDbResource(dg.ConfigurableResource):
             yield client
 
 
-def build_resources(env=os.environ) -> dict:
-    """Resources for the source the environment selects (see genre_pipeline.settings)."""
-    source = settings.choose_source(env)
+def build_resources(source: settings.Source, env=os.environ) -> dict:
+    """Resources for ``source``; ``env`` gives the data folder and which credential variables are set."""
     data_dir = settings.default_data_dir(env)
     tmdb_options = {}
     if source.kind == "tmdb":

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, model_text, normalize_text
+from genre_pipeline.ingestion.posters import PosterError, verify_poster
 from genre_pipeline.models.members import EncoderRef, MemberInputs, load_member
 from genre_pipeline.models.metadata import is_missing
 from genre_pipeline.models.stacking import Stacker
 from genre_pipeline.models.thresholds import apply_thresholds
-from genre_pipeline.posters import PosterError, verify_poster
 
 log = logging.getLogger(__name__)
 CLASSIFIER_FILE = "classifier.json"

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from genre_pipeline.tmdb.client import atomic_write_bytes
+from genre_pipeline.files import atomic_write_bytes
 
 
 @dataclasses.dataclass

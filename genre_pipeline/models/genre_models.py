@@ -15,6 +15,7 @@ import pandas as pd
 
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
 from genre_pipeline.dataset.labels import LabelSet
+from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import finetune, metrics
 from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.embeddings import Embeddings
@@ -93,7 +94,7 @@ def assemble(
     movies = movies.set_index("id")
     split_of = splits.set_index("id")["split"]
     ids = label_set.ids
-    has_poster = (movies.loc[ids, "poster_status"] == "ok").to_numpy()
+    has_poster = (movies.loc[ids, "poster_status"] == poster_files.OK).to_numpy()
     everyone = np.ones(len(ids), dtype=bool)
     return TrainingData(
         ids=ids,

@@ -150,9 +150,10 @@ def log_training_run(
     experiment: str,
     artifact_root: Path,
     tags: dict,
-) -> dict:
+) -> tuple[dict, dict[str, Path]]:
     """One MLflow run for a trained model: params, per-epoch history, test metrics, the report files
-    and, for a deployable model, the pyfunc model. Returns the report with the run's ids."""
+    and, for a deployable model, the pyfunc model. Returns the report with the run's ids, and the
+    report's files by name."""
     experiment_id = use_tracking(tracking_uri, experiment, artifact_root)
     with training_run(outcome.name, params, tags=tags) as run:
         paths = outcome.write_report(data, out_dir, run_id=run.info.run_id)
@@ -172,7 +173,7 @@ def log_training_run(
         tracking_uri=tracking_uri,
     )
     paths["report"].write_text(json.dumps(report, indent=2, default=float))
-    return report
+    return report, paths
 
 
 def current_champion(client: MlflowClient) -> dict | None:

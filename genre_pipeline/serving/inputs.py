@@ -11,8 +11,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
+from genre_pipeline.ingestion.posters import PosterError, verify_poster
 from genre_pipeline.models.classifier import MAX_OVERVIEW_CHARS
-from genre_pipeline.posters import PosterError, verify_poster
 
 MAX_SHORT_TEXT_CHARS = 1_000  # a tagline, a title
 MAX_POSTER_BYTES = 8 * 1024 * 1024  # TMDb's original-size posters are a few MB at most

@@ -6,15 +6,12 @@ from redacted text and raised without its cause (whose text could hold the URL).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import email.utils
 import hashlib
 import json
 import logging
-import os
 import random
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,9 +20,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlencode
 
+import pydantic
 import requests
 import urllib3
+from pydantic import Field
 from requests.adapters import HTTPAdapter
+
+from genre_pipeline.files import atomic_write_bytes
 
 TMDB_API_URL = "https://api.themoviedb.org/3"
 TOKEN_ENV = "TMDB_API_READ_ACCESS_TOKEN"
@@ -107,33 +108,6 @@ class ResponseCache:
         atomic_write_bytes(self._file(key), body)
 
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# Read once, at import (single-threaded): os.umask can only be read by setting it.
-_FILE_MODE = 0o666 & ~_read_umask()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file.
-    The file gets the mode a plain ``open()`` would give (mkstemp's 0600 otherwise stays)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 @dataclasses.dataclass
 class ClientStats:
     requests: int = 0
@@ -168,6 +142,27 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+class ClientPolicy(pydantic.BaseModel):
+    """How politely and how patiently a client asks: declared once, here; the Dagster resource takes
+    these fields as its own config. Bounds are checked on construction, naming the field."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    rate_limit_per_s: float = Field(default=35.0, gt=0, description="Client-side limit, under TMDb's ~40 requests/s.")
+    burst: int = Field(default=4, ge=1, description="Requests the rate limiter lets through at once.")
+    max_workers: int = Field(default=8, ge=1, le=64, description="Concurrent requests for details and posters.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one request, body included.")
+    max_retries: int = Field(default=6, ge=0, description="Retries of a request after 429, 5xx or a timeout.")
+    backoff_base_s: float = Field(default=0.5, ge=0, description="First retry's pause; doubles each retry.")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="Longest pause between retries.")
+    max_retry_after_s: float = Field(
+        default=60.0, ge=0, description="Longest pause a 429's Retry-After may impose on the client."
+    )
+
+
+DEFAULT_POLICY = ClientPolicy()
+
+
 class TMDbClient:
     """Talks to TMDb (or anything that answers like it) at ``api_url``.
 
@@ -183,25 +178,10 @@ class TMDbClient:
         token: str | None = None,
         api_key: str | None = None,
         cache_dir: Path | None = None,
-        rate_limit_per_s: float = 35.0,
-        burst: int = 4,
-        timeout_s: float = 10.0,
-        max_retries: int = 6,
-        backoff_base_s: float = 0.5,
-        backoff_max_s: float = 30.0,
-        max_workers: int = 8,
-        max_retry_after_s: float = 60.0,
+        policy: ClientPolicy = DEFAULT_POLICY,
         credential_hint: str = f"{TOKEN_ENV} (or {API_KEY_ENV})",
         image_base_url: str | None = None,
     ):
-        _check_positive(rate_limit_per_s=rate_limit_per_s, burst=burst, timeout_s=timeout_s, max_workers=max_workers)
-        _check_positive(
-            max_retries=max_retries,
-            backoff_base_s=backoff_base_s,
-            backoff_max_s=backoff_max_s,
-            max_retry_after_s=max_retry_after_s,
-            zero_allowed=True,
-        )
         if not token and not api_key:
             raise TMDbAuthError(f"no TMDb credential: set {credential_hint}")
         self.api_url = api_url.rstrip("/")
@@ -212,17 +192,12 @@ class TMDbClient:
         self._secrets = [s for s in (token, api_key) if s]
         self.credential_hint = credential_hint
         self.cache = ResponseCache(cache_dir) if cache_dir else None
-        self.limiter = RateLimiter(rate_limit_per_s, burst)
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self.max_workers = max_workers
-        self.max_retry_after_s = max_retry_after_s
+        self.policy = policy
+        self.limiter = RateLimiter(policy.rate_limit_per_s, policy.burst)
         self.stats = ClientStats()
         self._stats_lock = threading.Lock()
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(max_workers, 4), max_retries=0)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(policy.max_workers, 4), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({"Accept": "application/json", "User-Agent": "genre-pipeline/0.1"})
@@ -274,7 +249,7 @@ class TMDbClient:
     def map_concurrent(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R | BaseException]]:
         """Apply ``fn`` with at most ``max_workers`` in flight; yields (item, result or error) as done."""
         items = list(items)
-        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="tmdb") as pool:
+        with ThreadPoolExecutor(max_workers=self.policy.max_workers, thread_name_prefix="tmdb") as pool:
             window: dict = {}
             iterator = iter(items)
 
@@ -286,7 +261,7 @@ class TMDbClient:
                 return True
 
             # Bounded submission keeps memory flat and lets an interrupt stop quickly.
-            for _ in range(self.max_workers * 2):
+            for _ in range(self.policy.max_workers * 2):
                 if not submit_next():
                     break
             while window:
@@ -317,7 +292,7 @@ class TMDbClient:
             self.stats.retry_reasons[reason] += 1
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+        ceiling = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
@@ -337,15 +312,17 @@ class TMDbClient:
         """The body of a successful GET, after the retries 429, 5xx, timeouts and broken connections
         are worth; any other failure raises at once."""
         label = self.redact(label)
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(self.policy.max_retries + 1):
             self.limiter.acquire()
             self._count(requests=1)
-            deadline = time.monotonic() + self.timeout_s
+            deadline = time.monotonic() + self.policy.timeout_s
             try:
-                response = self.session.get(url, params=params, headers=headers, timeout=self.timeout_s, stream=True)
+                response = self.session.get(
+                    url, params=params, headers=headers, timeout=self.policy.timeout_s, stream=True
+                )
                 body = self._read_body(response, deadline)
             except (requests.Timeout, urllib3.exceptions.TimeoutError):
-                kind, last_problem = "timeout", f"no complete answer within {self.timeout_s:g}s"
+                kind, last_problem = "timeout", f"no complete answer within {self.policy.timeout_s:g}s"
             except (
                 requests.ConnectionError,
                 requests.exceptions.ChunkedEncodingError,
@@ -370,11 +347,11 @@ class TMDbClient:
                     kind, last_problem = "rate_limited", "HTTP 429"
                     asked = _retry_after_s(response)
                     # A server asking for a day's pause would otherwise stop every thread for a day.
-                    wait = min(asked, self.max_retry_after_s) if asked is not None else self._backoff(attempt)
-                    if asked is not None and asked > self.max_retry_after_s:
-                        last_problem += f" (Retry-After {asked:g}s, waited at most {self.max_retry_after_s:g}s)"
+                    wait = min(asked, self.policy.max_retry_after_s) if asked is not None else self._backoff(attempt)
+                    if asked is not None and asked > self.policy.max_retry_after_s:
+                        last_problem += f" (Retry-After {asked:g}s, waited at most {self.policy.max_retry_after_s:g}s)"
                     self.limiter.pause_until(time.monotonic() + wait)
-                    if attempt < self.max_retries:
+                    if attempt < self.policy.max_retries:
                         self._retry(kind)
                         continue
                 elif status >= 500:
@@ -382,20 +359,15 @@ class TMDbClient:
                 else:
                     self._fail(f"http_{status}")
                     raise TMDbError(f"HTTP {status}{_tmdb_status(body)} at {label}")
-            if attempt < self.max_retries:
+            if attempt < self.policy.max_retries:
                 self._retry(kind)
                 delay = self._backoff(attempt)
                 logger.debug("retrying %s in %.2fs after %s", label, delay, last_problem)
                 time.sleep(delay)
         self._fail(kind)
-        raise TMDbUnavailable(f"gave up on {label} after {self.max_retries + 1} attempts: {last_problem}", kind=kind)
-
-
-def _check_positive(*, zero_allowed: bool = False, **values: float) -> None:
-    """A clear error naming the setting: a bad one fails at once instead of deep in a retried step."""
-    for name, value in values.items():
-        if not (value >= 0 if zero_allowed else value > 0):
-            raise ValueError(f"{name} must be {'at least 0' if zero_allowed else 'positive'}, got {value!r}")
+        raise TMDbUnavailable(
+            f"gave up on {label} after {self.policy.max_retries + 1} attempts: {last_problem}", kind=kind
+        )
 
 
 _END = object()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from genre_pipeline.tmdb.client import atomic_write_bytes
+from genre_pipeline.files import atomic_write_bytes
 
 CATALOG_VERSION = "2"
 DEMO_LABEL = "demo catalog (synthetic data)"

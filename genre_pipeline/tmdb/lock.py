@@ -43,14 +43,3 @@ def exclusive(path: Path, *, on_wait: Callable[[str], None] | None = None) -> It
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def remove_partial_files(*folders: Path) -> int:
-    """Delete the temporary files of atomic writes that a killed process left (``.name.*.tmp``); only
-    safe while holding the lock of every writer of ``folders``. Returns how many were removed."""
-    removed = 0
-    for folder in folders:
-        for partial in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else ():
-            partial.unlink(missing_ok=True)
-            removed += 1
-    return removed

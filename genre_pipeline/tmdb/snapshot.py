@@ -15,6 +15,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from genre_pipeline.files import atomic_write_bytes
+
 REQUIRED_FILES = ("movies.jsonl", "genres.json", "configuration.json")
 
 # Fields of a /discover/movie result; TMDb's discover results carry genre_ids, no tagline.
@@ -142,9 +144,23 @@ def load_snapshot(root: Path | str) -> Snapshot:
     return Snapshot(root, movies, genres, configuration, changes, dates_normalized)
 
 
-def snapshot_years(root: Path | str) -> tuple[int, int]:
-    """First and last release year in a snapshot folder."""
+def snapshot_years(root: Path | str, record_file: Path | str | None = None) -> tuple[int, int]:
+    """First and last release year in a snapshot folder. With ``record_file``, the range is read from
+    there while ``movies.jsonl`` keeps the size and modification time it was recorded for: loading the
+    code location (which builds the year partitions) must not parse every movie."""
+    movies_file = check_layout(Path(root)) / "movies.jsonl"
+    stat = movies_file.stat()
+    fingerprint = {"movies_file": str(movies_file), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if record_file is not None:
+        try:
+            record = json.loads(Path(record_file).read_text())
+            if record["of"] == fingerprint:
+                return record["first"], record["last"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            pass  # no record yet, or one from an older layout: measured again below
     years = load_snapshot(root).years()
     if not years:
         raise SnapshotLayoutError(f"{root}: no movie has a release date")
+    if record_file is not None:
+        atomic_write_bytes(record_file, json.dumps({"of": fingerprint, "first": years[0], "last": years[-1]}).encode())
     return years[0], years[-1]

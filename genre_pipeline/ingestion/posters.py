@@ -1,0 +1,228 @@
+"""Posters: verification with PIL, the download step, and the status every movie's poster gets.
+
+A file is a poster only if it fully decodes to RGB at a usable size. Statuses, one row per movie in
+``posters/poster_status.parquet``: ``ok`` (stored in images/), ``no_poster`` (TMDb has none),
+``http_error`` (the download kept failing: retried next run), ``corrupt`` (failed verification: the
+bytes are kept in rejected/). The data set adds ``not_downloaded`` for a movie the posters step has
+not reached yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections import Counter
+from typing import TYPE_CHECKING, Iterable
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from genre_pipeline.files import atomic_write_bytes
+from genre_pipeline.ingestion.results import Progress, settled
+from genre_pipeline.tmdb.client import TMDbClient, TMDbError
+
+if TYPE_CHECKING:
+    from genre_pipeline.store import DataStore
+
+OK, NO_POSTER, HTTP_ERROR, CORRUPT = "ok", "no_poster", "http_error", "corrupt"
+STATUSES = (OK, NO_POSTER, HTTP_ERROR, CORRUPT)
+NOT_DOWNLOADED = "not_downloaded"
+STATUS_COLUMNS = ["id", "poster_path", "status", "file", "width", "height", "bytes", "error"]
+
+
+# --- verification --------------------------------------------------------------------
+MIN_WIDTH = 32
+MIN_HEIGHT = 32
+# TMDb's largest posters are about 2000x3000; PIL itself only warns below ~179 megapixels, and a
+# 17 KB PNG can declare 144 of them (1.7 GB decoded). The size is read from the header, before decoding.
+MAX_PIXELS = 40_000_000
+
+
+class PosterError(ValueError):
+    """The bytes are not a usable poster; ``kind`` is 'corrupt', 'too_small' or 'too_large'."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclasses.dataclass
+class VerifiedPoster:
+    image: Image.Image  # RGB
+    source_format: str | None
+    source_mode: str
+
+    @property
+    def is_rgb_jpeg(self) -> bool:
+        return self.source_format == "JPEG" and self.source_mode == "RGB"
+
+
+def verify_poster(data: bytes, *, min_width: int = MIN_WIDTH, min_height: int = MIN_HEIGHT) -> VerifiedPoster:
+    """Return the poster decoded to RGB, or raise PosterError.
+
+    ``verify()`` checks the container without decoding, so a full ``load()`` follows:
+    a truncated JPEG passes the first and fails the second.
+    """
+    if not data:
+        raise PosterError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            if width * height > MAX_PIXELS:
+                raise PosterError(
+                    f"image is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the "
+                    f"{MAX_PIXELS / 1e6:.0f} megapixels a poster may have",
+                    "too_large",
+                )
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            source_format, source_mode = image.format, image.mode
+            rgb = image.convert("RGB")
+    except PosterError:
+        raise
+    except Image.DecompressionBombError as error:  # beyond twice PIL's own limit: refused at open
+        raise PosterError(f"image too large to decode: {error}", "too_large") from None
+    except UnidentifiedImageError:
+        raise PosterError("not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise PosterError(f"not a readable image: {error}") from None
+    if rgb.width < min_width or rgb.height < min_height:
+        raise PosterError(f"image is {rgb.width}x{rgb.height}, smaller than {min_width}x{min_height}", "too_small")
+    return VerifiedPoster(rgb, source_format, source_mode)
+
+
+# --- statuses ------------------------------------------------------------------------
+def read_statuses(store: DataStore) -> pd.DataFrame:
+    """The status table; empty, with its columns, before the first download."""
+    if not store.poster_status_file.is_file():
+        return pd.DataFrame(columns=STATUS_COLUMNS)
+    return store.read_table(store.poster_status_file)
+
+
+def write_statuses(store: DataStore, frame: pd.DataFrame) -> None:
+    store.write_table(store.poster_status_file, frame)
+
+
+# --- download ------------------------------------------------------------------------
+def poster_file_name(poster_path: str) -> str:
+    name = poster_path.rsplit("/", 1)[-1]
+    if not name or name.startswith("."):
+        raise ValueError(f"unusable poster_path {poster_path!r}")
+    return name
+
+
+def download_posters(
+    client: TMDbClient,
+    store: DataStore,
+    movies: Iterable[dict],
+    *,
+    image_base_url: str,
+    size: str = "w342",
+    min_width: int = 32,
+    min_height: int = 32,
+    previous: pd.DataFrame | None = None,
+    progress: Progress | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Download, verify and store each movie's poster; return a status row per movie and counts.
+
+    A poster already stored and verified for the same poster_path is kept without a
+    request. Bytes that fail verification go to ``rejected/`` and never to ``images/``.
+    """
+    previous_ok = {}
+    if previous is not None and len(previous):
+        for row in previous[previous["status"] == OK].itertuples():
+            previous_ok[int(row.id)] = row._asdict()
+    rows: dict[int, dict] = {}
+    to_download = []
+    reused = 0
+    for movie in movies:
+        movie_id, poster_path = int(movie["id"]), movie.get("poster_path")
+        if not poster_path:
+            rows[movie_id] = _status_row(movie_id, None, NO_POSTER)
+            continue
+        old = previous_ok.get(movie_id)
+        if old and old["poster_path"] == poster_path and (store.root / old["file"]).is_file():
+            rows[movie_id] = {column: old[column] for column in STATUS_COLUMNS}
+            reused += 1
+            continue
+        # Stored by a run that died before writing the statuses: every stored file was verified before
+        # its atomic write, so it is checked again from disk, not downloaded again.
+        stored = _stored_poster(store, movie_id, poster_path, min_width=min_width, min_height=min_height)
+        if stored is not None:
+            rows[movie_id] = stored
+            reused += 1
+            continue
+        to_download.append((movie_id, poster_path))
+
+    def fetch_and_verify(item: tuple[int, str]) -> dict:
+        movie_id, poster_path = item
+        name = poster_file_name(poster_path)
+        data = client.get_bytes(f"{image_base_url.rstrip('/')}/{size}/{name}")
+        try:
+            poster = verify_poster(data, min_width=min_width, min_height=min_height)
+        except PosterError as error:
+            atomic_write_bytes(store.poster_rejected_dir / name, data)
+            return _status_row(movie_id, poster_path, CORRUPT, error=str(error), size=len(data))
+        target = store.poster_images_dir / name
+        stored = data if poster.is_rgb_jpeg else _to_jpeg(poster.image)
+        atomic_write_bytes(target, stored)
+        (store.poster_rejected_dir / name).unlink(missing_ok=True)
+        return _ok_row(store, movie_id, poster_path, target, poster, len(stored))
+
+    results = client.map_concurrent(fetch_and_verify, to_download)
+    for (movie_id, poster_path), result in settled(
+        results, len(to_download), expected=(TMDbError, ValueError), progress=progress
+    ):
+        if isinstance(result, BaseException):
+            rows[movie_id] = _status_row(movie_id, poster_path, HTTP_ERROR, error=str(result))
+        else:
+            rows[movie_id] = result
+    frame = pd.DataFrame([rows[i] for i in sorted(rows)], columns=STATUS_COLUMNS)
+    counts = Counter(frame["status"])
+    summary = {status: int(counts.get(status, 0)) for status in STATUSES}
+    summary.update(downloaded=len(to_download), reused=reused)
+    return frame, summary
+
+
+def _ok_row(store: DataStore, movie_id: int, poster_path: str, target, poster, stored_bytes: int) -> dict:
+    """An 'ok' row: ``bytes`` is the stored file's size (a converted poster differs from the download)."""
+    return _status_row(
+        movie_id,
+        poster_path,
+        OK,
+        file=str(target.relative_to(store.root)),
+        width=poster.image.width,
+        height=poster.image.height,
+        size=stored_bytes,
+    )
+
+
+def _stored_poster(store: DataStore, movie_id: int, poster_path: str, *, min_width: int, min_height: int):
+    """The 'ok' row of a poster file already in images/, if it still verifies; else None."""
+    try:
+        target = store.poster_images_dir / poster_file_name(poster_path)
+        data = target.read_bytes()
+        poster = verify_poster(data, min_width=min_width, min_height=min_height)
+    except (FileNotFoundError, ValueError):  # not stored, an unusable name, or a PosterError
+        return None
+    return _ok_row(store, movie_id, poster_path, target, poster, len(data))
+
+
+def _status_row(movie_id, poster_path, status, *, file=None, width=None, height=None, size=None, error=None) -> dict:
+    return {
+        "id": movie_id,
+        "poster_path": poster_path,
+        "status": status,
+        "file": file,
+        "width": width,
+        "height": height,
+        "bytes": size,
+        "error": error,
+    }
+
+
+def _to_jpeg(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
