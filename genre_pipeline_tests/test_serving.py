@@ -116,7 +116,7 @@ def test_predict_answers_every_genre_as_the_champion_does_in_process(server, tra
     }
     (expected,) = predictor.predict_rows([MOVIE])
     served = {s["genre"]: s["probability"] for s in answer["scores"]}
-    assert served == pytest.approx({g: p for g, p, _ in expected.top}, abs=1e-4)
+    assert served == pytest.approx({g: p for g, p, _ in expected.scores}, abs=1e-4)
     assert answer["genres"] == expected.genres
 
     form = {k: str(v) for k, v in MOVIE.items()}
@@ -127,7 +127,7 @@ def test_predict_answers_every_genre_as_the_champion_does_in_process(server, tra
     assert with_poster["inputs"]["poster"] is predictor.uses_posters
     (expected,) = predictor.predict_rows([MOVIE | {"poster": poster_bytes}])
     served = {s["genre"]: s["probability"] for s in with_poster["scores"]}
-    assert served == pytest.approx({g: p for g, p, _ in expected.top}, abs=1e-4)
+    assert served == pytest.approx({g: p for g, p, _ in expected.scores}, abs=1e-4)
 
     # A browser sends an empty file part when no poster is chosen, and empty strings for blank fields.
     blank = server.post(
