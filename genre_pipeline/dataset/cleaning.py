@@ -7,8 +7,6 @@ import re
 import unicodedata
 
 import pandas as pd
-import pydantic
-from pydantic import Field
 
 from genre_pipeline.ingestion import posters as poster_files
 
@@ -43,17 +41,16 @@ DROP_RULES = (
 _TOKEN = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
 
 
-class CleaningRules(pydantic.BaseModel):
-    """Which movies the cleaned data set keeps. Declared once, here; the movies_clean asset takes these
-    fields as its run config."""
+@dataclasses.dataclass(frozen=True)
+class CleaningRules:
+    """Which movies the cleaned data set keeps. Declared once, here: the movies_clean asset's run config
+    is made from these fields."""
 
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    require_tagline: bool = Field(
-        default=False, description="Drop movies without a tagline (the original study's rule)."
+    require_tagline: bool = dataclasses.field(
+        default=False, metadata={"description": "Drop movies without a tagline (the original study's rule)."}
     )
-    min_overview_tokens: int = Field(default=5, ge=0, description="Drop overviews shorter than this.")
-    max_overview_tokens: int = Field(default=300, ge=1, description="Drop overviews longer than this.")
+    min_overview_tokens: int = dataclasses.field(default=5, metadata={"description": "Drop shorter overviews."})
+    max_overview_tokens: int = dataclasses.field(default=300, metadata={"description": "Drop longer overviews."})
 
 
 @dataclasses.dataclass

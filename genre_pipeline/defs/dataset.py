@@ -8,7 +8,7 @@ from pydantic import Field
 
 from genre_pipeline.dataset import cleaning, eda, labels, splits
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
-from genre_pipeline.defs.common import markdown_images, markdown_table
+from genre_pipeline.defs.common import config_from_dataclass, markdown_images, markdown_table, to_dataclass
 from genre_pipeline.defs.ingestion import movie_details, posters
 from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource
 from genre_pipeline.ingestion import posters as poster_files
@@ -17,8 +17,7 @@ from genre_pipeline.store import frame_fingerprint
 LABEL_SETS = ("full", "merged")
 
 
-class CleaningConfig(dg.Config, cleaning.CleaningRules):
-    """cleaning.CleaningRules as the asset's run config."""
+CleaningConfig = config_from_dataclass(cleaning.CleaningRules, "CleaningConfig")
 
 
 class LabelConfig(dg.Config):
@@ -52,7 +51,7 @@ def movies_clean(config: CleaningConfig, storage: StorageResource) -> dg.Materia
     """One row per movie: title, year, overview, tagline, the model text, poster file and status, genres."""
     store, started = storage.store, time.monotonic()
     frame = cleaning.details_frame(list(store.read_details().values()), poster_files.read_statuses(store))
-    result = cleaning.clean_movies(frame, config)
+    result = cleaning.clean_movies(frame, to_dataclass(cleaning.CleaningRules, config))
     store.write_table(store.movies_clean_file, result.movies)
     report = {
         "rows_in": result.rows_in,
