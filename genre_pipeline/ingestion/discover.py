@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from typing import Iterable
 
+from genre_pipeline.ingestion.results import settled
 from genre_pipeline.tmdb.client import TMDbClient
 
 MAX_DISCOVER_RESULTS = 10_000  # TMDb serves pages 1..500 of 20 results
@@ -20,19 +21,17 @@ class DiscoverResult:
     queries: int
 
 
-def _discover_query(client: TMDbClient, params: dict, *, use_cache: bool) -> list[dict]:
-    """All pages of one /discover/movie query; pages after the first are fetched concurrently."""
-    first = client.get_json("/discover/movie", {**params, "page": 1}, use_cache=use_cache)
+def _discover_query(client: TMDbClient, params: dict, *, use_cache: bool, first: dict | None = None) -> list[dict]:
+    """All pages of one /discover/movie query (``first``: its page 1, when the caller already has it);
+    pages after the first are fetched concurrently. Any failure stops the query: a year with a
+    missing page would look smaller than it is."""
+    if first is None:
+        first = client.get_json("/discover/movie", {**params, "page": 1}, use_cache=use_cache)
     pages = [{"params": {**params, "page": 1}, "body": first}]
     last_page = min(int(first.get("total_pages") or 0), MAX_DISCOVER_RESULTS // 20)
     more = [{**params, "page": page} for page in range(2, last_page + 1)]
-    fetched = {}
-    for page_params, result in client.map_concurrent(
-        lambda p: client.get_json("/discover/movie", p, use_cache=use_cache), more
-    ):
-        if isinstance(result, BaseException):
-            raise result
-        fetched[page_params["page"]] = {"params": page_params, "body": result}
+    results = client.map_concurrent(lambda p: client.get_json("/discover/movie", p, use_cache=use_cache), more)
+    fetched = {p["page"]: {"params": p, "body": body} for p, body in settled(results, len(more), expected=())}
     return pages + [fetched[page] for page in sorted(fetched)]
 
 
@@ -45,7 +44,7 @@ def _discover_window(client: TMDbClient, base: dict, start: dt.date, end: dt.dat
         return _discover_window(client, base, start, middle, use_cache=use_cache) + _discover_window(
             client, base, middle + dt.timedelta(days=1), end, use_cache=use_cache
         )
-    return _discover_query(client, params, use_cache=use_cache)
+    return _discover_query(client, params, use_cache=use_cache, first=first)
 
 
 def discover_year(
@@ -58,12 +57,14 @@ def discover_year(
 ) -> DiscoverResult:
     """Page through /discover/movie for one release year, plus one query per augmented genre."""
     base = {"sort_by": sort_by, "include_adult": "false", "primary_release_year": year}
-    pages = _discover_query(client, base, use_cache=use_cache)
-    total = int(pages[0]["body"].get("total_results") or 0)
-    if total > MAX_DISCOVER_RESULTS:
-        # The year is larger than one query can page through: split it by release date.
+    first = client.get_json("/discover/movie", {**base, "page": 1}, use_cache=use_cache)
+    if int(first.get("total_results") or 0) > MAX_DISCOVER_RESULTS:
+        # The year is larger than one query can page through: split it by release date (without first
+        # paging through the 500 pages the capped query would serve).
         window_base = {k: v for k, v in base.items() if k != "primary_release_year"}
         pages = _discover_window(client, window_base, dt.date(year, 1, 1), dt.date(year, 12, 31), use_cache=use_cache)
+    else:
+        pages = _discover_query(client, base, use_cache=use_cache, first=first)
     for genre_id in augment_genre_ids:
         pages += _discover_query(client, {**base, "with_genres": genre_id}, use_cache=use_cache)
     movie_ids = list(dict.fromkeys(r["id"] for page in pages for r in page["body"].get("results", [])))

@@ -10,7 +10,11 @@ Progress = Callable[[int, int], None]
 
 
 def settled(
-    results: Iterable[tuple], total: int, *, expected: tuple[type[BaseException], ...], progress: Progress | None
+    results: Iterable[tuple],
+    total: int,
+    *,
+    expected: tuple[type[BaseException], ...],
+    progress: Progress | None = None,
 ) -> Iterator[tuple]:
     """Each (item, result) of ``TMDbClient.map_concurrent``, where result is a value or an ``expected``
     error for the step to record. A refused credential stops the step (no other request can succeed),
