@@ -1,6 +1,7 @@
 # make run: set up and materialize every asset on the selected TMDb source (the demo catalog by default).
 # make test: set up and run the test suite.  make dev: the Dagster UI.  make mlflow: the MLflow UI.
 # make serve: the champion's HTTP API and web page on http://127.0.0.1:8000.
+# make cluster / cluster-down: a local scale-out deployment (PostgreSQL, Redis, Celery workers) under .cluster/.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 DAGSTER := $(BIN)/dagster asset materialize -m genre_pipeline.definitions
 
-.PHONY: setup run test dev mlflow serve clean-data
+.PHONY: setup run test dev mlflow serve cluster cluster-down clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,12 @@ mlflow: setup
 
 serve: setup
 	$(BIN)/genre-pipeline serve --host 127.0.0.1 --port 8000
+
+cluster: setup
+	$(BIN)/genre-pipeline cluster up
+
+cluster-down:
+	$(BIN)/genre-pipeline cluster down
 
 clean-data:
 	rm -rf data .dagster_home

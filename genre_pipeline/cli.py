@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from genre_pipeline import settings
+from genre_pipeline.cluster import command as cluster_command
 from genre_pipeline.tmdb import demo_catalog
 from genre_pipeline.tmdb.replay import DEFAULT_REPLAY_TOKEN, Faults, ReplayServer
 from genre_pipeline.tmdb.snapshot import SnapshotLayoutError
@@ -56,11 +57,10 @@ def _years(args: argparse.Namespace) -> int:
 
 
 def _default_tracking_uri() -> str:
-    from genre_pipeline.models.tracking import sqlite_uri
+    from genre_pipeline.models.tracking import default_tracking_uri
     from genre_pipeline.store import DataStore
 
-    source = settings.configured_source()
-    return sqlite_uri(DataStore(settings.default_data_dir() / source.slug).mlflow_db)
+    return default_tracking_uri(DataStore(settings.default_data_dir() / settings.configured_source().slug))
 
 
 def _tracking_uri(args: argparse.Namespace) -> int:
@@ -262,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     metadata.add_argument("--vote-count", type=int, default=None)
     predict.add_argument("--top-k", type=_at_least(1), default=3, help="list this many most probable genres")
     predict.add_argument("--json", action="store_true")
-    predict.add_argument("--tracking-uri", default=None, help="MLflow store (default: the data folder's sqlite)")
+    predict.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the data folder's sqlite)",
+    )
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="score every movie of a snapshot folder with the champion")
@@ -279,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--tracking-uri", default=None)
     serve.set_defaults(handler=_serve)
+
+    cluster_command.add_parser(commands)
     return parser
 
 
@@ -291,11 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name, value in QUIET_LIBRARIES.items():
         os.environ.setdefault(name, value)
+    from genre_pipeline.cluster.local import ClusterError
     from genre_pipeline.models.predictor import NoChampion
 
     try:
         return args.handler(args)
-    except (SnapshotLayoutError, NoChampion, ValueError, OSError) as error:
+    except (SnapshotLayoutError, NoChampion, ClusterError, ValueError, OSError) as error:
         print(f"genre-pipeline {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,7 @@ import dagster as dg
 
 from genre_pipeline import settings
 from genre_pipeline.defs import dataset, ingestion, models, predictions
+from genre_pipeline.defs.execution import build_executor
 from genre_pipeline.defs.resources import build_resources
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
 
@@ -17,7 +18,6 @@ defs = dg.Definitions(
     asset_checks=dg.load_asset_checks_from_modules([ingestion, dataset, models, predictions]),
     schedules=[tmdb_refresh_schedule],
     resources=build_resources(settings.configured_source()),
-    # Steps run one after another in the run's process: on a small machine a subprocess per
-    # step costs seconds each and buys no parallelism the TMDb lock would allow anyway.
-    executor=dg.in_process_executor,
+    # In the run's process by default; on workers where the deployment says so (defs/execution.py).
+    executor=build_executor(),
 )

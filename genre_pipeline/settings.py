@@ -3,6 +3,8 @@
 ``TMDB_API_READ_ACCESS_TOKEN`` (or ``TMDB_API_KEY``) selects the real API,
 ``GENRE_PIPELINE_SNAPSHOT=DIR`` a replay of that folder, neither the demo catalog.
 ``TMDB_BASE_URL`` points the client at any TMDb-compatible server.
+``GENRE_PIPELINE_EXECUTOR`` picks where steps run (README's "Scale out"), ``MLFLOW_TRACKING_URI``
+where training runs and the model registry are kept.
 """
 
 from __future__ import annotations
@@ -26,11 +28,28 @@ CACHE_DIR_ENV = "GENRE_PIPELINE_CACHE"
 SNAPSHOT_ENV = "GENRE_PIPELINE_SNAPSHOT"
 YEARS_ENV = "GENRE_PIPELINE_YEARS"
 BASE_URL_ENV = "TMDB_BASE_URL"
+EXECUTOR_ENV = "GENRE_PIPELINE_EXECUTOR"
+EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
+CELERY_BROKER_ENV = "GENRE_PIPELINE_CELERY_BROKER"
+CELERY_BACKEND_ENV = "GENRE_PIPELINE_CELERY_BACKEND"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(env.get(DATA_DIR_ENV) or Path.cwd() / "data").expanduser().resolve()
+
+
+def executor_name(env: Mapping[str, str] = os.environ) -> str:
+    """The executor ``GENRE_PIPELINE_EXECUTOR`` names (``in_process`` when unset); the Celery one needs
+    its broker and result backend."""
+    name = env.get(EXECUTOR_ENV) or "in_process"
+    if name not in EXECUTORS:
+        raise ValueError(f"{EXECUTOR_ENV}={name!r}: expected one of {', '.join(EXECUTORS)}")
+    missing = [var for var in (CELERY_BROKER_ENV, CELERY_BACKEND_ENV) if name == "celery" and not env.get(var)]
+    if missing:
+        raise ValueError(f"{EXECUTOR_ENV}=celery needs {' and '.join(missing)} (e.g. redis://127.0.0.1:6379/0)")
+    return name
 
 
 def encoder_cache_dir(env: Mapping[str, str] = os.environ) -> Path:

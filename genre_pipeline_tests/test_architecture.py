@@ -18,7 +18,8 @@ MAY_IMPORT = {
     "dataset": {"files", "ingestion"},
     "models": {"files", "tmdb", "settings", "store", "ingestion", "dataset"},
     "serving": {"models", "dataset", "ingestion"},
-    "cli": {"settings", "tmdb", "store", "models", "serving"},
+    "cluster": {"settings"},
+    "cli": {"settings", "tmdb", "store", "models", "serving", "cluster"},
     "defs": {"files", "tmdb", "settings", "store", "ingestion", "dataset", "models"},
     "definitions": {"defs", "settings"},
 }

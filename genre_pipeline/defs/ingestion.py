@@ -11,6 +11,7 @@ from pydantic import Field
 from genre_pipeline import settings
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_RETRY
 from genre_pipeline.defs.common import markdown_table, progress_logger
+from genre_pipeline.defs.execution import TMDB_POOL
 from genre_pipeline.defs.resources import StorageResource, TMDbResource
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.ingestion.details import fetch_details
@@ -73,7 +74,7 @@ def _fetch_reference(
     return payload, metadata
 
 
-@dg.asset(group_name="ingestion", retry_policy=TMDB_RETRY, kinds={"python"})
+@dg.asset(group_name="ingestion", retry_policy=TMDB_RETRY, pool=TMDB_POOL, kinds={"python"})
 def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
     """TMDb's /configuration: image base URLs and the poster sizes it serves."""
     payload, metadata = _fetch_reference("/configuration", storage.store.tmdb_configuration_file, config, tmdb, storage)
@@ -84,7 +85,7 @@ def tmdb_configuration(config: RefreshConfig, tmdb: TMDbResource, storage: Stora
     )
 
 
-@dg.asset(group_name="ingestion", retry_policy=TMDB_RETRY, kinds={"python"})
+@dg.asset(group_name="ingestion", retry_policy=TMDB_RETRY, pool=TMDB_POOL, kinds={"python"})
 def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResource) -> dg.MaterializeResult:
     """TMDb's movie genre list (/genre/movie/list): ids and names."""
     payload, metadata = _fetch_reference("/genre/movie/list", storage.store.tmdb_genres_file, config, tmdb, storage)
@@ -98,8 +99,8 @@ def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResou
 @dg.asset(
     group_name="ingestion",
     partitions_def=RELEASE_YEARS,
-    backfill_policy=dg.BackfillPolicy.single_run(),
     retry_policy=TMDB_RETRY,
+    pool=TMDB_POOL,
     kinds={"python"},
 )
 def raw_discover_pages(
@@ -143,6 +144,7 @@ def raw_discover_pages(
     group_name="ingestion",
     deps=[raw_discover_pages],
     retry_policy=TMDB_RETRY,
+    pool=TMDB_POOL,
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"python"},
 )
@@ -199,6 +201,7 @@ def movie_details(
     group_name="ingestion",
     deps=[movie_details, tmdb_configuration],
     retry_policy=TMDB_RETRY,
+    pool=TMDB_POOL,
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"python"},
 )

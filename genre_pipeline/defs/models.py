@@ -23,6 +23,7 @@ from genre_pipeline.defs.common import (
     to_dataclass,
 )
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
+from genre_pipeline.defs.execution import GPU_STEP_TAGS
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import finetune, genre_models, metrics, tracking
@@ -122,7 +123,13 @@ def _embedding_result(per_encoder: list[dict]) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
 
-@dg.asset(group_name="models", deps=[movies_clean], automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"pytorch"})
+@dg.asset(
+    group_name="models",
+    deps=[movies_clean],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"pytorch"},
+    op_tags=GPU_STEP_TAGS,
+)
 def text_embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
 ) -> dg.MaterializeResult:
@@ -155,7 +162,13 @@ def text_embeddings(
     )
 
 
-@dg.asset(group_name="models", deps=[movies_clean], automation_condition=ON_UPSTREAM_DATA_CHANGE, kinds={"pytorch"})
+@dg.asset(
+    group_name="models",
+    deps=[movies_clean],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"pytorch"},
+    op_tags=GPU_STEP_TAGS,
+)
 def poster_embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
 ) -> dg.MaterializeResult:
@@ -209,7 +222,7 @@ def _log_and_report(
     context, outcome, data, store: DataStore, training: TrainingResource, params: dict, fingerprint: str
 ) -> dg.MaterializeResult:
     """The model's MLflow run and report files; the asset's metadata."""
-    tracking_uri = training.tracking_uri or tracking.sqlite_uri(store.mlflow_db)
+    tracking_uri = training.tracking_uri or tracking.default_tracking_uri(store)
     report, files = tracking.log_training_run(
         outcome,
         data,
@@ -350,6 +363,7 @@ def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.
         deps=[*deps, genre_labels, dataset_splits],
         automation_condition=ON_UPSTREAM_DATA_CHANGE,
         kinds={"pytorch", "mlflow"},
+        op_tags=GPU_STEP_TAGS,
     )
     def head_model(
         context: dg.AssetExecutionContext, config: HeadConfig, storage: StorageResource, training: TrainingResource
@@ -384,6 +398,7 @@ StackAssetConfig = config_from_dataclass(genre_models.StackConfig, "StackAssetCo
     deps=[text_embeddings, poster_embeddings, genre_labels, dataset_splits],
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"scikit-learn", "pytorch", "mlflow"},
+    op_tags=GPU_STEP_TAGS,
 )
 def stacked_model(
     context: dg.AssetExecutionContext,

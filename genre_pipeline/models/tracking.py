@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import tempfile
 from importlib import metadata
@@ -15,9 +16,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from genre_pipeline import settings
 from genre_pipeline.models import finetune
 from genre_pipeline.models.classifier import ARTIFACT_KEY, PYFUNC_ENTRY, GenreClassifier, signature
 from genre_pipeline.models.genre_models import ModelOutcome, TrainingData
+from genre_pipeline.store import DataStore
 
 REGISTERED_MODEL = "genre-classifier"
 CHAMPION_ALIAS = "champion"
@@ -46,6 +49,13 @@ _PINNED = (
 
 def sqlite_uri(db_file: Path) -> str:
     return f"sqlite:///{Path(db_file).resolve()}"
+
+
+def default_tracking_uri(store: DataStore) -> str:
+    """MLflow's own ``MLFLOW_TRACKING_URI`` (a shared server or database: README's "Scale out"), else the
+    data folder's sqlite file. A database password belongs in ``PGPASSWORD``, not in the URI, which
+    reports and metadata show."""
+    return os.environ.get(settings.TRACKING_URI_ENV) or sqlite_uri(store.mlflow_db)
 
 
 def code_version() -> str:

@@ -1,0 +1,455 @@
+"""A real local deployment on 127.0.0.1 (``genre-pipeline cluster up/down``, ``make cluster``): PostgreSQL
+and Redis from the Debian packages, Dagster's daemon and webserver on a PostgreSQL instance, and
+dagster-celery workers that execute every step. The same definitions as the embedded default; only the
+environment written to ``<root>/cluster.env`` differs.
+
+Everything lives under one root folder: ``postgres/`` (the database cluster), ``redis/``,
+``dagster_home/`` (the instance's dagster.yaml), ``shared/data`` (the data folder every worker reads and
+writes: the stand-in for a shared filesystem), ``logs/`` and ``pids/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+from genre_pipeline import settings
+
+DEFAULT_ROOT = Path(".cluster")
+DB_USER = "genre"
+DAGSTER_DB, MLFLOW_DB = "dagster", "mlflow"
+WORKER_QUEUES = ("dagster", "gpu")  # on this machine every worker stands in for a GPU worker too
+LOCATION_NAME = "genre_pipeline"
+POSTGRES_URL_ENV = "DAGSTER_POSTGRES_URL"  # read by the instance's dagster.yaml
+SOURCE_VARIABLES = (settings.SNAPSHOT_ENV, settings.YEARS_ENV)
+
+
+class ClusterError(RuntimeError):
+    """The local cluster cannot start or is not in the state asked for; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    postgres: int = 55432
+    redis: int = 56379
+    webserver: int = 3070
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterLayout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> "ClusterLayout":
+        return cls(Path(root).expanduser().resolve())
+
+    postgres_dir = property(lambda self: self.root / "postgres")
+    postgres_data = property(lambda self: self.root / "postgres" / "data")
+    redis_dir = property(lambda self: self.root / "redis")
+    dagster_home = property(lambda self: self.root / "dagster_home")
+    data_dir = property(lambda self: self.root / "shared" / "data")
+    logs_dir = property(lambda self: self.root / "logs")
+    pids_dir = property(lambda self: self.root / "pids")
+    env_file = property(lambda self: self.root / "cluster.env")
+    celery_config = property(lambda self: self.root / "celery.yaml")
+    workspace_file = property(lambda self: self.root / "workspace.yaml")
+
+    def log_file(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+
+def worker_name(number: int) -> str:
+    return f"worker-{number}"
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # an exited child nobody has reaped yet is not running
+
+
+def _start(layout: ClusterLayout, name: str, argv: list[str], env: dict[str, str]) -> int:
+    """A service in its own session (so ``down`` stops it with everything it forked), logging to logs/."""
+    with open(layout.log_file(name), "ab") as log:
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=layout.root,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (layout.pids_dir / f"{name}.pid").write_text(str(process.pid))
+    return process.pid
+
+
+def running_services(layout: ClusterLayout) -> dict[str, int]:
+    """The started services whose process is still running, by name."""
+    if not layout.pids_dir.is_dir():
+        return {}
+    pids = {path.stem: int(path.read_text()) for path in sorted(layout.pids_dir.glob("*.pid"))}
+    return {name: pid for name, pid in pids.items() if _alive(pid)}
+
+
+def stop_service(layout: ClusterLayout, name: str, *, timeout_s: float = 30.0) -> bool:
+    """SIGTERM to the service's process group, SIGKILL after ``timeout_s``; False if it was not running."""
+    pid_file = layout.pids_dir / f"{name}.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text())
+    was_running = _alive(pid)
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.2)
+        if not _alive(pid):
+            break
+    _reap(pid)
+    pid_file.unlink()
+    return was_running
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: its own parent reaps it
+
+
+def _run(argv: list[str], what: str, **kwargs) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise ClusterError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
+    return result.stdout
+
+
+# --- PostgreSQL and Redis ---------------------------------------------------------------------------
+
+
+def postgres_program(name: str) -> str:
+    """A PostgreSQL server program; Debian keeps them in /usr/lib/postgresql/<version>/bin."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[4]))
+    program = found[-1] if found else shutil.which(name)
+    if not program:
+        raise ClusterError(f"PostgreSQL's {name} is not installed: apt-get install postgresql")
+    return program
+
+
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; as root, its programs run as the postgres user.
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def _start_postgres(layout: ClusterLayout, port: int, password: str) -> None:
+    layout.postgres_dir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(layout.postgres_dir, "postgres", "postgres")
+        reach = subprocess.run(_as_postgres_user(["test", "-w", str(layout.postgres_dir)]))
+        if reach.returncode != 0:
+            raise ClusterError(
+                f"PostgreSQL runs as the postgres user, which cannot reach {layout.postgres_dir}: "
+                "choose a cluster root under a folder every user may enter (e.g. /var/tmp/genre-cluster)"
+            )
+    if not (layout.postgres_data / "PG_VERSION").exists():
+        password_file = layout.postgres_dir / "initial-password"
+        password_file.write_text(password)
+        if os.geteuid() == 0:
+            shutil.chown(password_file, "postgres", "postgres")
+        try:
+            _run(
+                _as_postgres_user(
+                    [
+                        postgres_program("initdb"),
+                        "-D",
+                        str(layout.postgres_data),
+                        "-U",
+                        DB_USER,
+                        "--auth=scram-sha-256",
+                        f"--pwfile={password_file}",
+                        "-E",
+                        "UTF8",
+                        "--no-locale",
+                    ]
+                ),
+                "initdb",
+            )
+        finally:
+            password_file.unlink()
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={layout.postgres_dir}"
+    _run(
+        _as_postgres_user(
+            [
+                postgres_program("pg_ctl"),
+                "-D",
+                str(layout.postgres_data),
+                "-l",
+                str(layout.postgres_dir / "postgres.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        f"starting PostgreSQL (log: {layout.postgres_dir / 'postgres.log'})",
+    )
+    env = {**os.environ, "PGPASSWORD": password}
+    existing = _run(
+        [
+            postgres_program("psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            DB_USER,
+            "-d",
+            "postgres",
+            "-Atc",
+            "SELECT datname FROM pg_database",
+        ],
+        "listing databases",
+        env=env,
+    ).split()
+    for database in (DAGSTER_DB, MLFLOW_DB):
+        if database not in existing:
+            _run(
+                [postgres_program("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER, database],
+                f"creating database {database}",
+                env=env,
+            )
+
+
+def _stop_postgres(layout: ClusterLayout) -> bool:
+    if not (layout.postgres_data / "postmaster.pid").exists():
+        return False
+    _run(
+        _as_postgres_user([postgres_program("pg_ctl"), "-D", str(layout.postgres_data), "-m", "fast", "-w", "stop"]),
+        "stopping PostgreSQL",
+    )
+    return True
+
+
+def _redis_argv(layout: ClusterLayout, port: int) -> list[str]:
+    program = shutil.which("redis-server")
+    if not program:
+        raise ClusterError("redis-server is not installed: apt-get install redis-server")
+    layout.redis_dir.mkdir(parents=True, exist_ok=True)
+    # Only a broker: queued steps need not survive a Redis restart (Dagster's state is in PostgreSQL).
+    return [
+        program,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(layout.redis_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+    ]
+
+
+# --- the deployment ---------------------------------------------------------------------------------
+
+
+def cluster_environment(layout: ClusterLayout, ports: Ports, password: str, data_dir: Path) -> dict[str, str]:
+    """What makes a process part of this deployment: the instance, the executor and its broker, MLflow's
+    store, the shared data folder. Passwords only in PGPASSWORD, never in a URL that reports show."""
+    # The driver named: SQLAlchemy 2.1 defaults postgresql:// to psycopg 3; Dagster installs psycopg2.
+    database = f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{ports.postgres}"
+    return {
+        "DAGSTER_HOME": str(layout.dagster_home),
+        POSTGRES_URL_ENV: f"{database}/{DAGSTER_DB}",
+        "PGPASSWORD": password,
+        settings.TRACKING_URI_ENV: f"{database}/{MLFLOW_DB}",
+        settings.EXECUTOR_ENV: "celery",
+        settings.CELERY_BROKER_ENV: f"redis://127.0.0.1:{ports.redis}/0",
+        settings.CELERY_BACKEND_ENV: f"redis://127.0.0.1:{ports.redis}/1",
+        settings.DATA_DIR_ENV: str(data_dir),
+        "DAGSTER_WEBSERVER_URL": f"http://127.0.0.1:{ports.webserver}",
+    }
+
+
+def read_environment(layout: ClusterLayout) -> dict[str, str]:
+    if not layout.env_file.exists():
+        raise ClusterError(f"no cluster at {layout.root}: start one with `genre-pipeline cluster up`")
+    lines = layout.env_file.read_text().splitlines()
+    return dict(line.removeprefix("export ").split("=", 1) for line in lines if line.startswith("export "))
+
+
+def process_environment(layout: ClusterLayout) -> dict[str, str]:
+    """This process's environment joined with the cluster's: what every service and client runs with."""
+    bin_dir = str(Path(sys.executable).parent)  # celery, dagster-daemon, ... of this installation
+    return {**os.environ, **read_environment(layout), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _write_files(layout: ClusterLayout, environment: dict[str, str]) -> None:
+    for folder in (layout.dagster_home, layout.logs_dir, layout.pids_dir, Path(environment[settings.DATA_DIR_ENV])):
+        folder.mkdir(parents=True, exist_ok=True)
+    templates = resources.files("genre_pipeline.cluster")
+    (layout.dagster_home / "dagster.yaml").write_text(templates.joinpath("dagster.yaml").read_text())
+    layout.celery_config.write_text(templates.joinpath("celery.yaml").read_text())
+    layout.workspace_file.write_text(
+        "load_from:\n  - python_module:\n      module_name: genre_pipeline.definitions\n"
+        f"      location_name: {LOCATION_NAME}\n"
+    )
+    old_umask = os.umask(0o077)  # the file holds the database password
+    try:
+        layout.env_file.write_text("".join(f"export {key}={value}\n" for key, value in environment.items()))
+    finally:
+        os.umask(old_umask)
+
+
+def start_worker(layout: ClusterLayout, number: int, queues=WORKER_QUEUES) -> int:
+    """One dagster-celery worker that runs one step at a time, listening on ``queues``."""
+    bin_dir = Path(sys.executable).parent
+    argv = [
+        str(bin_dir / "dagster-celery"),
+        "worker",
+        "start",
+        "-A",
+        "dagster_celery.app",
+        "-y",
+        str(layout.celery_config),
+        "-n",
+        worker_name(number),
+        "-q",
+        ",".join(queues),
+    ]
+    # One -q with a comma-separated list: Celery keeps only the last of several -Q.
+    return _start(layout, worker_name(number), [*argv, "--", "--concurrency=1"], process_environment(layout))
+
+
+def up(
+    root: str | Path = DEFAULT_ROOT,
+    *,
+    workers: int = 2,
+    ports: Ports | None = None,
+    data_dir: str | Path | None = None,
+    timeout_s: float = 180.0,
+) -> ClusterLayout:
+    """Start PostgreSQL, Redis, ``workers`` Celery workers, the Dagster daemon and webserver; return once
+    the webserver answers and every worker replies to a ping."""
+    layout, ports = ClusterLayout.at(root), ports or Ports()
+    if running_services(layout):
+        raise ClusterError(f"a cluster is running at {layout.root}: `genre-pipeline cluster down` first")
+    for name, port in dataclasses.asdict(ports).items():
+        if not port_free(port):
+            raise ClusterError(f"port {port} ({name}) is taken on 127.0.0.1: pick another with --{name}-port")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.root.chmod(0o755)  # the postgres user enters it to reach its data folder
+    # The database keeps the password it was created with: a restarted cluster reuses it.
+    previous = read_environment(layout) if layout.env_file.exists() else {}
+    password = previous.get("PGPASSWORD") or secrets.token_urlsafe(24)
+    data = Path(data_dir).expanduser().resolve() if data_dir else layout.data_dir
+    environment = cluster_environment(layout, ports, password, data)
+    # The source is the code location's, fixed when it loads: recorded so clients see the same years.
+    environment.update({name: os.environ[name] for name in SOURCE_VARIABLES if os.environ.get(name)})
+    _write_files(layout, environment)
+    env = process_environment(layout)
+    try:
+        _start_postgres(layout, ports.postgres, password)
+        _start(layout, "redis", _redis_argv(layout, ports.redis), env)
+        for number in range(1, workers + 1):
+            start_worker(layout, number)
+        bin_dir = Path(sys.executable).parent
+        workspace = ["-w", str(layout.workspace_file)]
+        _start(layout, "daemon", [str(bin_dir / "dagster-daemon"), "run", *workspace], env)
+        _start(
+            layout,
+            "webserver",
+            [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(ports.webserver), *workspace],
+            env,
+        )
+        _wait_until_ready(layout, env, ports, workers, timeout_s)
+    except BaseException:
+        down(layout.root)
+        raise
+    return layout
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _wait_until_ready(layout: ClusterLayout, env: dict, ports: Ports, workers: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = {"webserver", *(worker_name(n) for n in range(1, workers + 1))}
+    while pending:
+        stopped = {"redis", "daemon", *pending} - set(running_services(layout))
+        if stopped:
+            name = sorted(stopped)[0]
+            raise ClusterError(f"{name} stopped while starting; its log: {layout.log_file(name)}")
+        if "webserver" in pending and _answers(f"http://127.0.0.1:{ports.webserver}/server_info"):
+            pending.discard("webserver")
+        pending -= {name.split("@")[0] for name in ping_workers(env)}
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"not ready after {timeout_s:.0f} s: {', '.join(sorted(pending))} (logs in {layout.logs_dir})"
+            )
+        time.sleep(1.0)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def ping_workers(env: dict[str, str], timeout_s: float = 1.0) -> list[str]:
+    """The names of the Celery workers that answer on the cluster's broker."""
+    from celery import Celery
+    from kombu.exceptions import OperationalError
+
+    app = Celery("genre-pipeline-ping", broker=env[settings.CELERY_BROKER_ENV])
+    try:
+        return sorted(name for reply in app.control.ping(timeout=timeout_s) or [] for name in reply)
+    except (OperationalError, OSError):  # the broker is not up (yet)
+        return []
+    finally:
+        app.close()
+
+
+def down(root: str | Path = DEFAULT_ROOT) -> list[str]:
+    """Stop every service of the cluster at ``root`` (the webserver and daemon first, PostgreSQL last);
+    the data, the database and the logs stay for the next ``up``. Returns what was running."""
+    layout = ClusterLayout.at(root)
+    stopped = []
+    names = [path.stem for path in sorted(layout.pids_dir.glob("*.pid"))] if layout.pids_dir.is_dir() else []
+    order = {"webserver": 0, "daemon": 1, "redis": 3}
+    for name in sorted(names, key=lambda n: order.get(n, 2)):
+        if stop_service(layout, name):
+            stopped.append(name)
+    if _stop_postgres(layout):
+        stopped.append("postgres")
+    return stopped
