@@ -377,9 +377,12 @@ def up(
     try:
         _start_postgres(layout, ports.postgres, password)
         _start(layout, "redis", _redis_argv(layout, ports.redis), env)
+        bin_dir = Path(sys.executable).parent
+        # The instance's tables, made once before the services start: each would otherwise create
+        # them at the same moment on a fresh database, and all but one would fail.
+        _run([str(bin_dir / "dagster"), "instance", "migrate"], "creating the Dagster instance's tables", env=env)
         for number in range(1, workers + 1):
             start_worker(layout, number)
-        bin_dir = Path(sys.executable).parent
         workspace = ["-w", str(layout.workspace_file)]
         _start(layout, "daemon", [str(bin_dir / "dagster-daemon"), "run", *workspace], env)
         _start(
