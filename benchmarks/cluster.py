@@ -119,8 +119,9 @@ def kill_when_started(deployment: Deployment, run_id: str, step: str, timeout_s:
         started = [entry for entry in starts if entry.step_key == step]
         if started:
             time.sleep(5)  # mid-step: training has begun
-            os.kill(started[0].pid, signal.SIGKILL)
-            return started[0].pid
+            pid = started[0].dagster_event.pid  # the Celery pool process executing the step
+            os.kill(pid, signal.SIGKILL)
+            return pid
         time.sleep(0.5)
     raise RuntimeError(f"{step} did not start in {run_id}")
 
