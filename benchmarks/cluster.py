@@ -39,6 +39,7 @@ SOURCE = "demo"
 CLUSTER_VARIABLES = (
     settings.EXECUTOR_ENV,
     settings.TRACKING_URI_ENV,
+    "MLFLOW_TRACKING_URI",
     settings.CELERY_BROKER_ENV,
     settings.CELERY_BACKEND_ENV,
     local.POSTGRES_URL_ENV,

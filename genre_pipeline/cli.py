@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the data folder's sqlite)",
+        help="MLflow store (default: $GENRE_PIPELINE_TRACKING_URI, else the data folder's sqlite)",
     )
     predict.set_defaults(handler=_predict)
 

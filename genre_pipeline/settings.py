@@ -3,7 +3,7 @@
 ``TMDB_API_READ_ACCESS_TOKEN`` (or ``TMDB_API_KEY``) selects the real API,
 ``GENRE_PIPELINE_SNAPSHOT=DIR`` a replay of that folder, neither the demo catalog.
 ``TMDB_BASE_URL`` points the client at any TMDb-compatible server.
-``GENRE_PIPELINE_EXECUTOR`` picks where steps run (README's "Scale out"), ``MLFLOW_TRACKING_URI``
+``GENRE_PIPELINE_EXECUTOR`` picks where steps run (README's "Scale out"), ``GENRE_PIPELINE_TRACKING_URI``
 where training runs and the model registry are kept.
 """
 
@@ -32,7 +32,9 @@ EXECUTOR_ENV = "GENRE_PIPELINE_EXECUTOR"
 EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
 CELERY_BROKER_ENV = "GENRE_PIPELINE_CELERY_BROKER"
 CELERY_BACKEND_ENV = "GENRE_PIPELINE_CELERY_BACKEND"
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# Not MLFLOW_TRACKING_URI: MLflow rewrites that variable whenever a process sets a tracking URI, so it
+# cannot tell what the user chose (a second data folder's runs would land in the first one's store).
+TRACKING_URI_ENV = "GENRE_PIPELINE_TRACKING_URI"
 FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
 
 

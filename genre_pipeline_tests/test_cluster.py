@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from dagster_k8s.job import get_user_defined_k8s_config
 from mlflow import MlflowClient
 
 from genre_pipeline import settings
@@ -66,6 +65,9 @@ def _assets_by_name():
 
 
 def test_gpu_steps_are_routed_and_sized_and_tmdb_steps_share_the_pool():
+    # Imported here: the kubernetes client it brings quiets urllib3's logger for the whole session.
+    from dagster_k8s.job import get_user_defined_k8s_config
+
     assets = _assets_by_name()
     gpu = {name for name, asset in assets.items() if asset.op.tags.get("dagster-celery/queue") == GPU_QUEUE}
     assert gpu == GPU_ASSETS

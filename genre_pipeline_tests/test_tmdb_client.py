@@ -64,6 +64,8 @@ def test_a_missing_credential_names_the_variable_to_set(replay):
 
 def test_api_key_in_the_query_never_reaches_logs_or_errors(replay, caplog):
     caplog.set_level(logging.DEBUG)
+    # urllib3's own logger too: some libraries (the kubernetes client) quiet it to WARNING on import.
+    caplog.set_level(logging.DEBUG, logger="urllib3")
     with make_client(replay, token=None, api_key=API_KEY, max_retries=0) as client:
         assert client.get_json("/movie/900001")["id"] == 900001
         with pytest.raises(TMDbUnavailable) as raised:

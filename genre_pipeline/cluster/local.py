@@ -289,6 +289,7 @@ def cluster_environment(layout: ClusterLayout, ports: Ports, password: str, data
         POSTGRES_URL_ENV: f"{database}/{DAGSTER_DB}",
         "PGPASSWORD": password,
         settings.TRACKING_URI_ENV: f"{database}/{MLFLOW_DB}",
+        "MLFLOW_TRACKING_URI": f"{database}/{MLFLOW_DB}",  # for MLflow's own commands in a sourced shell
         settings.EXECUTOR_ENV: "celery",
         settings.CELERY_BROKER_ENV: f"redis://127.0.0.1:{ports.redis}/0",
         settings.CELERY_BACKEND_ENV: f"redis://127.0.0.1:{ports.redis}/1",

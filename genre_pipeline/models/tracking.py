@@ -52,7 +52,7 @@ def sqlite_uri(db_file: Path) -> str:
 
 
 def default_tracking_uri(store: DataStore) -> str:
-    """MLflow's own ``MLFLOW_TRACKING_URI`` (a shared server or database: README's "Scale out"), else the
+    """``GENRE_PIPELINE_TRACKING_URI`` (a shared server or database: README's "Scale out"), else the
     data folder's sqlite file. A database password belongs in ``PGPASSWORD``, not in the URI, which
     reports and metadata show."""
     return os.environ.get(settings.TRACKING_URI_ENV) or sqlite_uri(store.mlflow_db)
