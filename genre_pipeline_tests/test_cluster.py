@@ -178,6 +178,7 @@ def test_local_cluster_materializes_on_workers_with_state_in_postgres(cluster, m
     stopped = local.down(layout.root)
     assert set(stopped) == {"redis", "daemon", "webserver", "worker-1", "worker-2", "postgres"}
     assert local.running_services(layout) == {}
+    assert local._processes_of_instance(layout.dagster_home) == []  # code servers and run workers too
     assert all(local.port_free(port) for port in (ports.postgres, ports.redis, ports.webserver))
 
 

@@ -10,6 +10,7 @@ writes: the stand-in for a shared filesystem), ``logs/`` and ``pids/``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -129,6 +130,24 @@ def stop_service(layout: ClusterLayout, name: str, *, timeout_s: float = 30.0) -
     _reap(pid)
     pid_file.unlink()
     return was_running
+
+
+def _processes_of_instance(dagster_home: Path) -> list[int]:
+    """The running Dagster code servers and run workers (``dagster api ...``) started for this instance
+    (``DAGSTER_HOME`` in their environment); never a user's shell or tool that sourced cluster.env."""
+    marker = f"DAGSTER_HOME={dagster_home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            variables = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone, or another user's
+            continue
+        if b"dagster\0api\0" in command and marker in variables and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def _reap(pid: int) -> None:
@@ -454,6 +473,11 @@ def down(root: str | Path = DEFAULT_ROOT) -> list[str]:
     for name in sorted(names, key=lambda n: order.get(n, 2)):
         if stop_service(layout, name):
             stopped.append(name)
+    # Code servers and run workers start sessions of their own, out of their service's process group:
+    # found by the instance they were started for.
+    for pid in _processes_of_instance(layout.dagster_home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     if _stop_postgres(layout):
         stopped.append("postgres")
     return stopped
