@@ -69,9 +69,12 @@ class StepRecord:
     step: str
     status: str
     worker: str | None  # the Celery worker that executed it (None under another executor)
-    seconds: float | None
     started: float | None
     ended: float | None
+
+    @property
+    def seconds(self) -> float | None:
+        return round(self.ended - self.started, 2) if self.started and self.ended else None
 
 
 class Deployment:
@@ -167,15 +170,13 @@ class Deployment:
                 break
         records = []
         for stats in self.run(run_id)["stepStats"]:
-            start, end = stats["startTime"], stats["endTime"]
             records.append(
                 StepRecord(
                     step=stats["stepKey"],
                     status=stats["status"],
                     worker=workers.get(stats["stepKey"]),
-                    seconds=round(end - start, 2) if start and end else None,
-                    started=start,
-                    ended=end,
+                    started=stats["startTime"],
+                    ended=stats["endTime"],
                 )
             )
         return sorted(records, key=lambda record: record.started or float("inf"))

@@ -114,6 +114,16 @@ def _embed(
     }
 
 
+# The two embedding assets: frozen encoders over the clean movies, on a GPU worker where there is one.
+embedding_asset = dg.asset(
+    group_name="models",
+    deps=[movies_clean],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"pytorch"},
+    op_tags=GPU_STEP_TAGS,
+)
+
+
 def _embedding_result(per_encoder: list[dict]) -> dg.MaterializeResult:
     """One encoder's figures as they are; several encoders' side by side in a table."""
     version = "".join(m.pop("version") for m in per_encoder)
@@ -123,13 +133,7 @@ def _embedding_result(per_encoder: list[dict]) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
 
-@dg.asset(
-    group_name="models",
-    deps=[movies_clean],
-    automation_condition=ON_UPSTREAM_DATA_CHANGE,
-    kinds={"pytorch"},
-    op_tags=GPU_STEP_TAGS,
-)
+@embedding_asset
 def text_embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
 ) -> dg.MaterializeResult:
@@ -162,13 +166,7 @@ def text_embeddings(
     )
 
 
-@dg.asset(
-    group_name="models",
-    deps=[movies_clean],
-    automation_condition=ON_UPSTREAM_DATA_CHANGE,
-    kinds={"pytorch"},
-    op_tags=GPU_STEP_TAGS,
-)
+@embedding_asset
 def poster_embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
 ) -> dg.MaterializeResult:
@@ -222,7 +220,7 @@ def _log_and_report(
     context, outcome, data, store: DataStore, training: TrainingResource, params: dict, fingerprint: str
 ) -> dg.MaterializeResult:
     """The model's MLflow run and report files; the asset's metadata."""
-    tracking_uri = training.tracking_uri or tracking.default_tracking_uri(store)
+    tracking_uri = training.tracking_uri_for(store)
     report, files = tracking.log_training_run(
         outcome,
         data,

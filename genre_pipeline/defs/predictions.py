@@ -47,7 +47,7 @@ def genre_predictions(
     test-split movies as a check, with the champion version that answered; reruns when the champion or
     the movies change."""
     store = storage.store
-    predictor = GenrePredictor.from_registry(training.tracking_uri or tracking.default_tracking_uri(store))
+    predictor = GenrePredictor.from_registry(training.tracking_uri_for(store))
     details = store.read_details()
     splits = store.read_table(store.splits_file)
     movies, scored_as = movies_to_score(

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 
 from genre_pipeline import settings
 from genre_pipeline.files import remove_partial_files
+from genre_pipeline.models import tracking
 from genre_pipeline.models.encoders import DEFAULT_TEXT_ENCODER
 from genre_pipeline.models.onnx_backend import DEFAULT_BACKEND, check_backend
 from genre_pipeline.store import DataStore
@@ -194,6 +195,10 @@ class TrainingResource(dg.ConfigurableResource):
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def tracking_uri_for(self, store: DataStore) -> str:
+        """``tracking_uri`` when set, else GENRE_PIPELINE_TRACKING_URI, else the data folder's sqlite."""
+        return self.tracking_uri or tracking.default_tracking_uri(store)
 
     def fine_tunes(self) -> bool:
         return self.fine_tune if self.fine_tune is not None else self.resolved_device() == "cuda"
