@@ -40,9 +40,10 @@ def encode_timed(encoder, inputs: list) -> tuple[np.ndarray, float]:
 def head_validation_macro_f1(train_x, train_y, val_x, val_y) -> float:
     from sklearn.metrics import f1_score
 
-    from genre_pipeline.models.heads import build_head
+    from genre_pipeline.models.heads import build_head, predict_proba
     from genre_pipeline.models.thresholds import apply_thresholds, tune_thresholds
-    from genre_pipeline.models.training import TrainingConfig, predict_proba, set_seeds, train_head
+    from genre_pipeline.training.config import TrainingConfig
+    from genre_pipeline.training.loop import set_seeds, train_head
 
     config = TrainingConfig()
     set_seeds(config.seed)
@@ -65,8 +66,10 @@ def main() -> None:
     import torch
 
     from genre_pipeline import settings
-    from genre_pipeline.models.encoders import EncoderUnavailable, ImageEncoder, TextEncoder
-    from genre_pipeline.models.onnx_backend import BACKENDS, DEFAULT_BACKEND, compare
+    from genre_pipeline.models.encoders import EncoderUnavailable
+    from genre_pipeline.models.encoders.image import ImageEncoder
+    from genre_pipeline.models.encoders.onnx_backend import BACKENDS, DEFAULT_BACKEND, compare
+    from genre_pipeline.models.encoders.text import TextEncoder
     from genre_pipeline.store import DataStore
 
     store = DataStore(settings.default_data_dir() / settings.configured_source().slug)

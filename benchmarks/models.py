@@ -87,7 +87,7 @@ def main() -> None:
     select_snapshot(args.snapshot)
     from genre_pipeline.defs import dataset, ingestion, models
     from genre_pipeline.defs.resources import TMDbResource, TrainingResource, build_resources
-    from genre_pipeline.models import tracking
+    from genre_pipeline.models import registry
     from genre_pipeline.models.metrics import HEADLINE_KEYS
 
     resources = build_resources(settings.configured_source())
@@ -154,7 +154,7 @@ def main() -> None:
         "without_posters": round(stack["test_macro_f1_without_posters"], 4),
         "on_movies_with_posters": round(stack["test_subsets"]["with_poster"]["macro_f1"], 4),
     }
-    latency = predict_latency(tracking.sqlite_uri(store.mlflow_db), args.snapshot)
+    latency = predict_latency(registry.sqlite_uri(store.mlflow_db), args.snapshot)
     champion = metadata["model_comparison"]["candidate"]
     champion_f1 = results[champion]["macro_f1"]
     best_single = max(

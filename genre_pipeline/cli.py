@@ -57,7 +57,7 @@ def _years(args: argparse.Namespace) -> int:
 
 
 def _default_tracking_uri() -> str:
-    from genre_pipeline.models.tracking import default_tracking_uri
+    from genre_pipeline.models.registry import default_tracking_uri
     from genre_pipeline.store import DataStore
 
     return default_tracking_uri(DataStore(settings.default_data_dir() / settings.configured_source().slug))
@@ -75,27 +75,18 @@ def _champion(args: argparse.Namespace):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from genre_pipeline.models.classifier import MAX_OVERVIEW_CHARS
+    from genre_pipeline.models import movie
 
-    if not (args.overview or "").strip():
-        raise ValueError("--overview is empty: give the movie's plot overview")
-    if len(args.overview) > MAX_OVERVIEW_CHARS:
-        raise ValueError(
-            f"--overview has {len(args.overview):,} characters, over the {MAX_OVERVIEW_CHARS:,} the model takes: "
-            "give the plot overview"
-        )
+    row = {field.name: getattr(args, field.name) for field in movie.FIELDS if field.kind != "image"}
+    refused = movie.problems(row)
+    if refused:
+        raise ValueError("; ".join(f"{field.option} {why}" for field, why in refused))
     notes, poster = [], args.poster
     if poster is not None and not Path(poster).is_file():
         why = "is a folder, not an image file" if Path(poster).is_dir() else "does not exist"
         notes.append(f"the poster {poster} {why}: predicted without it")
         poster = None
-    metadata = {
-        "original_language": args.language,
-        "runtime": args.runtime,
-        "release_year": args.year,
-        "vote_average": args.vote_average,
-        "vote_count": args.vote_count,
-    }
+    metadata = {field.name: row[field.name] for field in movie.METADATA_FIELDS}
     predictor = _champion(args)
     prediction = predictor.predict(
         args.overview, args.tagline, poster, top_k=args.top_k, title=args.title, metadata=metadata
@@ -140,7 +131,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import mlflow
 
     from genre_pipeline.models.metrics import HEADLINE_KEYS
-    from genre_pipeline.models.predictor import evaluate_snapshot
+    from genre_pipeline.models.scoring import evaluate_snapshot
     from genre_pipeline.tmdb.snapshot import check_layout
 
     check_layout(Path(args.snapshot))
@@ -250,16 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     tracking_uri.set_defaults(handler=_tracking_uri)
 
     predict = commands.add_parser("predict", help="top genres for an overview (and poster) from the champion")
-    predict.add_argument("--overview", required=True)
-    predict.add_argument("--tagline", default=None)
-    predict.add_argument("--title", default=None)
+    from genre_pipeline.models import movie
+
+    for field in movie.FIELDS:
+        if field.kind == "text" and field.name not in movie.METADATA_COLUMNS:
+            predict.add_argument(field.option, dest=field.name, required=field.required, help=field.description)
     predict.add_argument("--poster", default=None, help="a poster image file")
     metadata = predict.add_argument_group("TMDb metadata (each optional)")
-    metadata.add_argument("--language", default=None, help="original_language, e.g. en, fr, ja")
-    metadata.add_argument("--runtime", type=float, default=None, help="minutes")
-    metadata.add_argument("--year", type=int, default=None, help="release year")
-    metadata.add_argument("--vote-average", type=float, default=None)
-    metadata.add_argument("--vote-count", type=int, default=None)
+    for field in movie.METADATA_FIELDS:
+        number = {"number": float, "integer": int}.get(field.kind, str)
+        metadata.add_argument(field.option, dest=field.name, type=number, default=None, help=field.description)
     predict.add_argument("--top-k", type=_at_least(1), default=3, help="list this many most probable genres")
     predict.add_argument("--json", action="store_true")
     predict.add_argument(
@@ -298,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in QUIET_LIBRARIES.items():
         os.environ.setdefault(name, value)
     from genre_pipeline.cluster.local import ClusterError
-    from genre_pipeline.models.predictor import NoChampion
+    from genre_pipeline.models.registry import NoChampion
 
     try:
         return args.handler(args)

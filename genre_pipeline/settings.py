@@ -3,7 +3,7 @@
 ``TMDB_API_READ_ACCESS_TOKEN`` (or ``TMDB_API_KEY``) selects the real API,
 ``GENRE_PIPELINE_SNAPSHOT=DIR`` a replay of that folder, neither the demo catalog.
 ``TMDB_BASE_URL`` points the client at any TMDb-compatible server.
-``GENRE_PIPELINE_EXECUTOR`` picks where steps run (README's "Scale out"), ``GENRE_PIPELINE_TRACKING_URI``
+``GENRE_PIPELINE_EXECUTOR`` picks where steps run (docs/scale-out.md), ``GENRE_PIPELINE_TRACKING_URI``
 where training runs and the model registry are kept.
 """
 
@@ -35,6 +35,8 @@ CELERY_BACKEND_ENV = "GENRE_PIPELINE_CELERY_BACKEND"
 # Not MLFLOW_TRACKING_URI: MLflow rewrites that variable whenever a process sets a tracking URI, so it
 # cannot tell what the user chose (a second data folder's runs would land in the first one's store).
 TRACKING_URI_ENV = "GENRE_PIPELINE_TRACKING_URI"
+# Serve every model's encoders on this backend instead of the one each was trained with.
+ENCODER_BACKEND_ENV = "GENRE_PIPELINE_ENCODER_BACKEND"
 FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
 
 
@@ -52,6 +54,16 @@ def executor_name(env: Mapping[str, str] = os.environ) -> str:
     if missing:
         raise ValueError(f"{EXECUTOR_ENV}=celery needs {' and '.join(missing)} (e.g. redis://127.0.0.1:6379/0)")
     return name
+
+
+def tracking_uri_override(env: Mapping[str, str] = os.environ) -> str | None:
+    """``GENRE_PIPELINE_TRACKING_URI``: a shared MLflow server or database (docs/scale-out.md)."""
+    return env.get(TRACKING_URI_ENV) or None
+
+
+def encoder_backend_override(env: Mapping[str, str] = os.environ) -> str | None:
+    """``GENRE_PIPELINE_ENCODER_BACKEND``: the encoder backend to serve with, whatever a model was trained on."""
+    return env.get(ENCODER_BACKEND_ENV) or None
 
 
 def encoder_cache_dir(env: Mapping[str, str] = os.environ) -> Path:

@@ -1,7 +1,10 @@
 """The import direction README's architecture section describes: each package imports only the ones
-below it, and only the Dagster wiring imports Dagster."""
+below it, only the Dagster wiring imports Dagster, and what serves the model (the server, the CLI's
+predict and evaluate, the registry) imports no training code. The last tests break a copy of the tree
+on purpose and show that each rule then fails."""
 
 import ast
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,27 +14,39 @@ PACKAGE = Path(__file__).resolve().parents[1] / "genre_pipeline"
 # Which of the project's packages (or top-level modules) each one may import.
 MAY_IMPORT = {
     "files": set(),
+    "images": set(),
+    "options": set(),
     "tmdb": {"files"},
     "settings": {"tmdb", "store"},
     "store": {"files"},
-    "ingestion": {"files", "tmdb", "store"},
-    "dataset": {"files", "ingestion"},
-    "models": {"files", "tmdb", "settings", "store", "ingestion", "dataset"},
-    "serving": {"models", "dataset", "ingestion"},
+    "ingestion": {"files", "images", "options", "tmdb", "store"},
+    "dataset": {"files", "options", "ingestion"},
+    "models": {"files", "images", "tmdb", "settings", "store", "dataset"},
+    "training": {"files", "options", "settings", "store", "ingestion", "dataset", "models"},
+    "serving": {"models", "images"},
     "cluster": {"settings"},
     "cli": {"settings", "tmdb", "store", "models", "serving", "cluster"},
-    "defs": {"files", "tmdb", "settings", "store", "ingestion", "dataset", "models"},
+    "defs": {"files", "tmdb", "settings", "store", "ingestion", "dataset", "models", "training"},
     "definitions": {"defs", "settings"},
 }
 MAY_IMPORT_DAGSTER = {"defs", "definitions"}
+# Modules that serve a registered model: nothing they import, however indirectly, may be training code.
+SERVING_ENTRIES = ("serving.app", "cli", "models.registry", "models.predictor", "models.scoring")
+TRAINING = "training"
 
 
-def unit_of(path: Path) -> str:
-    """The package (or top-level module) a source file belongs to."""
-    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+def unit_of(module: str) -> str:
+    """The package (or top-level module) of a dotted module name below genre_pipeline."""
+    return module.split(".")[0]
+
+
+def module_of(path: Path, package: Path) -> str:
+    parts = path.relative_to(package).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -42,25 +57,105 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+def project_imports(package: Path) -> dict[str, set[str]]:
+    """module -> the project's modules it imports (names relative to genre_pipeline)."""
+    graph = {}
+    for path in sorted(package.rglob("*.py")):
+        imports = imported_modules(path)
+        graph[module_of(path, package)] = {
+            n.removeprefix("genre_pipeline.") for n in imports if n.startswith("genre_pipeline.")
+        }
+        graph[module_of(path, package)] |= {f"dagster:{n}" for n in imports if n.split(".")[0] == "dagster"}
+    return graph
+
+
+def violations(package: Path) -> list[str]:
+    """Every broken rule in the tree at ``package``, as a sentence each."""
+    graph = project_imports(package)
+    found = []
+    for module, imports in sorted(graph.items()):
+        if not module:
+            continue
+        unit = unit_of(module)
+        if unit not in MAY_IMPORT:
+            found.append(f"{module}: the package {unit!r} has no rule")
+            continue
+        for name in sorted(imports):
+            if name.startswith("dagster:"):
+                if unit not in MAY_IMPORT_DAGSTER:
+                    found.append(f"{module} imports dagster")
+            elif unit_of(name) != unit and unit_of(name) not in MAY_IMPORT[unit]:
+                found.append(f"{module} may not import {name}")
+    for entry in SERVING_ENTRIES:
+        for reached in sorted(_reachable(graph, entry)):
+            if unit_of(reached) == TRAINING:
+                found.append(f"{entry} reaches training code: {reached}")
+    return found
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """The project's modules ``start`` imports directly or through others (a name may be a module or a
+    name inside one: both count)."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        for name in graph.get(module, ()):
+            if name.startswith("dagster:"):
+                continue
+            for candidate in (name, name.rpartition(".")[0]):
+                if candidate in graph and candidate not in seen:
+                    seen.add(candidate)
+                    todo.append(candidate)
+    return seen
+
+
+def test_the_tree_keeps_every_rule():
+    assert violations(PACKAGE) == []
 
 
 def test_every_package_has_a_rule():
-    assert {unit_of(p) for p in SOURCES} == set(MAY_IMPORT)
+    units = {unit_of(m) for m in project_imports(PACKAGE) if m}
+    assert units == set(MAY_IMPORT)
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_imports_point_down(path):
-    unit = unit_of(path)
-    imports = imported_modules(path)
-    project = {name.split(".")[1] for name in imports if name.startswith("genre_pipeline.")} - {unit}
-    assert project <= MAY_IMPORT[unit], f"{unit} may not import {sorted(project - MAY_IMPORT[unit])}"
-    if unit not in MAY_IMPORT_DAGSTER:
-        assert not {name for name in imports if name.split(".")[0] == "dagster"}, f"{unit} imports dagster"
+@pytest.fixture
+def tree_copy(tmp_path) -> Path:
+    return Path(shutil.copytree(PACKAGE, tmp_path / "genre_pipeline", ignore=shutil.ignore_patterns("__pycache__")))
 
 
-def test_the_rule_catches_a_plain_module_that_imports_dagster(tmp_path):
-    stray = tmp_path / "stray.py"
-    stray.write_text("import dagster as dg\nfrom genre_pipeline.defs.resources import StorageResource\n")
-    imports = imported_modules(stray)
-    assert "dagster" in imports and "genre_pipeline.defs.resources" in imports
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + f"\n{line}\n")
+
+
+@pytest.mark.parametrize(
+    "file, line, broken",
+    [
+        ("serving/app.py", "from genre_pipeline.training import runs", "serving.app may not import training.runs"),
+        ("models/registry.py", "import dagster as dg", "models.registry imports dagster"),
+        ("dataset/cleaning.py", "from genre_pipeline.models import movie", "dataset.cleaning may not import models"),
+        (
+            "models/predictor.py",
+            "from genre_pipeline.training.loop import set_seeds",
+            "models.predictor may not import training.loop",
+        ),
+    ],
+)
+def test_a_forbidden_import_in_a_copy_of_the_tree_fails_the_rules(tree_copy, file, line, broken):
+    _append(tree_copy / file, line)
+    assert any(v.startswith(broken) for v in violations(tree_copy)), violations(tree_copy)
+
+
+def test_training_code_reached_indirectly_from_serving_fails(tree_copy):
+    """Allowed imports can still chain into training: serving -> models -> (a function-level import of)
+    training. The chain is followed through every module."""
+    _append(tree_copy / "models/metrics.py", "def _lazy():\n    from genre_pipeline.training import loop")
+    found = violations(tree_copy)
+    assert "models.metrics may not import training.loop" in found
+    assert any(v.startswith("serving.app reaches training code") for v in found)
+    assert any(v.startswith("cli reaches training code") for v in found)
+
+
+def test_a_new_package_without_a_rule_fails(tree_copy):
+    (tree_copy / "reports").mkdir()
+    (tree_copy / "reports" / "__init__.py").write_text('"""New."""\n')
+    assert "reports: the package 'reports' has no rule" in violations(tree_copy)

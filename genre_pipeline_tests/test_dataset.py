@@ -193,7 +193,7 @@ def test_a_small_batch_of_new_movies_is_assigned_by_a_seeded_hash():
 
 def test_split_fractions_are_validated():
     with pytest.raises(ValueError, match="fractions"):
-        splits.SplitFractions(validation=0.6, test=0.5)
+        splits.SplitFractions(validation_fraction=0.6, test_fraction=0.5)
 
 
 def test_eda_plots_are_readable_pngs_and_one_html_page(tmp_path):
@@ -223,7 +223,7 @@ def test_eda_plots_are_readable_pngs_and_one_html_page(tmp_path):
 def test_the_eda_page_counts_the_movies_its_genre_plots_count(tmp_path):
     rows = [["Drama"], ["Comedy", "Drama"], ["Horror"]] * 10 + [["Western"]] * 2  # Western: pruned
     movies = pd.DataFrame({"id": range(len(rows)), "overview_tokens": np.arange(len(rows)) + 5})
-    result = labels.build_labels(movies["id"], rows, min_genre_count=3)
+    result = labels.build_labels(movies["id"], rows, labels.LabelRules(min_genre_count=3))
     paths = eda.write_eda_report(
         movies,
         result.full,
@@ -245,12 +245,12 @@ def test_heatmap_numbers_contrast_with_their_cell():
 
 def test_pruning_follows_the_share_of_movies_as_well_as_the_count():
     rows = [["Drama"]] * 180 + [["Comedy"]] * 18 + [["TV Movie", "Drama"]] * 2
-    result = labels.build_labels(range(200), rows, min_genre_count=1, min_genre_fraction=0.015)
+    result = labels.build_labels(range(200), rows, labels.LabelRules(min_genre_count=1, min_genre_fraction=0.015))
     assert result.pruned == {"TV Movie": 2} and result.full.classes == ["Comedy", "Drama"]
-    result = labels.build_labels(range(200), rows, min_genre_count=1, min_genre_fraction=0.0)
+    result = labels.build_labels(range(200), rows, labels.LabelRules(min_genre_count=1, min_genre_fraction=0.0))
     assert result.pruned == {} and "TV Movie" in result.full.classes
 
 
 def test_too_few_movies_for_two_genres_is_a_clear_error():
     with pytest.raises(ValueError, match="too few to learn genres"):
-        labels.build_labels(range(12), [["Drama"]] * 11 + [["Comedy"]], min_genre_count=10)
+        labels.build_labels(range(12), [["Drama"]] * 11 + [["Comedy"]], labels.LabelRules(min_genre_count=10))

@@ -118,7 +118,7 @@ def test_a_converted_poster_records_the_stored_size_and_a_broken_stored_file_is_
     (catalog_copy / "posters" / png["poster_path"].lstrip("/")).write_bytes(buffer.getvalue())
     (catalog_copy / "posters" / broken["poster_path"].lstrip("/")).write_bytes(b"\xff\xd8\xff" + b"\x00" * 5000)
     with serve_snapshot(catalog_copy, token=TOKEN) as server:
-        store, (frame, _) = posters_of(server, tmp_path, catalog_copy, size="w342")
+        store, (frame, _) = posters_of(server, tmp_path, catalog_copy, rules=poster_files.PosterRules(size="w342"))
         broken_path = f"/t/p/w342{broken['poster_path']}"
         assert server.state.paths[broken_path] == 1  # answered, not dropped and retried
     rows = frame.set_index("id")

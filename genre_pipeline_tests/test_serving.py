@@ -15,7 +15,7 @@ import requests
 from mlflow import MlflowClient
 from PIL import Image
 
-from genre_pipeline.models import tracking
+from genre_pipeline.models import registry
 from genre_pipeline.models.predictor import GenrePredictor
 
 from .conftest import BIN, free_port, wait_for
@@ -45,7 +45,7 @@ def start_server(trained, tmp_path) -> Server:
     for other tests (the copy's model versions point at the same artifacts)."""
     db = tmp_path / "mlflow.db"
     shutil.copy(trained["store"].mlflow_db, db)
-    uri, port = tracking.sqlite_uri(db), free_port()
+    uri, port = registry.sqlite_uri(db), free_port()
     process = subprocess.Popen(
         [BIN / "genre-pipeline", "serve", "--tracking-uri", uri, "--port", str(port), "--poll-interval", "0.5"],
         stdout=subprocess.DEVNULL,
@@ -290,7 +290,7 @@ def test_the_server_reloads_a_moved_champion_without_dropping_requests(trained, 
                 versions.add(answer.json()["model"]["version"])
 
     client = MlflowClient(running.uri, running.uri)
-    before = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS)
+    before = client.get_model_version_by_alias(registry.REGISTERED_MODEL, registry.CHAMPION_ALIAS)
     report = json.loads(trained["store"].model_report_file("baseline_model").read_text())
     asker = threading.Thread(target=keep_asking)
     asker.start()
@@ -298,8 +298,8 @@ def test_the_server_reloads_a_moved_champion_without_dropping_requests(trained, 
         loaded_at = running.get("/model").json()["loaded_at"]
         time.sleep(2)  # four polls: an alias that did not move reloads nothing
         assert running.get("/model").json()["loaded_at"] == loaded_at
-        moved = client.create_model_version(tracking.REGISTERED_MODEL, report["model_uri"], run_id=report["run_id"])
-        client.set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS, moved.version)
+        moved = client.create_model_version(registry.REGISTERED_MODEL, report["model_uri"], run_id=report["run_id"])
+        client.set_registered_model_alias(registry.REGISTERED_MODEL, registry.CHAMPION_ALIAS, moved.version)
         deadline = time.monotonic() + 180
         while running.get("/model").json()["version"] != str(moved.version):
             assert time.monotonic() < deadline, "the server did not load the moved champion"

@@ -6,7 +6,8 @@ import pytest
 
 from genre_pipeline.models.members import MemberInputs
 from genre_pipeline.models.metadata import MetadataEncoder, clean, hide_at_random
-from genre_pipeline.models.stacking import CompiledTrees, Stacker, boosted_trees, out_of_fold
+from genre_pipeline.models.stacker import CompiledTrees, Stacker, boosted_trees
+from genre_pipeline.training.stack import out_of_fold
 
 
 def test_out_of_fold_never_predicts_a_row_with_a_model_fitted_on_it():

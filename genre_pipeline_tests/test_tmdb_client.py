@@ -8,10 +8,11 @@ import tracemalloc
 import pytest
 from PIL import Image
 
+from genre_pipeline.images import PosterError, verify_poster
 from genre_pipeline.ingestion import discover
 from genre_pipeline.ingestion.details import fetch_details
 from genre_pipeline.ingestion.discover import discover_year
-from genre_pipeline.ingestion.posters import PosterError, download_posters, verify_poster
+from genre_pipeline.ingestion.posters import PosterRules, download_posters
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.client import RateLimiter, TMDbAuthError, TMDbClient, TMDbUnavailable
 from genre_pipeline.tmdb.snapshot import load_snapshot
@@ -146,7 +147,9 @@ def test_posters_resized_to_the_requested_size(replay, demo_dir, tmp_path):
     store = DataStore(tmp_path / "store")
     movie = next(m for m in load_snapshot(demo_dir).movies.values() if m["poster_path"])
     with make_client(replay) as client:
-        frame, _ = download_posters(client, store, [movie], image_base_url=f"{replay.base_url}/t/p", size="w92")
+        frame, _ = download_posters(
+            client, store, [movie], image_base_url=f"{replay.base_url}/t/p", rules=PosterRules(size="w92")
+        )
     assert frame.iloc[0]["status"] == "ok" and frame.iloc[0]["width"] == 92
 
 

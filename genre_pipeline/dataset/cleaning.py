@@ -9,6 +9,7 @@ import unicodedata
 import pandas as pd
 
 from genre_pipeline.ingestion import posters as poster_files
+from genre_pipeline.options import described
 
 CLEAN_COLUMNS = [
     "id",
@@ -46,11 +47,9 @@ class CleaningRules:
     """Which movies the cleaned data set keeps. Declared once, here: the movies_clean asset's run config
     is made from these fields."""
 
-    require_tagline: bool = dataclasses.field(
-        default=False, metadata={"description": "Drop movies without a tagline (the original study's rule)."}
-    )
-    min_overview_tokens: int = dataclasses.field(default=5, metadata={"description": "Drop shorter overviews."})
-    max_overview_tokens: int = dataclasses.field(default=300, metadata={"description": "Drop longer overviews."})
+    require_tagline: bool = described(False, "Drop movies without a tagline (the original study's rule).")
+    min_overview_tokens: int = described(5, "Drop shorter overviews.")
+    max_overview_tokens: int = described(300, "Drop longer overviews.")
 
 
 @dataclasses.dataclass

@@ -23,18 +23,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 from sklearn.preprocessing import MultiLabelBinarizer
 
+from genre_pipeline.options import described
+
 OTHERS = "Others"
+# The two label sets every model can train on: the pruned TMDb genres, and their merge with Others.
+LabelSetName = typing.Literal["full", "merged"]
+FULL, MERGED = typing.get_args(LabelSetName)
+LABEL_SETS: tuple[LabelSetName, ...] = (FULL, MERGED)
+
+
+def check_label_set(name: str) -> LabelSetName:
+    """``name`` if it names a label set, else a ValueError that lists them."""
+    if name not in LABEL_SETS:
+        raise ValueError(f"unknown label set {name!r}: use one of {', '.join(LABEL_SETS)}")
+    return name
 
 
 @dataclasses.dataclass
 class LabelSet:
-    name: str
+    name: LabelSetName
     classes: list[str]
     ids: np.ndarray  # movie ids, row order of ``matrix``
     matrix: np.ndarray  # (movies, classes) of 0/1
@@ -47,7 +61,7 @@ class LabelSet:
     @classmethod
     def from_frame(cls, name: str, frame: pd.DataFrame) -> "LabelSet":
         classes = [c for c in frame.columns if c != "id"]
-        return cls(name, classes, frame["id"].to_numpy(), frame[classes].to_numpy(dtype=np.uint8))
+        return cls(check_label_set(name), classes, frame["id"].to_numpy(), frame[classes].to_numpy(dtype=np.uint8))
 
     def counts(self) -> dict[str, int]:
         return dict(zip(self.classes, self.matrix.sum(axis=0).astype(int).tolist()))
@@ -76,7 +90,7 @@ def binarize(ids, genre_lists, *, min_count: int) -> tuple[LabelSet, dict[str, i
     classes = [str(g) for g, k in zip(binarizer.classes_, keep) if k]
     has_label = matrix.sum(axis=1) > 0
     ids = np.asarray(list(ids))
-    return LabelSet("full", classes, ids[has_label], matrix[has_label]), pruned, int((~has_label).sum())
+    return LabelSet(FULL, classes, ids[has_label], matrix[has_label]), pruned, int((~has_label).sum())
 
 
 def cooccurrence(labels: LabelSet) -> pd.DataFrame:
@@ -123,25 +137,30 @@ def merge_into_others(
     if reasons:
         others = labels.matrix[:, [labels.classes.index(g) for g in reasons]].max(axis=1, keepdims=True)
         matrix, kept = np.hstack([matrix, others]), kept + [OTHERS]
-    return LabelSet("merged", kept, labels.ids, matrix.astype(np.uint8)), reasons, degree
+    return LabelSet(MERGED, kept, labels.ids, matrix.astype(np.uint8)), reasons, degree
 
 
-def build_labels(
-    ids,
-    genre_lists,
-    *,
-    min_genre_count: int = 10,
-    min_genre_fraction: float = 0.015,
-    n_merged: int = 12,
-    merge_min_fraction: float = 0.03,
-) -> LabelResult:
+@dataclasses.dataclass(frozen=True)
+class LabelRules:
+    """How the label sets are built; the genre_labels asset's run config is made from these fields."""
+
+    min_genre_count: int = described(10, "Prune genres on fewer movies than this.")
+    min_genre_fraction: float = described(0.015, "Prune genres on a smaller share of movies.")
+    n_merged_labels: int = described(12, "Labels after merging, Others included.")
+    merge_min_fraction: float = described(0.03, "Genres rarer than this merge into Others.")
+
+
+def build_labels(ids, genre_lists, rules: LabelRules | None = None) -> LabelResult:
+    rules = rules or LabelRules()
     genre_lists = list(genre_lists)
-    min_count = max(min_genre_count, math.ceil(min_genre_fraction * len(genre_lists)))
+    min_count = max(rules.min_genre_count, math.ceil(rules.min_genre_fraction * len(genre_lists)))
     full, pruned, dropped = binarize(ids, genre_lists, min_count=min_count)
     if len(full.classes) < 2:
         raise ValueError(
             f"only {len(full.classes)} genre(s) have at least {min_count} of the {len(genre_lists)} movies: "
             f"too few to learn genres from; ingest more movies (a wider GENRE_PIPELINE_YEARS range)"
         )
-    merged, reasons, degree = merge_into_others(full, n_labels=n_merged, min_fraction=merge_min_fraction)
+    merged, reasons, degree = merge_into_others(
+        full, n_labels=rules.n_merged_labels, min_fraction=rules.merge_min_fraction
+    )
     return LabelResult(full, merged, pruned, reasons, degree, dropped)

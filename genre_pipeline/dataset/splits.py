@@ -15,25 +15,35 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
+from genre_pipeline.options import described
+
 SPLITS = ("train", "validation", "test")
 MIN_STRATIFIED_BATCH = 30
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitFractions:
-    validation: float = 0.15
-    test: float = 0.15
+    """The shares of new movies that go to validation and test; the rest train. The dataset_splits
+    asset's run config is made from these fields and the seed."""
+
+    validation_fraction: float = described(0.15, "Share of new movies assigned to validation.")
+    test_fraction: float = described(0.15, "Share of new movies assigned to test.")
+    seed: int = 42
 
     def __post_init__(self):
-        if not (0 < self.validation < 1 and 0 < self.test < 1 and self.validation + self.test < 1):
+        if not (
+            0 < self.validation_fraction < 1
+            and 0 < self.test_fraction < 1
+            and self.validation_fraction + self.test_fraction < 1
+        ):
             raise ValueError(f"split fractions must be in (0, 1) and leave room for train: {self}")
 
 
 def _stratified(ids: np.ndarray, labels: np.ndarray, fractions: SplitFractions, seed: int) -> dict[int, str]:
-    first = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fractions.test, random_state=seed)
+    first = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fractions.test_fraction, random_state=seed)
     rest_index, test_index = next(first.split(np.zeros(len(ids)), labels))
     second = MultilabelStratifiedShuffleSplit(
-        n_splits=1, test_size=fractions.validation / (1 - fractions.test), random_state=seed + 1
+        n_splits=1, test_size=fractions.validation_fraction / (1 - fractions.test_fraction), random_state=seed + 1
     )
     train_pos, validation_pos = next(second.split(np.zeros(len(rest_index)), labels[rest_index]))
     assignment = {int(ids[i]): "test" for i in test_index}
@@ -48,7 +58,11 @@ def _hashed(ids: np.ndarray, fractions: SplitFractions, seed: int) -> dict[int, 
         digest = hashlib.sha256(f"{seed}:{int(movie_id)}".encode()).digest()
         u = int.from_bytes(digest[:8], "big") / 2**64
         assignment[int(movie_id)] = (
-            "test" if u < fractions.test else "validation" if u < fractions.test + fractions.validation else "train"
+            "test"
+            if u < fractions.test_fraction
+            else "validation"
+            if u < fractions.test_fraction + fractions.validation_fraction
+            else "train"
         )
     return assignment
 
@@ -59,12 +73,12 @@ def assign_splits(
     history: pd.DataFrame | None = None,
     *,
     fractions: SplitFractions | None = None,
-    seed: int = 42,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Return (splits of the given movies, updated history, number newly assigned).
 
     ``history`` has columns id and split: every assignment ever made."""
     fractions = fractions or SplitFractions()
+    seed = fractions.seed
     ids = np.asarray(ids, dtype=np.int64)
     known = dict(zip(history["id"].astype(int), history["split"])) if history is not None and len(history) else {}
     is_new = np.array([int(i) not in known for i in ids], dtype=bool)

@@ -4,7 +4,6 @@ import time
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
 from genre_pipeline.dataset import cleaning, eda, labels, splits
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
@@ -14,23 +13,11 @@ from genre_pipeline.defs.resources import DataQualityResource, StorageResource, 
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import frame_fingerprint
 
-LABEL_SETS = ("full", "merged")
-
-
 CleaningConfig = config_from_dataclass(cleaning.CleaningRules, "CleaningConfig")
 
 
-class LabelConfig(dg.Config):
-    min_genre_count: int = Field(default=10, description="Prune genres on fewer movies than this.")
-    min_genre_fraction: float = Field(default=0.015, description="Prune genres on a smaller share of movies.")
-    n_merged_labels: int = Field(default=12, description="Labels after merging, Others included.")
-    merge_min_fraction: float = Field(default=0.03, description="Genres rarer than this merge into Others.")
-
-
-class SplitConfig(dg.Config):
-    validation_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 42
+LabelConfig = config_from_dataclass(labels.LabelRules, "LabelConfig")
+SplitConfig = config_from_dataclass(splits.SplitFractions, "SplitConfig")
 
 
 def _elapsed(started: float) -> float:
@@ -89,10 +76,7 @@ def genre_labels(config: LabelConfig, storage: StorageResource) -> dg.Materializ
         result = labels.build_labels(
             movies["id"],
             [list(g) for g in movies["genres"]],
-            min_genre_count=config.min_genre_count,
-            min_genre_fraction=config.min_genre_fraction,
-            n_merged=config.n_merged_labels,
-            merge_min_fraction=config.merge_min_fraction,
+            to_dataclass(labels.LabelRules, config),
         )
     except ValueError as error:
         raise dg.Failure(str(error), allow_retries=False) from None
@@ -101,8 +85,8 @@ def genre_labels(config: LabelConfig, storage: StorageResource) -> dg.Materializ
     store.write_json(
         store.label_sets_file,
         {
-            "full": result.full.classes,
-            "merged": result.merged.classes,
+            labels.FULL: result.full.classes,
+            labels.MERGED: result.merged.classes,
             "pruned": result.pruned,
             "merged_into_others": result.merge_reasons,
             "connectivity": result.connectivity,
@@ -138,14 +122,13 @@ def genre_labels(config: LabelConfig, storage: StorageResource) -> dg.Materializ
 def dataset_splits(config: SplitConfig, storage: StorageResource) -> dg.MaterializeResult:
     """Train / validation / test by iterative stratification on the full labels; a movie keeps its split."""
     store, started = storage.store, time.monotonic()
-    full = _load_label_set(storage, "full")
+    full = _load_label_set(storage, labels.FULL)
     history = store.read_table(store.split_history_file) if store.split_history_file.is_file() else None
     current, updated, newly_assigned = splits.assign_splits(
         full.ids,
         full.matrix,
         history,
-        fractions=splits.SplitFractions(config.validation_fraction, config.test_fraction),
-        seed=config.seed,
+        fractions=to_dataclass(splits.SplitFractions, config),
     )
     store.write_table(store.split_history_file, updated)
     store.write_table(store.splits_file, current)
@@ -178,8 +161,8 @@ def eda_report(storage: StorageResource, tmdb: TMDbResource) -> dg.MaterializeRe
     status_counts = poster_files.read_statuses(store)["status"].value_counts().to_dict()
     paths = eda.write_eda_report(
         movies,
-        _load_label_set(storage, "full"),
-        _load_label_set(storage, "merged"),
+        _load_label_set(storage, labels.FULL),
+        _load_label_set(storage, labels.MERGED),
         {status: int(status_counts.get(status, 0)) for status in poster_files.STATUSES},
         store.eda_dir,
         token_limits=(rules.get("min_overview_tokens", 0), rules.get("max_overview_tokens", 0)),
@@ -246,7 +229,7 @@ def label_matrices_consistent(storage: StorageResource) -> dg.AssetCheckResult:
     classes = store.read_json(store.label_sets_file, {})
     movie_ids = set(store.read_table(store.movies_clean_file)["id"])
     problems = []
-    for name in LABEL_SETS:
+    for name in labels.LABEL_SETS:
         frame = store.read_table(store.labels_file(name))
         columns = [c for c in frame.columns if c != "id"]
         values = frame[columns].to_numpy()
@@ -272,7 +255,7 @@ def splits_disjoint_and_covering(storage: StorageResource) -> dg.AssetCheckResul
     problems = []
     if current["id"].duplicated().any():
         problems.append("a movie is in more than one split")
-    for name in LABEL_SETS:
+    for name in labels.LABEL_SETS:
         label_frame = store.read_table(store.labels_file(name))
         if set(label_frame["id"]) != set(current["id"]):
             problems.append(f"{name}: splits do not cover exactly the labelled movies")

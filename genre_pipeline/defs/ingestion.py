@@ -10,7 +10,7 @@ from pydantic import Field
 
 from genre_pipeline import settings
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_RETRY
-from genre_pipeline.defs.common import markdown_table, progress_logger
+from genre_pipeline.defs.common import config_from_dataclass, markdown_table, progress_logger, to_dataclass
 from genre_pipeline.defs.execution import TMDB_POOL
 from genre_pipeline.defs.resources import StorageResource, TMDbResource
 from genre_pipeline.ingestion import posters as poster_files
@@ -44,10 +44,7 @@ class MovieDetailsConfig(dg.Config):
     max_failed_fraction: float = Field(default=0.01, description="Fail when more detail requests than this fail.")
 
 
-class PostersConfig(dg.Config):
-    size: str = Field(default="w342", description="A TMDb poster size from /configuration.")
-    min_width: int = 32
-    min_height: int = 32
+PostersConfig = config_from_dataclass(poster_files.PosterRules, "PostersConfig")
 
 
 def _client_metadata(tmdb: TMDbResource, client, started: float) -> dict:
@@ -227,9 +224,7 @@ def posters(
             store,
             details.values(),
             image_base_url=base,
-            size=config.size,
-            min_width=config.min_width,
-            min_height=config.min_height,
+            rules=to_dataclass(poster_files.PosterRules, config),
             previous=poster_files.read_statuses(store),
             progress=progress,
         )

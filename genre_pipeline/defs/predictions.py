@@ -11,11 +11,11 @@ from genre_pipeline.defs.ingestion import movie_details, posters
 from genre_pipeline.defs.models import model_comparison
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
-from genre_pipeline.models import metrics, tracking
-from genre_pipeline.models.predictor import (
+from genre_pipeline.models import metrics, registry
+from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.models.scoring import (
     LABELLED_CHECK,
     UNLABELLED,
-    GenrePredictor,
     labels_for,
     movies_to_score,
     predict_movies,
@@ -61,7 +61,7 @@ def genre_predictions(
     store.write_table(store.genre_predictions_file, table)
 
     metadata = {
-        "champion": f"{tracking.REGISTERED_MODEL} v{predictor.info['version']} ({predictor.info['model']})",
+        "champion": f"{registry.REGISTERED_MODEL} v{predictor.info['version']} ({predictor.info['model']})",
         "unlabelled_movies": int((table["scored_as"] == UNLABELLED).sum()),
         "check_movies": int((table["scored_as"] == LABELLED_CHECK).sum()),
         "with_poster": int(table["used_poster"].sum()),

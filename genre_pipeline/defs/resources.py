@@ -11,14 +11,16 @@ import pydantic
 from pydantic import Field, field_validator
 
 from genre_pipeline import settings
+from genre_pipeline.dataset.labels import FULL, LabelSetName
 from genre_pipeline.files import remove_partial_files
-from genre_pipeline.models import tracking
-from genre_pipeline.models.encoders import DEFAULT_TEXT_ENCODER
-from genre_pipeline.models.onnx_backend import DEFAULT_BACKEND, check_backend
+from genre_pipeline.models import registry
+from genre_pipeline.models.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, EncoderRef
+from genre_pipeline.models.encoders.onnx_backend import DEFAULT_BACKEND, check_backend
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog, lock
 from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, ClientPolicy, TMDbAuthError, TMDbClient
 from genre_pipeline.tmdb.replay import serve_snapshot
+from genre_pipeline.training.config import ModelSetup
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -157,7 +159,9 @@ class DataQualityResource(dg.ConfigurableResource):
 class TrainingResource(dg.ConfigurableResource):
     """What every model asset shares: label set, encoders, device and MLflow tracking."""
 
-    label_set: str = Field(default="full", description="'full' (18 genres on TMDb data) or 'merged' (12 with Others).")
+    label_set: LabelSetName = Field(
+        default=FULL, description="'full' (18 genres on TMDb data) or 'merged' (12 with Others)."
+    )
     text_encoders: list[str] = Field(
         default=[DEFAULT_TEXT_ENCODER],
         description="Text encoders: the bundled all-mpnet-base-v2 (default) or all-MiniLM-L6-v2 (5x faster), or "
@@ -166,7 +170,7 @@ class TrainingResource(dg.ConfigurableResource):
         min_length=1,
     )
     image_encoder: str = Field(
-        default="efficientnet-lite0", description="efficientnet-lite0, efficientnet-lite2 or resnet18."
+        default=DEFAULT_IMAGE_ENCODER, description="efficientnet-lite0, efficientnet-lite2 or resnet18."
     )
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu' or 'cuda'.")
     encoder_backend: str = Field(
@@ -179,7 +183,7 @@ class TrainingResource(dg.ConfigurableResource):
         description="Fine-tune the encoders with the heads; unset: on CUDA only (on CPU the heads train on "
         "cached embeddings of frozen encoders).",
     )
-    experiment: str = Field(default="genre-pipeline", description="MLflow experiment name.")
+    experiment: str = Field(default=registry.DEFAULT_EXPERIMENT, description="MLflow experiment name.")
     tracking_uri: Optional[str] = Field(
         default=None, description="MLflow tracking URI; default sqlite in the data folder."
     )
@@ -198,7 +202,27 @@ class TrainingResource(dg.ConfigurableResource):
 
     def tracking_uri_for(self, store: DataStore) -> str:
         """``tracking_uri`` when set, else GENRE_PIPELINE_TRACKING_URI, else the data folder's sqlite."""
-        return self.tracking_uri or tracking.default_tracking_uri(store)
+        return self.tracking_uri or registry.default_tracking_uri(store)
 
     def fine_tunes(self) -> bool:
         return self.fine_tune if self.fine_tune is not None else self.resolved_device() == "cuda"
+
+    def encoder_refs(self) -> tuple[tuple[EncoderRef, ...], EncoderRef]:
+        """The text encoders and the image encoder, each on the configured backend."""
+        return (
+            tuple(EncoderRef("text", name, backend=self.encoder_backend) for name in self.text_encoders),
+            EncoderRef("image", self.image_encoder, backend=self.encoder_backend),
+        )
+
+    def setup(self, store: DataStore) -> ModelSetup:
+        """What the models of a run share, as a plain spec for the training code."""
+        text, image = self.encoder_refs()
+        return ModelSetup(
+            label_set=self.label_set,
+            text_encoders=text,
+            image_encoder=image,
+            device=self.resolved_device(),
+            fine_tune=self.fine_tunes(),
+            tracking_uri=self.tracking_uri_for(store),
+            experiment=self.experiment,
+        )

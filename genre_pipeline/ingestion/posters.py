@@ -15,10 +15,11 @@ from collections import Counter
 from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from genre_pipeline.files import atomic_write_bytes
+from genre_pipeline.images import MIN_HEIGHT, MIN_WIDTH, PosterError, verify_poster
 from genre_pipeline.ingestion.results import Progress, settled
+from genre_pipeline.options import described
 from genre_pipeline.tmdb.client import TMDbClient, TMDbError
 
 if TYPE_CHECKING:
@@ -28,68 +29,6 @@ OK, NO_POSTER, HTTP_ERROR, CORRUPT = "ok", "no_poster", "http_error", "corrupt"
 STATUSES = (OK, NO_POSTER, HTTP_ERROR, CORRUPT)
 NOT_DOWNLOADED = "not_downloaded"
 STATUS_COLUMNS = ["id", "poster_path", "status", "file", "width", "height", "bytes", "error"]
-
-
-# --- verification --------------------------------------------------------------------
-MIN_WIDTH = 32
-MIN_HEIGHT = 32
-# TMDb's largest posters are about 2000x3000; PIL itself only warns below ~179 megapixels, and a
-# 17 KB PNG can declare 144 of them (1.7 GB decoded). The size is read from the header, before decoding.
-MAX_PIXELS = 40_000_000
-
-
-class PosterError(ValueError):
-    """The bytes are not a usable poster; ``kind`` is 'corrupt', 'too_small' or 'too_large'."""
-
-    def __init__(self, message: str, kind: str = "corrupt"):
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclasses.dataclass
-class VerifiedPoster:
-    image: Image.Image  # RGB
-    source_format: str | None
-    source_mode: str
-
-    @property
-    def is_rgb_jpeg(self) -> bool:
-        return self.source_format == "JPEG" and self.source_mode == "RGB"
-
-
-def verify_poster(data: bytes, *, min_width: int = MIN_WIDTH, min_height: int = MIN_HEIGHT) -> VerifiedPoster:
-    """Return the poster decoded to RGB, or raise PosterError.
-
-    ``verify()`` checks the container without decoding, so a full ``load()`` follows:
-    a truncated JPEG passes the first and fails the second.
-    """
-    if not data:
-        raise PosterError("empty file")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > MAX_PIXELS:
-                raise PosterError(
-                    f"image is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the "
-                    f"{MAX_PIXELS / 1e6:.0f} megapixels a poster may have",
-                    "too_large",
-                )
-            probe.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            source_format, source_mode = image.format, image.mode
-            rgb = image.convert("RGB")
-    except PosterError:
-        raise
-    except Image.DecompressionBombError as error:  # beyond twice PIL's own limit: refused at open
-        raise PosterError(f"image too large to decode: {error}", "too_large") from None
-    except UnidentifiedImageError:
-        raise PosterError("not an image file PIL can read") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise PosterError(f"not a readable image: {error}") from None
-    if rgb.width < min_width or rgb.height < min_height:
-        raise PosterError(f"image is {rgb.width}x{rgb.height}, smaller than {min_width}x{min_height}", "too_small")
-    return VerifiedPoster(rgb, source_format, source_mode)
 
 
 # --- statuses ------------------------------------------------------------------------
@@ -112,15 +51,22 @@ def poster_file_name(poster_path: str) -> str:
     return name
 
 
+@dataclasses.dataclass(frozen=True)
+class PosterRules:
+    """Which poster file is fetched and what it must be; the posters asset's run config is made from these."""
+
+    size: str = described("w342", "A TMDb poster size from /configuration.")
+    min_width: int = described(MIN_WIDTH, "Refuse narrower images (pixels).")
+    min_height: int = described(MIN_HEIGHT, "Refuse shorter images (pixels).")
+
+
 def download_posters(
     client: TMDbClient,
     store: DataStore,
     movies: Iterable[dict],
     *,
     image_base_url: str,
-    size: str = "w342",
-    min_width: int = 32,
-    min_height: int = 32,
+    rules: PosterRules | None = None,
     previous: pd.DataFrame | None = None,
     progress: Progress | None = None,
 ) -> tuple[pd.DataFrame, dict]:
@@ -129,6 +75,8 @@ def download_posters(
     A poster already stored and verified for the same poster_path is kept without a
     request. Bytes that fail verification go to ``rejected/`` and never to ``images/``.
     """
+    rules = rules or PosterRules()
+    size, min_width, min_height = rules.size, rules.min_width, rules.min_height
     previous_ok = {}
     if previous is not None and len(previous):
         for row in previous[previous["status"] == OK].itertuples():

@@ -7,6 +7,7 @@ usable poster has zero image features and has_poster 0; fusion then predicts fro
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,3 +87,13 @@ def build_head(kind: str, *, n_labels: int, text_dim: int = 0, image_dim: int = 
     if kind == "gmu_fusion":
         return GatedMultimodalHead(text_dim, image_dim, n_labels)
     raise ValueError(f"unknown head {kind!r}: one of {HEAD_KINDS}")
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    model.eval()
+    outputs = [
+        torch.sigmoid(model(torch.from_numpy(features[i : i + batch_size]))).numpy()
+        for i in range(0, len(features), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)

@@ -22,30 +22,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from genre_pipeline.models.heads import build_head
-from genre_pipeline.models.training import predict_proba
+from genre_pipeline.models.encoders import EncoderRef
+from genre_pipeline.models.heads import build_head, predict_proba
 
 SPEC_FILE = "member.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderRef:
-    """An encoder a member reads: a bundled or installed one by name, or fine-tuned weights saved in
-    the classifier's folder (``weights``, relative to it)."""
-
-    modality: str  # "text" or "image"
-    name: str
-    weights: str | None = None
-    # The inference backend the member's training features came from, and so the one to serve with;
-    # "torch" for models saved before there was a choice.
-    backend: str = "torch"
-
-    @property
-    def key(self) -> str:
-        return self.name if self.weights is None else f"{self.name}@{self.weights}"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""Predicting genres with the registered champion (genre-classifier@champion), through its pyfunc model."""
+"""Predicting genres with a registered model (the champion, genre-classifier@champion, by default)
+through its pyfunc model, with what the registry says about it."""
 
 from __future__ import annotations
 
@@ -10,29 +11,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from genre_pipeline.dataset.cleaning import metadata_fields
-from genre_pipeline.dataset.labels import OTHERS
-from genre_pipeline.models import metrics, tracking
-from genre_pipeline.models.classifier import INPUT_COLUMNS, probability_column
-from genre_pipeline.models.thresholds import apply_thresholds
-from genre_pipeline.tmdb.snapshot import load_snapshot
-
-
-class NoChampion(RuntimeError):
-    """No model is registered as genre-classifier@champion in the tracking store."""
-
-
-def champion_version(client: MlflowClient, tracking_uri: str) -> str:
-    """The version number genre-classifier@champion points at, or NoChampion."""
-    try:
-        return str(client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION_ALIAS).version)
-    except MlflowException:
-        raise NoChampion(
-            f"no {tracking.REGISTERED_MODEL}@{tracking.CHAMPION_ALIAS} in {tracking_uri}: "
-            "materialize the model assets first (make run)"
-        ) from None
+from genre_pipeline.models import metrics, registry
+from genre_pipeline.models.movie import INPUT_COLUMNS, probability_column
 
 
 @dataclasses.dataclass
@@ -72,14 +53,13 @@ class GenrePredictor:
     def from_registry(cls, tracking_uri: str, version: str | None = None) -> "GenrePredictor":
         """The champion, or one registered version: loaded by version number, so that a champion alias
         moving during the load cannot mix two versions."""
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+        registry.use_store(tracking_uri)
         client = MlflowClient()
-        version = str(version or champion_version(client, tracking_uri))
-        registered = client.get_model_version(tracking.REGISTERED_MODEL, version)
+        version = str(version or registry.champion_version(client, tracking_uri))
+        registered = client.get_model_version(registry.REGISTERED_MODEL, version)
         run = client.get_run(registered.run_id)
         params = run.data.params
-        model = mlflow.pyfunc.load_model(f"models:/{tracking.REGISTERED_MODEL}/{version}")
+        model = mlflow.pyfunc.load_model(f"models:/{registry.REGISTERED_MODEL}/{version}")
         info = {
             "version": str(registered.version),
             "run_id": registered.run_id,
@@ -102,7 +82,7 @@ class GenrePredictor:
     def headline_metrics(self) -> dict:
         """The registered run's validation macro-F1 (tuned thresholds) and test headline figures."""
         return {
-            "validation": {"macro_f1": self.run_metrics.get(tracking.VALIDATION_METRIC)},
+            "validation": {"macro_f1": self.run_metrics.get(registry.VALIDATION_METRIC)},
             "test": {key: self.run_metrics.get(f"test_{key}") for key in metrics.HEADLINE_KEYS},
         }
 
@@ -145,156 +125,3 @@ class GenrePredictor:
         if poster is not None:
             row["poster"] = Path(poster).read_bytes()
         return self.predict_rows([row], top_k=top_k)[0]
-
-
-def labels_for(genres: list[str], classes: list[str], known_genres: set[str]) -> np.ndarray:
-    """A movie's TMDb genres as a row of the champion's label set (merged genres count as Others)."""
-    row = np.zeros(len(classes), dtype=np.uint8)
-    for genre in genres:
-        if genre in classes:
-            row[classes.index(genre)] = 1
-        elif OTHERS in classes and genre in known_genres:
-            row[classes.index(OTHERS)] = 1
-    return row
-
-
-def movies_frame(movies: list[dict], poster_files: dict[int, Path]) -> pd.DataFrame:
-    """``/movie/{id}`` responses as the pyfunc model's input rows, with the poster bytes of the movies
-    ``poster_files`` gives a file for."""
-    rows = []
-    for movie in movies:
-        path = poster_files.get(movie["id"])
-        rows.append(
-            {
-                "overview": movie.get("overview"),
-                "tagline": movie.get("tagline"),
-                "title": movie.get("title"),
-                "poster": path.read_bytes() if path is not None and path.is_file() else None,
-                **metadata_fields(movie),
-            }
-        )
-    return pd.DataFrame(rows, columns=list(INPUT_COLUMNS))
-
-
-def snapshot_poster_files(movies: list[dict], posters_dir: Path) -> dict[int, Path]:
-    return {m["id"]: posters_dir / m["poster_path"].lstrip("/") for m in movies if m.get("poster_path")}
-
-
-def predict_movies(
-    predictor: GenrePredictor,
-    movies: list[dict],
-    poster_files: dict[int, Path],
-    *,
-    progress=None,
-    chunk: int = 256,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (movies x the champion's classes) and whether each movie's poster was used,
-    ``chunk`` movies at a time so that only one chunk's posters are in memory."""
-    if not predictor.uses_posters:
-        poster_files = {}  # nothing reads them: none is read from disk
-    parts, used_poster = [], []
-    for start in range(0, len(movies), chunk):
-        output = predictor.predict_frame(movies_frame(movies[start : start + chunk], poster_files))
-        parts.append(predictor.probabilities(output))
-        used_poster.append(output["used_poster"].to_numpy(dtype=bool))
-        if progress:
-            progress(min(start + chunk, len(movies)), len(movies))
-    if not parts:
-        return np.zeros((0, len(predictor.classes))), np.zeros(0, dtype=bool)
-    return np.concatenate(parts), np.concatenate(used_poster)
-
-
-def evaluate_snapshot(
-    predictor: GenrePredictor,
-    snapshot_dir: Path | str,
-    *,
-    limit: int | None = None,
-    train_ids: set[int] | None = None,
-    progress=None,
-) -> dict:
-    """Score every movie of a snapshot folder with the champion, from all it reads: text, title,
-    metadata, and the poster where one is usable."""
-    snapshot = load_snapshot(snapshot_dir)
-    known = {g["name"] for g in snapshot.genres.get("genres", [])}
-    scored, labels, skipped = [], [], {"no_overview": 0, "no_label_in_set": 0}
-    for movie in list(snapshot.movies.values())[:limit]:
-        row = labels_for([g["name"] for g in movie.get("genres") or []], predictor.classes, known)
-        if not (movie.get("overview") or "").strip():
-            skipped["no_overview"] += 1
-        elif not row.any():
-            skipped["no_label_in_set"] += 1
-        else:
-            scored.append(movie)
-            labels.append(row)
-    if not scored:
-        raise ValueError(f"{snapshot_dir}: no movie with an overview and a genre of the champion's label set")
-    probabilities, used_poster = predict_movies(
-        predictor, scored, snapshot_poster_files(scored, snapshot.posters_dir), progress=progress
-    )
-    y_true = np.stack(labels)
-    predictions = apply_thresholds(probabilities, predictor.thresholds)
-    report = metrics.evaluate(y_true, predictions, probabilities, predictor.classes)
-    ids = [movie["id"] for movie in scored]
-    return {
-        **report["summary"],
-        "labels": predictor.classes,
-        "champion": predictor.info,
-        "with_poster": int(used_poster.sum()),
-        "skipped": skipped,
-        "seen_in_training": len(train_ids & set(ids)) if train_ids is not None else None,
-        "per_genre": report["per_genre"].round(4).to_dict(orient="records"),
-    }
-
-
-PREDICTION_COLUMNS = ["id", "title", "scored_as", "predicted_genres", "top_3", "tmdb_genres", "used_poster"]
-
-
-def prediction_table(
-    predictor: GenrePredictor,
-    movies: list[dict],
-    scored_as: list[str],
-    probabilities: np.ndarray,
-    used_poster: np.ndarray,
-) -> pd.DataFrame:
-    """One row per scored movie: the decided genres, the three most probable with their probabilities,
-    TMDb's genres (empty for a movie TMDb gives none), every probability, and the champion that
-    answered."""
-    decided = apply_thresholds(probabilities, predictor.thresholds).astype(bool)
-    top3 = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
-    frame = pd.DataFrame(
-        {
-            "id": [int(m["id"]) for m in movies],
-            "title": [m.get("title") for m in movies],
-            "scored_as": scored_as,
-            "predicted_genres": [[c for c, d in zip(predictor.classes, row) if d] for row in decided],
-            "top_3": [
-                ", ".join(f"{predictor.classes[j]} {p[j]:.2f}" for j in order) for p, order in zip(probabilities, top3)
-            ],
-            "tmdb_genres": [[g["name"] for g in m.get("genres") or []] for m in movies],
-            "used_poster": used_poster.astype(bool),
-        },
-        columns=PREDICTION_COLUMNS,
-    )
-    for j, genre in enumerate(predictor.classes):
-        frame[probability_column(genre)] = probabilities[:, j]
-    frame["champion_version"] = str(predictor.info["version"])
-    frame["champion_model"] = predictor.info["model"]
-    frame["champion_run_id"] = predictor.info["run_id"]
-    return frame
-
-
-UNLABELLED, LABELLED_CHECK = "unlabelled", "labelled_check"
-
-
-def movies_to_score(
-    details: dict[int, dict], test_ids: list[int], check_sample: int, seed: int
-) -> tuple[list[dict], list[str]]:
-    """Every movie with an overview that TMDb gives no genre, then up to ``check_sample`` labelled movies
-    of the test split (never trained or tuned on), drawn with ``seed``: how the champion fares on them
-    says how far to trust its labels for the others."""
-    unlabelled = [m for i, m in sorted(details.items()) if (m.get("overview") or "").strip() and not m.get("genres")]
-    labelled = [i for i in sorted(set(test_ids)) if i in details and details[i].get("genres")]
-    labelled = [i for i in labelled if (details[i].get("overview") or "").strip()]
-    drawn = np.random.default_rng(seed).permutation(labelled)[:check_sample] if check_sample else []
-    checks = [details[int(i)] for i in sorted(drawn)]
-    return unlabelled + checks, [UNLABELLED] * len(unlabelled) + [LABELLED_CHECK] * len(checks)

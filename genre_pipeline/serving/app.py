@@ -8,6 +8,7 @@ poster instead of predicting without it, and it loads one model for its lifetime
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 from importlib import resources
@@ -20,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from genre_pipeline.models import tracking
+from genre_pipeline.models import movie as model_input
+from genre_pipeline.models import registry
 from genre_pipeline.serving import inputs
 from genre_pipeline.serving.champion import ChampionWatcher, ServedModel
 from genre_pipeline.serving.inputs import MAX_BODY_BYTES, MAX_POSTER_BYTES, Batch, InputError, Movie
@@ -28,11 +30,7 @@ from genre_pipeline.serving.inputs import MAX_BODY_BYTES, MAX_POSTER_BYTES, Batc
 log = logging.getLogger(__name__)
 STATIC_DIR = resources.files("genre_pipeline.serving") / "static"
 FORM_TEXT_FIELDS = set(Movie.model_fields) - {"poster_base64"}
-JSON_EXAMPLE = {
-    "overview": "A retired gunslinger rides into a frontier town ruled by a ruthless cattle baron.",
-    "tagline": "Justice rides alone.",
-    "runtime": 104,
-}
+JSON_EXAMPLE = {field.name: field.example for field in model_input.FIELDS if field.kind != "image"}
 
 
 class BodyLimit:
@@ -80,7 +78,7 @@ def _error(status: int, message: str) -> JSONResponse:
 def model_summary(served: ServedModel) -> dict:
     info = served.predictor.info
     return {
-        "name": tracking.REGISTERED_MODEL,
+        "name": registry.REGISTERED_MODEL,
         "version": served.version,
         "model": info["model"],
         "run_id": info["run_id"],
@@ -182,7 +180,7 @@ def create_app(watcher: ChampionWatcher) -> FastAPI:
         served = watcher.current
         predictor = served.predictor
         return model_summary(served) | {
-            "alias": tracking.CHAMPION_ALIAS,
+            "alias": registry.CHAMPION_ALIAS,
             "kind": predictor.info["kind"],
             "label_set": predictor.info["label_set"],
             "labels": predictor.classes,
@@ -195,6 +193,8 @@ def create_app(watcher: ChampionWatcher) -> FastAPI:
             "text_encoders": predictor.info["text_encoders"],
             "image_encoder": predictor.info["image_encoder"],
             "metrics": predictor.headline_metrics(),
+            # The fields a request may carry and their limits: the page sets its inputs from these.
+            "inputs": [dataclasses.asdict(field) for field in model_input.FIELDS],
             "loaded_at": datetime.datetime.fromtimestamp(served.loaded_at, datetime.UTC).isoformat(),
         }
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from genre_pipeline.models.predictor import GenrePredictor, champion_version
+from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.models.registry import champion_version
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,9 @@ import json
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
-from genre_pipeline.ingestion.posters import PosterError, verify_poster
-from genre_pipeline.models.classifier import MAX_OVERVIEW_CHARS
+from genre_pipeline.images import PosterError, verify_poster
+from genre_pipeline.models import movie as model_input
 
-MAX_SHORT_TEXT_CHARS = 1_000  # a tagline, a title
 MAX_POSTER_BYTES = 8 * 1024 * 1024  # TMDb's original-size posters are a few MB at most
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_BATCH = 256
@@ -28,27 +26,35 @@ class InputError(ValueError):
         self.status = status
 
 
-class Movie(BaseModel):
-    """One movie as JSON: the pyfunc model's columns, the poster as base64."""
-
+class _MovieChecks(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    overview: str = Field(description="The plot overview (required).", max_length=MAX_OVERVIEW_CHARS)
-    tagline: str | None = Field(None, max_length=MAX_SHORT_TEXT_CHARS)
-    title: str | None = Field(None, max_length=MAX_SHORT_TEXT_CHARS)
-    original_language: str | None = Field(None, max_length=12, description="ISO 639-1, e.g. en, fr, ja")
-    runtime: float | None = Field(None, ge=0, le=2_000, description="minutes")
-    release_year: int | None = Field(None, ge=1870, le=2100)
-    vote_average: float | None = Field(None, ge=0, le=10)
-    vote_count: int | None = Field(None, ge=0)
-    poster_base64: str | None = Field(None, description="The poster image file, base64-encoded.")
-
-    @pydantic.field_validator("overview")
+    @pydantic.field_validator("overview", check_fields=False)
     @classmethod
     def _overview_not_empty(cls, overview: str) -> str:
         if not overview:
             raise ValueError("empty; give the movie's plot overview")
         return overview
+
+
+def _json_field(field: model_input.InputField) -> tuple:
+    """A movie field as JSON carries it, with the limits ``movie`` gives it."""
+    kind = {"text": str, "number": float, "integer": int}[field.kind]
+    limits = {"max_length": field.max_length, "ge": field.minimum, "le": field.maximum}
+    declared = {k: v for k, v in limits.items() if v is not None}
+    if field.required:
+        return kind, Field(description=field.description, **declared)
+    return kind | None, Field(None, description=field.description, **declared)
+
+
+# One movie as JSON: the model's input fields, the poster as base64.
+Movie = pydantic.create_model(
+    "Movie",
+    __base__=_MovieChecks,
+    __doc__="One movie as JSON: the model's input fields, the poster as base64.",
+    **{field.name: _json_field(field) for field in model_input.FIELDS if field.kind != "image"},
+    poster_base64=(str | None, Field(None, description="The poster image file, base64-encoded.")),
+)
 
 
 class Batch(BaseModel):
@@ -128,6 +134,8 @@ def inputs_used(row: dict, used_poster: bool, *, reads_titles: bool, reads_metad
         "overview": True,
         "tagline": bool(row.get("tagline")),
         "title": bool(row.get("title")) and reads_titles,
-        "metadata": [field for field in METADATA_COLUMNS if row.get(field) is not None] if reads_metadata else [],
+        "metadata": [f.name for f in model_input.METADATA_FIELDS if row.get(f.name) is not None]
+        if reads_metadata
+        else [],
         "poster": used_poster,
     }

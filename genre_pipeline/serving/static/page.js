@@ -15,9 +15,22 @@ function modelName(model) {
   return `${model.name} v${model.version} (${model.model}, run ${model.run_id.slice(0, 8)})`;
 }
 
+// Each input's limits as the model describes them (GET /model's inputs), so the page refuses what the API would.
+function applyLimits(fields) {
+  for (const field of fields) {
+    const input = form.elements[field.name];
+    if (!input || input.type === "file") continue;
+    if (field.max_length != null) input.maxLength = field.max_length;
+    if (field.minimum != null) input.min = field.minimum;
+    if (field.maximum != null) input.max = field.maximum;
+    input.required = field.required;
+  }
+}
+
 fetch("/model")
   .then((response) => response.json())
   .then((model) => {
+    applyLimits(model.inputs);
     const f1 = model.metrics.test.macro_f1;
     document.getElementById("model-line").textContent =
       `Answered by ${modelName(model)}` + (f1 == null ? "" : `, test macro-F1 ${f1.toFixed(3)}`);

@@ -13,24 +13,7 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
-
-def described(default, description: str):
-    """A dataclass field with a description, which the Dagster config built from it shows."""
-    return dataclasses.field(default=default, metadata={"description": description})
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingConfig:
-    """Training a head on cached embeddings."""
-
-    max_epochs: int = 60
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-2
-    patience: int = described(8, "Stop after this many epochs without a better validation macro-F1.")
-    max_pos_weight: float = described(10.0, "Cap of the per-genre positive weight of the BCE loss.")
-    modality_dropout: float = described(0.15, "Fusion: hide the poster of this share of training movies.")
-    seed: int = 42
+from genre_pipeline.training.config import TrainingConfig
 
 
 @dataclasses.dataclass
@@ -81,16 +64,6 @@ def set_seeds(seed: int) -> None:
 def pos_weight(labels: np.ndarray, cap: float) -> torch.Tensor:
     positives = labels.sum(axis=0).clip(min=1)
     return torch.tensor(np.minimum((len(labels) - positives) / positives, cap), dtype=torch.float32)
-
-
-@torch.inference_mode()
-def predict_proba(model: nn.Module, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    model.eval()
-    outputs = [
-        torch.sigmoid(model(torch.from_numpy(features[i : i + batch_size]))).numpy()
-        for i in range(0, len(features), batch_size)
-    ]
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
 
 def _hide_posters(batch: torch.Tensor, share: float, generator: torch.Generator, image_dim: int) -> torch.Tensor:

@@ -11,7 +11,6 @@ which is why the CPU default stays with frozen encoders and cached embeddings.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from pathlib import Path
 
@@ -19,30 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from genre_pipeline.models.encoders import IMAGE_SIZE, ImageEncoder, TextEncoder, image_transform, read_image
-from genre_pipeline.models.members import EncoderRef
-from genre_pipeline.models.training import TrainingResult, described, pos_weight, run_epochs, set_seeds
+from genre_pipeline.models.encoders import EncoderRef
+from genre_pipeline.models.encoders.image import IMAGE_SIZE, ImageEncoder, image_transform, read_image
+from genre_pipeline.models.encoders.text import TextEncoder
+from genre_pipeline.training.config import FineTuneConfig
+from genre_pipeline.training.loop import TrainingResult, pos_weight, run_epochs, set_seeds
 
 ENCODERS_ARTIFACT = "encoders"  # the MLflow artifact folder of a fine-tuned model's encoders
 TEXT_ENCODER_DIR = "text_encoder"
 IMAGE_ENCODER_FILE = "image_encoder.pt"
-
-
-@dataclasses.dataclass(frozen=True)
-class FineTuneConfig:
-    """Fine-tuning the encoders with a head (when the training resource fine-tunes)."""
-
-    max_epochs: int = 6
-    batch_size: int = 32
-    encoder_learning_rate: float = described(2e-5, "AdamW rate of the encoders.")
-    head_learning_rate: float = described(1e-3, "AdamW rate of the head.")
-    weight_decay: float = 1e-2
-    warmup_share: float = described(0.06, "Share of all steps of linear warm-up before the cosine decay.")
-    patience: int = described(2, "Stop after this many epochs without a better validation macro-F1.")
-    max_pos_weight: float = 10.0
-    modality_dropout: float = described(0.15, "Fusion: hide the poster of this share of training movies.")
-    num_workers: int = described(2, "DataLoader processes decoding and augmenting posters (0 on small CPUs).")
-    seed: int = 42
 
 
 class _Posters(torch.utils.data.Dataset):

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from genre_pipeline.files import atomic_write_bytes
+from genre_pipeline.models.encoders import EncoderRef, build_encoder
 
 
 @dataclasses.dataclass
@@ -79,3 +80,41 @@ def update_embeddings(
     result = Embeddings(np.asarray(ids, dtype=np.int64), np.asarray(keys, dtype="U40"), vectors)
     result.save(path)
     return result, UpdateStats(len(todo), len(ids) - len(todo), seconds)
+
+
+def _throughput(stats: UpdateStats, encoder) -> dict:
+    """Embeddings per second beside the encoder's forward pass alone, both from this run."""
+    if not stats.computed or encoder is None or not encoder.forward_seconds:
+        return {}
+    raw = stats.computed / encoder.forward_seconds
+    return {"raw_forward_per_s": round(raw, 1), "throughput_ratio": round(stats.per_second / raw, 3)}
+
+
+def refresh(
+    path: Path, ref: EncoderRef, *, device: str, batch_size: int, ids: list, keys: list, inputs: list, progress=None
+) -> dict:
+    """The embeddings file of one encoder brought up to date for ``ids`` (``keys``: each input's content
+    key); the encoder loads only if something needs encoding. Returns the figures of the update."""
+    encoder = None
+
+    def loaded():
+        nonlocal encoder
+        encoder = encoder or build_encoder(ref, device=device, batch_size=batch_size)
+        return encoder
+
+    embeddings, stats = update_embeddings(
+        path, ids, keys, inputs, lambda batch: loaded().encode(batch, progress), lambda: loaded().dim
+    )
+    return {
+        "encoder": ref.name,
+        # The backend that encoded this run's new inputs (after any fallback), else the configured one.
+        "backend": encoder.backend if encoder is not None else ref.backend,
+        "dim": int(embeddings.vectors.shape[1]),
+        "embedded": len(ids),
+        "computed": stats.computed,
+        "reused": stats.reused,
+        "encode_s": round(stats.seconds, 2),
+        "embeddings_per_s": round(stats.per_second, 1),
+        "keys": embeddings.keys,
+        **_throughput(stats, encoder),
+    }

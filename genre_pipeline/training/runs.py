@@ -1,33 +1,30 @@
-"""MLflow: one run per trained model (params, history, test metrics, report, the pyfunc model) in a
-sqlite tracking store, and the champion in the registry."""
+"""MLflow runs of trained models: one run per model with its params, per-epoch history, test metrics,
+report files and the deployable pyfunc model; and the one call per model asset that loads its data,
+trains it and logs it."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import os
 import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import mlflow
-import pandas as pd
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from genre_pipeline import settings
-from genre_pipeline.models import finetune
-from genre_pipeline.models.classifier import ARTIFACT_KEY, PYFUNC_ENTRY, GenreClassifier, signature
-from genre_pipeline.models.genre_models import ModelOutcome, TrainingData
+from genre_pipeline.models import movie
+from genre_pipeline.models.classifier import GenreClassifier
+from genre_pipeline.models.pyfunc import ARTIFACT_KEY, PYFUNC_ENTRY
+from genre_pipeline.models.registry import VALIDATION_METRIC, use_tracking
 from genre_pipeline.store import DataStore
+from genre_pipeline.training import data as training_data
+from genre_pipeline.training import finetune, stack, trainers
+from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, ModelSetup, StackConfig, TrainingConfig
+from genre_pipeline.training.data import TrainingData
+from genre_pipeline.training.evaluation import ModelOutcome
 
-REGISTERED_MODEL = "genre-classifier"
-CHAMPION_ALIAS = "champion"
-DEFAULT_EXPERIMENT = "genre-pipeline"
-# Macro-F1 on validation with the thresholds tuned there: what champion selection compares. The
-# per-epoch figure at 0.5 thresholds, logged as history, is "epoch_validation_macro_f1".
-VALIDATION_METRIC = "validation_macro_f1"
 _PINNED = (
     "torch",
     "torchvision",
@@ -45,17 +42,6 @@ _PINNED = (
     "onnx",
     "onnxscript",
 )
-
-
-def sqlite_uri(db_file: Path) -> str:
-    return f"sqlite:///{Path(db_file).resolve()}"
-
-
-def default_tracking_uri(store: DataStore) -> str:
-    """``GENRE_PIPELINE_TRACKING_URI`` (a shared server or database: README's "Scale out"), else the
-    data folder's sqlite file. A database password belongs in ``PGPASSWORD``, not in the URI, which
-    reports and metadata show."""
-    return os.environ.get(settings.TRACKING_URI_ENV) or sqlite_uri(store.mlflow_db)
 
 
 def code_version() -> str:
@@ -84,20 +70,6 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in _PINNED]
 
 
-def use_tracking(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
-    """Point MLflow at the store and make sure the experiment exists with artifacts under ``artifact_root``."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    existing = mlflow.get_experiment_by_name(experiment)
-    if existing is None:
-        # A sqlite store would otherwise put artifacts in ./mlartifacts of whatever the cwd is.
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
-    else:
-        experiment_id = existing.experiment_id
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
-
-
 @contextlib.contextmanager
 def training_run(run_name: str, params: dict, tags: dict | None = None):
     """An MLflow run with the full config as params; yields the run."""
@@ -117,22 +89,6 @@ def log_test_metrics(summary: dict, prefix: str = "test_") -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in summary.items() if v == v})  # drop NaN
 
 
-def example_input() -> pd.DataFrame:
-    """A movie as the pyfunc model reads it (no poster: the example stays small and readable)."""
-    return pd.DataFrame(
-        {
-            "overview": ["A retired gunslinger rides into a frontier town ruled by a ruthless cattle baron."],
-            "tagline": ["Justice rides alone."],
-            "title": ["The Long Ride"],
-            "original_language": ["en"],
-            "runtime": [104.0],
-            "release_year": [1994],
-            "vote_average": [6.8],
-            "vote_count": [1200],
-        }
-    )
-
-
 def log_classifier(classifier: GenreClassifier, fine_tuned=None, name: str = "model"):
     """Log the classifier as an MLflow pyfunc model: its members, stacker and thresholds in one folder
     (with fine-tuned encoder weights, if any); frozen encoders are loaded by name from their packages."""
@@ -144,8 +100,8 @@ def log_classifier(classifier: GenreClassifier, fine_tuned=None, name: str = "mo
             name=name,
             python_model=str(PYFUNC_ENTRY),
             artifacts={ARTIFACT_KEY: str(root)},
-            signature=signature(classifier.classes),
-            input_example=example_input(),
+            signature=movie.signature(classifier.classes),
+            input_example=movie.example_frame(),
             pip_requirements=pip_requirements(),
         )
 
@@ -186,40 +142,103 @@ def log_training_run(
     return report, paths
 
 
-def current_champion(client: MlflowClient) -> dict | None:
-    try:
-        version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
-    except MlflowException:
-        return None
-    return {"version": version.version, "run_id": version.run_id, "tags": dict(version.tags)}
+@dataclasses.dataclass
+class TrainedModel:
+    outcome: ModelOutcome
+    data: TrainingData
+    report: dict  # report.json, with the MLflow run's ids and the model's URI
+    files: dict[str, Path]  # the report's files by name
+    label_set: str
 
 
-def promote_if_better(
-    model_uri: str, run_id: str, validation_macro_f1: float, label_set: str, model_name: str
-) -> tuple[bool, str]:
-    """Register the model and make it the champion when it beats the current one on validation macro-F1
-    for the same label set (a champion of another label set is replaced: the label set is config)."""
-    client = MlflowClient()
-    champion = current_champion(client)
-    if champion is not None and champion["run_id"] == run_id:
-        return False, f"kept champion v{champion['version']}: it is this run's model already"
-    if champion is not None and champion["tags"].get("label_set") == label_set:
-        best = float(champion["tags"].get("validation_macro_f1", "nan"))
-        # The tag holds 6 decimals: the candidate is compared at the same precision.
-        if not round(validation_macro_f1, 6) > best:
-            return (
-                False,
-                f"kept champion v{champion['version']} (validation macro-F1 {best:.4f} >= {validation_macro_f1:.4f})",
-            )
-    version = mlflow.register_model(
-        model_uri,
-        REGISTERED_MODEL,
-        tags={
-            "label_set": label_set,
-            "validation_macro_f1": f"{validation_macro_f1:.6f}",
-            "model": model_name,
-            "run_id": run_id,
-        },
+def _train_and_log(
+    store: DataStore,
+    setup: ModelSetup,
+    train,
+    *,
+    text: bool,
+    image: bool,
+    config: dict,
+    tags: dict,
+) -> TrainedModel:
+    """Load the training data (with the cached embeddings of the modalities asked for), ``train(data)``
+    into a ModelOutcome, and log it as one MLflow run with its report files."""
+    data, fingerprint = training_data.load(
+        store, setup.label_set, list(setup.text_encoders) if text else [], [setup.image_encoder] if image else []
     )
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version.version)
-    return True, f"registered {REGISTERED_MODEL} v{version.version} as @{CHAMPION_ALIAS}"
+    outcome = train(data)
+    params = {
+        **config,
+        **setup.run_params(),
+        "model": outcome.name,
+        "kind": outcome.kind,
+        "labels": data.classes,
+        "fine_tuned_encoders": ",".join(finetune.modalities(outcome.fine_tuned)),
+        "data_fingerprint": fingerprint,
+        "code_version": code_version(),
+        "n_train": int(data.rows("train").sum()),
+    }
+    report, files = log_training_run(
+        outcome,
+        data,
+        store.model_dir(outcome.name),
+        params,
+        tracking_uri=setup.tracking_uri,
+        experiment=setup.experiment,
+        artifact_root=store.mlflow_artifacts_dir,
+        tags=tags,
+    )
+    return TrainedModel(outcome, data, report, files, setup.label_set)
+
+
+def baseline_model(store: DataStore, setup: ModelSetup, config: BaselineConfig, tags: dict) -> TrainedModel:
+    """The TF-IDF baseline, trained and logged."""
+    return _train_and_log(
+        store,
+        setup,
+        lambda data: trainers.train_baseline(data, config),
+        text=False,
+        image=False,
+        config=dataclasses.asdict(config),
+        tags=tags,
+    )
+
+
+def head_model(
+    store: DataStore,
+    setup: ModelSetup,
+    name: str,
+    kind: str,
+    head: TrainingConfig,
+    fine_tuning: FineTuneConfig,
+    tags: dict,
+    on_epoch=None,
+) -> TrainedModel:
+    """The text, image or fusion model (see trainers.train_head_model), trained and logged. Fine-tuning
+    encodes the movies itself: no cached embeddings are read then."""
+    return _train_and_log(
+        store,
+        setup,
+        lambda data: trainers.train_head_model(name, kind, data, setup, head, fine_tuning, on_epoch),
+        text=kind != "image" and not setup.fine_tune,
+        image=kind != "text" and not setup.fine_tune,
+        config={**dataclasses.asdict(head), "fine_tuning": dataclasses.asdict(fine_tuning)},
+        tags=tags,
+    )
+
+
+def stacked_model(
+    store: DataStore, setup: ModelSetup, config: StackConfig, heads: TrainingConfig, tags: dict, progress=None
+) -> TrainedModel:
+    """The stacked classifier, trained and logged."""
+    return _train_and_log(
+        store,
+        setup,
+        lambda data: stack.train_stack(
+            data, heads, config, list(setup.text_encoders), setup.image_encoder, progress=progress
+        ),
+        text=True,
+        image=True,
+        config={**dataclasses.asdict(config), "heads": dataclasses.asdict(heads)},
+        tags=tags,
+    )

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # The fastest backend that met the accuracy guard on the snapshot (benchmarks/embeddings.py).
 DEFAULT_BACKEND = "onnx-int8"
-BACKEND_ENV = "GENRE_PIPELINE_ENCODER_BACKEND"
 # Bump when the export, the quantization or a guard sample changes: every cached graph is then rebuilt.
 RECIPE_VERSION = 1
 # Cosine to PyTorch fp32 on the guard sample. Calibrated on the snapshot: graphs that pass kept the
@@ -90,7 +89,7 @@ def check_backend(name: str) -> str:
 def configured_backend(recorded: str | None = None) -> str:
     """The backend to serve with: ``GENRE_PIPELINE_ENCODER_BACKEND`` if set, else the one the model
     was trained with (``recorded``), else the default."""
-    return check_backend(os.environ.get(BACKEND_ENV) or recorded or DEFAULT_BACKEND)
+    return check_backend(settings.encoder_backend_override() or recorded or DEFAULT_BACKEND)
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -289,3 +288,29 @@ def fastest_available(
             log.log(drift_level, "not using %s: %s", candidate, drift)
     log.warning("%s runs on PyTorch fp32: no ONNX graph met the accuracy guard", cache_name)
     return None
+
+
+class BackendChoice:
+    """Which backend an encoder's encode() runs on, settled at its first use (so after any fine-tuning):
+    the requested one, or the one it fell back to."""
+
+    requested_backend: str
+    device: torch.device
+    _graph: OnnxEncoder | None = None
+    _graph_loaded = False
+
+    @property
+    def backend(self) -> str:
+        graph = self._onnx_graph()
+        return graph.backend if graph is not None else "torch"
+
+    def _onnx_graph(self) -> OnnxEncoder | None:
+        if not self._graph_loaded:
+            cache_name, module, spec = self._export_spec()
+            self._graph = fastest_available(cache_name, module, self.requested_backend, self.device, **spec)
+            self._graph_loaded = True
+        return self._graph
+
+    def _export_spec(self) -> tuple[str, torch.nn.Module, dict]:
+        """(cache name, the module to export, exported's keyword arguments)."""
+        raise NotImplementedError

@@ -1,9 +1,6 @@
-"""Stacking: members' out-of-fold probabilities on the train split, combined per genre by
-gradient-boosted trees that also read the metadata.
-
-Cross-fitting keeps the stacker honest: each train movie's member probabilities come from
-members that never saw it, so the stacker learns how far to trust each member on unseen
-movies. Thresholds are then tuned on validation, and the test split is never touched.
+"""The stacker: members' probabilities combined per genre by gradient-boosted trees that also read
+the metadata, fitted on the members' out-of-fold probabilities (``training.stack`` cross-fits them)
+and compiled into arrays for prediction.
 """
 
 from __future__ import annotations
@@ -11,32 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.model_selection import KFold
 
 from genre_pipeline.models.members import MemberInputs
 from genre_pipeline.models.metadata import MetadataEncoder, hide_at_random
 
 _EPSILON = 1e-4
-
-
-def out_of_fold(
-    fit_and_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], rows: np.ndarray, folds: int, seed: int
-) -> np.ndarray:
-    """Probabilities for each of ``rows`` from a model fitted on the other folds.
-    ``fit_and_predict(fit_rows, predict_rows)`` fits a fresh member and predicts."""
-    if folds < 2:
-        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
-    result = None
-    for fit_index, predict_index in KFold(folds, shuffle=True, random_state=seed).split(rows):
-        predicted = fit_and_predict(rows[fit_index], rows[predict_index])
-        if result is None:
-            result = np.zeros((len(rows), predicted.shape[1]), dtype=np.float32)
-        result[predict_index] = predicted
-    return result
 
 
 def _logit(probabilities: np.ndarray) -> np.ndarray:

@@ -1,0 +1,151 @@
+"""Scoring many movies with a predictor: TMDb movies in chunks, a snapshot folder scored against its
+genres (``genre-pipeline evaluate``), and the batch predictions table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_pipeline.dataset.labels import OTHERS
+from genre_pipeline.models import metrics
+from genre_pipeline.models.movie import probability_column, rows_from_tmdb
+from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.models.thresholds import apply_thresholds
+from genre_pipeline.tmdb.snapshot import load_snapshot
+
+
+def labels_for(genres: list[str], classes: list[str], known_genres: set[str]) -> np.ndarray:
+    """A movie's TMDb genres as a row of the champion's label set (merged genres count as Others)."""
+    row = np.zeros(len(classes), dtype=np.uint8)
+    for genre in genres:
+        if genre in classes:
+            row[classes.index(genre)] = 1
+        elif OTHERS in classes and genre in known_genres:
+            row[classes.index(OTHERS)] = 1
+    return row
+
+
+def snapshot_poster_files(movies: list[dict], posters_dir: Path) -> dict[int, Path]:
+    return {m["id"]: posters_dir / m["poster_path"].lstrip("/") for m in movies if m.get("poster_path")}
+
+
+def predict_movies(
+    predictor: GenrePredictor,
+    movies: list[dict],
+    poster_files: dict[int, Path],
+    *,
+    progress=None,
+    chunk: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (movies x the champion's classes) and whether each movie's poster was used,
+    ``chunk`` movies at a time so that only one chunk's posters are in memory."""
+    if not predictor.uses_posters:
+        poster_files = {}  # nothing reads them: none is read from disk
+    parts, used_poster = [], []
+    for start in range(0, len(movies), chunk):
+        output = predictor.predict_frame(rows_from_tmdb(movies[start : start + chunk], poster_files))
+        parts.append(predictor.probabilities(output))
+        used_poster.append(output["used_poster"].to_numpy(dtype=bool))
+        if progress:
+            progress(min(start + chunk, len(movies)), len(movies))
+    if not parts:
+        return np.zeros((0, len(predictor.classes))), np.zeros(0, dtype=bool)
+    return np.concatenate(parts), np.concatenate(used_poster)
+
+
+def evaluate_snapshot(
+    predictor: GenrePredictor,
+    snapshot_dir: Path | str,
+    *,
+    limit: int | None = None,
+    train_ids: set[int] | None = None,
+    progress=None,
+) -> dict:
+    """Score every movie of a snapshot folder with the champion, from all it reads: text, title,
+    metadata, and the poster where one is usable."""
+    snapshot = load_snapshot(snapshot_dir)
+    known = {g["name"] for g in snapshot.genres.get("genres", [])}
+    scored, labels, skipped = [], [], {"no_overview": 0, "no_label_in_set": 0}
+    for movie in list(snapshot.movies.values())[:limit]:
+        row = labels_for([g["name"] for g in movie.get("genres") or []], predictor.classes, known)
+        if not (movie.get("overview") or "").strip():
+            skipped["no_overview"] += 1
+        elif not row.any():
+            skipped["no_label_in_set"] += 1
+        else:
+            scored.append(movie)
+            labels.append(row)
+    if not scored:
+        raise ValueError(f"{snapshot_dir}: no movie with an overview and a genre of the champion's label set")
+    probabilities, used_poster = predict_movies(
+        predictor, scored, snapshot_poster_files(scored, snapshot.posters_dir), progress=progress
+    )
+    y_true = np.stack(labels)
+    predictions = apply_thresholds(probabilities, predictor.thresholds)
+    report = metrics.evaluate(y_true, predictions, probabilities, predictor.classes)
+    ids = [movie["id"] for movie in scored]
+    return {
+        **report["summary"],
+        "labels": predictor.classes,
+        "champion": predictor.info,
+        "with_poster": int(used_poster.sum()),
+        "skipped": skipped,
+        "seen_in_training": len(train_ids & set(ids)) if train_ids is not None else None,
+        "per_genre": report["per_genre"].round(4).to_dict(orient="records"),
+    }
+
+
+PREDICTION_COLUMNS = ["id", "title", "scored_as", "predicted_genres", "top_3", "tmdb_genres", "used_poster"]
+
+
+def prediction_table(
+    predictor: GenrePredictor,
+    movies: list[dict],
+    scored_as: list[str],
+    probabilities: np.ndarray,
+    used_poster: np.ndarray,
+) -> pd.DataFrame:
+    """One row per scored movie: the decided genres, the three most probable with their probabilities,
+    TMDb's genres (empty for a movie TMDb gives none), every probability, and the champion that
+    answered."""
+    decided = apply_thresholds(probabilities, predictor.thresholds).astype(bool)
+    top3 = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
+    frame = pd.DataFrame(
+        {
+            "id": [int(m["id"]) for m in movies],
+            "title": [m.get("title") for m in movies],
+            "scored_as": scored_as,
+            "predicted_genres": [[c for c, d in zip(predictor.classes, row) if d] for row in decided],
+            "top_3": [
+                ", ".join(f"{predictor.classes[j]} {p[j]:.2f}" for j in order) for p, order in zip(probabilities, top3)
+            ],
+            "tmdb_genres": [[g["name"] for g in m.get("genres") or []] for m in movies],
+            "used_poster": used_poster.astype(bool),
+        },
+        columns=PREDICTION_COLUMNS,
+    )
+    for j, genre in enumerate(predictor.classes):
+        frame[probability_column(genre)] = probabilities[:, j]
+    frame["champion_version"] = str(predictor.info["version"])
+    frame["champion_model"] = predictor.info["model"]
+    frame["champion_run_id"] = predictor.info["run_id"]
+    return frame
+
+
+UNLABELLED, LABELLED_CHECK = "unlabelled", "labelled_check"
+
+
+def movies_to_score(
+    details: dict[int, dict], test_ids: list[int], check_sample: int, seed: int
+) -> tuple[list[dict], list[str]]:
+    """Every movie with an overview that TMDb gives no genre, then up to ``check_sample`` labelled movies
+    of the test split (never trained or tuned on), drawn with ``seed``: how the champion fares on them
+    says how far to trust its labels for the others."""
+    unlabelled = [m for i, m in sorted(details.items()) if (m.get("overview") or "").strip() and not m.get("genres")]
+    labelled = [i for i in sorted(set(test_ids)) if i in details and details[i].get("genres")]
+    labelled = [i for i in labelled if (details[i].get("overview") or "").strip()]
+    drawn = np.random.default_rng(seed).permutation(labelled)[:check_sample] if check_sample else []
+    checks = [details[int(i)] for i in sorted(drawn)]
+    return unlabelled + checks, [UNLABELLED] * len(unlabelled) + [LABELLED_CHECK] * len(checks)

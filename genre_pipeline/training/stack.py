@@ -1,0 +1,182 @@
+"""The stacked classifier, trained: members cross-fitted on the train split (each train movie gets
+probabilities from members that never saw it, so the stacker learns how far to trust each member on
+unseen movies), a stacker on their out-of-fold probabilities and the metadata, thresholds tuned on
+validation; the test split is touched once. The stacker itself is ``models.stacker``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from sklearn.model_selection import KFold
+
+from genre_pipeline.models import metrics
+from genre_pipeline.models.classifier import GenreClassifier
+from genre_pipeline.models.encoders import EncoderRef
+from genre_pipeline.models.members import LinearMember, NeighboursMember, TfidfMember
+from genre_pipeline.models.stacker import Stacker
+from genre_pipeline.models.thresholds import apply_thresholds
+from genre_pipeline.training.config import StackConfig, TrainingConfig
+from genre_pipeline.training.data import TrainingData
+from genre_pipeline.training.evaluation import ModelOutcome, evaluate, from_split_scores
+from genre_pipeline.training.trainers import fit_head
+
+
+def out_of_fold(
+    fit_and_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], rows: np.ndarray, folds: int, seed: int
+) -> np.ndarray:
+    """Probabilities for each of ``rows`` from a model fitted on the other folds.
+    ``fit_and_predict(fit_rows, predict_rows)`` fits a fresh member and predicts."""
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    result = None
+    for fit_index, predict_index in KFold(folds, shuffle=True, random_state=seed).split(rows):
+        predicted = fit_and_predict(rows[fit_index], rows[predict_index])
+        if result is None:
+            result = np.zeros((len(rows), predicted.shape[1]), dtype=np.float32)
+        result[predict_index] = predicted
+    return result
+
+
+def _member_fitters(data: TrainingData, head: TrainingConfig, stack: StackConfig, texts, image) -> dict:
+    """name -> (fit(row mask) -> member, the rows it trains on): the stack's members."""
+
+    def on(rows: np.ndarray):
+        return data.inputs(rows), data.labels[rows]
+
+    fitters = {
+        "tfidf": (lambda rows: TfidfMember.fit(*on(rows), C=stack.tfidf_C, seed=stack.seed), data.rows("train")),
+        "tfidf_title": (
+            lambda rows: TfidfMember.fit(*on(rows), C=stack.tfidf_C, seed=stack.seed, with_title=True),
+            data.rows("train"),
+        ),
+    }
+    for ref in texts:
+        fitters[f"text[{ref.name}]"] = (
+            lambda rows, ref=ref: fit_head("text", data, rows, head, ref, None)[0],
+            data.rows("train"),
+        )
+        fitters[f"neighbours[{ref.name}]"] = (
+            lambda rows, ref=ref: NeighboursMember.fit(*on(rows), ref),
+            data.rows("train"),
+        )
+        fitters[f"linear[{ref.name}]"] = (
+            lambda rows, ref=ref: LinearMember.fit(*on(rows), ref, seed=stack.seed),
+            data.rows("train"),
+        )
+    if image is not None:
+        fitters[f"poster[{image.name}]"] = (
+            lambda rows: fit_head("image", data, rows, head, None, image)[0],
+            data.rows("train", posters_only=True),
+        )
+    return fitters
+
+
+def _mask(data: TrainingData, rows: np.ndarray) -> np.ndarray:
+    mask = np.zeros(len(data.ids), dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def _reads_posters(member) -> bool:
+    return any(ref.modality == "image" for ref in member.encoders)
+
+
+def _stack_variant(name, data, members, oof, scored, poster_members, *, use_metadata, stack) -> ModelOutcome:
+    """A stacker fitted on the members' out-of-fold probabilities of the train split, evaluated on the
+    members' validation and test probabilities (``scored``, by split then member)."""
+    train_rows = data.rows("train")
+    stacker = Stacker.fit(
+        oof,
+        poster_members,
+        data.inputs(train_rows),
+        data.labels[train_rows],
+        use_metadata=use_metadata,
+        hide_movies=stack.hide_movies,
+        hide_fields=stack.hide_fields,
+        bags=stack.stacker_bags,
+        seed=stack.seed,
+    )
+    stacked = {
+        split: stacker.probabilities(by_member, data.inputs(data.rows(split))) for split, by_member in scored.items()
+    }
+    return evaluate(
+        name,
+        "stack",
+        GenreClassifier(name, list(data.classes), np.zeros(0), members, stacker),
+        data,
+        from_split_scores(data, stacked),
+        data.rows,
+        extra={"metadata": use_metadata},
+    )
+
+
+def _without_posters(data: TrainingData, outcome: ModelOutcome, test_scores: dict[str, np.ndarray]) -> float:
+    """Test macro-F1 of the same model when no test movie has a usable poster (only the members that
+    read posters are asked again)."""
+    rows = data.rows("test")
+    inputs = data.inputs(rows)
+    inputs.has_poster = np.zeros(len(inputs), dtype=bool)
+    inputs.poster_features = {k: np.zeros_like(v) for k, v in inputs.poster_features.items()}
+    members = outcome.classifier.members
+    by_member = {n: m.probabilities(inputs) if _reads_posters(m) else test_scores[n] for n, m in members.items()}
+    probabilities = outcome.classifier.stacker.probabilities(by_member, inputs)
+    predictions = apply_thresholds(probabilities, outcome.thresholds)
+    return metrics.evaluate(data.labels[rows], predictions, probabilities, data.classes)["summary"]["macro_f1"]
+
+
+def train_stack(
+    data: TrainingData,
+    head: TrainingConfig,
+    stack: StackConfig,
+    texts: list[EncoderRef],
+    image: EncoderRef | None,
+    progress=None,
+) -> ModelOutcome:
+    """The stacked classifier: members (TF-IDF, a text head per text encoder, the poster head)
+    cross-fitted on train, a stacker on their out-of-fold probabilities and the metadata, thresholds
+    tuned on validation. Also measures each member alone and the stack without metadata and
+    without posters, on the same test split. Each member scores validation and test once."""
+    members, oof, member_scores = {}, {}, {}
+    scored = {"validation": {}, "test": {}}
+    train_rows = np.flatnonzero(data.rows("train"))
+    position = {row: n for n, row in enumerate(train_rows)}
+    for name, (fit, fit_rows) in _member_fitters(data, head, stack, texts, image).items():
+        rows = np.flatnonzero(fit_rows)
+        folded = out_of_fold(
+            lambda a, b, fit=fit: fit(_mask(data, a)).probabilities(data.inputs(b)), rows, stack.folds, stack.seed
+        )
+        oof[name] = np.full((len(train_rows), len(data.classes)), 0.5, dtype=np.float32)
+        oof[name][[position[r] for r in rows]] = folded
+        members[name] = fit(fit_rows)
+        for split, by_member in scored.items():
+            by_member[name] = members[name].probabilities(data.inputs(data.rows(split)))
+        posters_only = _reads_posters(members[name])
+        alone = evaluate(
+            name,
+            members[name].kind,
+            None,
+            data,
+            from_split_scores(data, {split: by_member[name] for split, by_member in scored.items()}),
+            lambda split, posters_only=posters_only: data.rows(split, posters_only=posters_only),
+        )
+        member_scores[name] = {
+            "validation_macro_f1": alone.validation_macro_f1,
+            "test_macro_f1": alone.test["summary"]["macro_f1"],
+            "test_movies": len(alone.test_ids),
+            **{f"test_{k}_macro_f1": v["macro_f1"] for k, v in alone.test_subsets.items()},
+        }
+        if progress:
+            progress(f"member {name}: validation macro-F1 {alone.validation_macro_f1:.4f}")
+    poster_members = [name for name, member in members.items() if _reads_posters(member)]
+    variant = dict(data=data, members=members, oof=oof, scored=scored, poster_members=poster_members, stack=stack)
+    without_metadata = _stack_variant("stacked_model", use_metadata=False, **variant)
+    outcome = _stack_variant("stacked_model", use_metadata=True, **variant)
+    outcome.extra.update(
+        members=member_scores,
+        test_macro_f1_without_metadata=without_metadata.test["summary"]["macro_f1"],
+        validation_macro_f1_without_metadata=without_metadata.validation_macro_f1,
+        test_macro_f1_without_posters=_without_posters(data, outcome, scored["test"]),
+        folds=stack.folds,
+    )
+    return outcome
