@@ -1,6 +1,7 @@
 """Shared fixtures: a small demo catalog the tests generate, replay servers over it, and the models
 trained on it once per session."""
 
+import json
 import os
 import shutil
 import socket
@@ -18,7 +19,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from genre_pipeline import settings
 from genre_pipeline.defs import dataset, ingestion, models
 from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource, TrainingResource
-from genre_pipeline.models import tracking
+from genre_pipeline.models import registry
+from genre_pipeline.models.encoders import MINILM_NAMES
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
 from genre_pipeline.tmdb.client import ClientPolicy, TMDbClient
@@ -27,15 +29,6 @@ from genre_pipeline.tmdb.replay import Faults, serve_snapshot
 TOKEN = "test-token-5f1d9c"
 API_KEY = "test-api-key-0b7e42"
 DEMO_MOVIES = 120
-
-
-@pytest.fixture(scope="session", autouse=True)
-def encoder_cache(tmp_path_factory):
-    """Unpacked and exported encoder weights, shared by the session's tests and by no one else."""
-    with pytest.MonkeyPatch.context() as patch:
-        cache = tmp_path_factory.mktemp("encoder-cache")
-        patch.setenv(settings.CACHE_DIR_ENV, str(cache))
-        yield cache
 
 
 @pytest.fixture(scope="session")
@@ -93,14 +86,14 @@ DATASET_CHECKS = [
 ]
 
 
-def pipeline_resources(snapshot_dir, data_dir, **tmdb_options):
-    """Resources for a replay of ``snapshot_dir`` into ``data_dir``, with a fast client for tests."""
+def pipeline_resources(snapshot_dir, data_dir, source="test", **tmdb_options):
+    """Resources for a replay of ``snapshot_dir`` into ``data_dir/source``, with a fast client for tests."""
     tmdb = TMDbResource(
         source="snapshot", snapshot_dir=str(snapshot_dir), rate_limit_per_s=500, backoff_base_s=0.01, **tmdb_options
     )
     return {
         "tmdb": tmdb,
-        "storage": StorageResource(data_dir=str(data_dir), source="test"),
+        "storage": StorageResource(data_dir=str(data_dir), source=source),
         "quality": DataQualityResource(),
     }
 
@@ -132,6 +125,7 @@ def materialize_dataset(res, instance, run_config=None, raise_on_error=True):
 
 
 # --- the models and the champion --------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MODEL_ASSETS = [
     models.text_embeddings,
@@ -143,34 +137,74 @@ MODEL_ASSETS = [
     models.stacked_model,
     models.model_comparison,
 ]
+MINILM = MINILM_NAMES[0]
 FAST = {"max_epochs": 25, "patience": 5}
+# Small training settings: MiniLM (the bundled MPNet's path is the same, five times slower), short head
+# training, and a 3-fold, 2-bag stack: cross-fitting and bagging run, on a tenth of the work.
+FAST_TRAINING = {
+    "resources": {"training": {"config": {"text_encoders": [MINILM]}}},
+    "ops": {
+        **{name: {"config": FAST} for name in ("text_model", "image_model", "fusion_model")},
+        "stacked_model": {"config": {"folds": 3, "stacker_bags": 2, "heads": FAST}},
+    },
+}
+
+
+def run_command(args, env, timeout=300):
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def source_environment(home: Path, data_dir: Path, snapshot_dir: Path) -> dict:
+    """The environment `make run` would see, pointed at a replay of ``snapshot_dir``."""
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        settings.DATA_DIR_ENV: str(data_dir),
+        settings.SNAPSHOT_ENV: str(snapshot_dir),
+        settings.YEARS_ENV: "2015-2024",
+    }
+    for name in ("TMDB_API_READ_ACCESS_TOKEN", "TMDB_API_KEY", "TMDB_BASE_URL"):
+        env.pop(name, None)
+    return env
 
 
 @pytest.fixture(scope="session")
 def trained(demo_dir, tmp_path_factory):
-    """Ingestion, data set and every model, once for the session, into a temporary data folder."""
-    data_dir = tmp_path_factory.mktemp("models") / "data"
-    instance = dg.DagsterInstance.ephemeral()
-    res = pipeline_resources(demo_dir, data_dir)
-    res["training"] = TrainingResource()
-    materialize_all(res, instance)
-    materialize_dataset(res, instance)
-    result = dg.materialize(
-        ASSETS + DATASET_ASSETS + MODEL_ASSETS,
-        selection=MODEL_ASSETS,
-        resources=res,
-        instance=instance,
-        run_config={"ops": {name: {"config": FAST} for name in ("text_model", "image_model", "fusion_model")}},
-    )
-    store = DataStore(data_dir / "test")
+    """The whole graph, once for the session, in one `dagster asset materialize` run as `make run` does
+    it (with FAST_TRAINING's settings): ingestion, the data set, every model, the champion and the batch
+    predictions, into a temporary data folder and Dagster instance that the tests then read and extend."""
+    root = tmp_path_factory.mktemp("trained")
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = source_environment(home, root / "data", demo_dir)
+    years = run_command([BIN / "genre-pipeline", "years"], env).stdout.strip()
+    materialize = [BIN / "dagster", "asset", "materialize", "-m", "genre_pipeline.definitions"]
+    command = materialize + ["--select", "*", "--partition-range", years, "--config-json", json.dumps(FAST_TRAINING)]
+    run_command(command, env, timeout=900)
+    store = DataStore(next((root / "data").glob("snapshot-catalog-*")))
+    with pytest.MonkeyPatch.context() as patch:  # the instance's yaml reads its folder from DAGSTER_HOME
+        patch.setenv("DAGSTER_HOME", str(home))
+        instance = dg.DagsterInstance.from_config(str(home))
+    res = pipeline_resources(demo_dir, root / "data", source=store.root.name)
+    res["training"] = TrainingResource(text_encoders=[MINILM])
     return {
-        "result": result,
         "store": store,
-        "uri": tracking.sqlite_uri(store.mlflow_db),
-        "data_dir": data_dir,
+        "uri": registry.sqlite_uri(store.mlflow_db),
+        "data_dir": root / "data",
         "resources": res,
         "instance": instance,
+        "home": home,
+        "years": years,
     }
+
+
+def latest_metadata(instance: dg.DagsterInstance, asset: str) -> dict:
+    """The metadata of an asset's latest materialization in ``instance``."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def best_constant_macro_f1(store: DataStore) -> float:

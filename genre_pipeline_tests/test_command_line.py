@@ -3,16 +3,17 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import requests
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from genre_pipeline.models import tracking
+from genre_pipeline.models import registry
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
 from .conftest import best_constant_macro_f1
@@ -21,41 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def run(args, env, timeout=300):
-    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def test_one_dagster_cli_command_materializes_the_whole_graph_like_make_run(demo_dir, tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "GENRE_PIPELINE_DATA": str(tmp_path / "data"),
-        "GENRE_PIPELINE_SNAPSHOT": str(demo_dir),
-        "GENRE_PIPELINE_YEARS": "2015-2024",
-    }
-    for name in ("TMDB_API_READ_ACCESS_TOKEN", "TMDB_API_KEY", "TMDB_BASE_URL"):
-        env.pop(name, None)
-    years = run([BIN / "genre-pipeline", "years"], env).stdout.strip()
-    assert years == "2015...2024"
-    # The whole graph in one command and one run, as make run and the README's CI line do it; the
-    # run config only makes training cheap (MiniLM, fewer epochs, folds and bags): what this test
-    # checks is that every asset materializes, not how good the models are (test_models does that).
-    heads = {"max_epochs": 10, "patience": 3}
-    fast = {
-        "resources": {"training": {"config": {"text_encoders": ["all-MiniLM-L6-v2"]}}},
-        "ops": {
-            **{name: {"config": heads} for name in ("text_model", "image_model", "fusion_model")},
-            "stacked_model": {"config": {"folds": 2, "stacker_bags": 1, "heads": heads}},
-        },
-    }
-    materialize = [BIN / "dagster", "asset", "materialize", "-m", "genre_pipeline.definitions"]
-    run(materialize + ["--select", "*", "--partition-range", years, "--config-json", json.dumps(fast)], env, 900)
-    store = next((tmp_path / "data").glob("snapshot-catalog-*"))
+def test_one_dagster_cli_command_materializes_the_whole_graph_like_make_run(trained, demo_dir):
+    """The session's models come from one `dagster asset materialize --select '*'` run (conftest's
+    trained fixture, make run's command): every asset of the graph is there."""
+    store, home = trained["store"].root, trained["home"]
+    assert trained["years"] == "2015...2024"
     assert {p.stem for p in (store / "raw" / "discover").glob("*.jsonl")} == {str(y) for y in range(2015, 2025)}
     assert (store / "details" / "movie_details.jsonl").read_text().count("\n") == len(load_snapshot(demo_dir).movies)
     assert (store / "posters" / "poster_status.parquet").is_file()
@@ -63,6 +34,9 @@ def test_one_dagster_cli_command_materializes_the_whole_graph_like_make_run(demo
         store / "reports" / "eda" / "eda_report.html"
     ).is_file()
     assert any((home / "storage").iterdir())  # the runs are in the instance's sqlite storage
+    first = trained["instance"].get_runs()[-1]  # later tests add runs of their own
+    assert first.status == dg.DagsterRunStatus.SUCCESS  # one command, one run, every asset
+    assert (first.tags[ASSET_PARTITION_RANGE_START_TAG], first.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("2015", "2024")
     assert (store / "predictions" / "genre_predictions.parquet").is_file()  # the last asset of the graph
 
 
@@ -205,7 +179,7 @@ def test_evaluate_command(trained, demo_dir, tmp_path):
 
 
 def test_no_champion_is_a_clear_error(tmp_path):
-    uri = tracking.sqlite_uri(tmp_path / "empty.db")
+    uri = registry.sqlite_uri(tmp_path / "empty.db")
     result = subprocess.run(
         [BIN / "genre-pipeline", "predict", "--overview", "A story.", "--tracking-uri", uri],
         capture_output=True,

@@ -10,8 +10,9 @@ from PIL import Image
 
 from genre_pipeline import settings
 from genre_pipeline.defs.resources import TrainingResource
-from genre_pipeline.models import onnx_backend
-from genre_pipeline.models.encoders import ImageEncoder, TextEncoder
+from genre_pipeline.models.encoders import onnx_backend
+from genre_pipeline.models.encoders.image import ImageEncoder
+from genre_pipeline.models.encoders.text import TextEncoder
 
 MINILM = "all-MiniLM-L6-v2"
 TEXTS = [
@@ -20,6 +21,14 @@ TEXTS = [
     "Mist",
     "An epic about the fall of a dynasty, told by the last emperor's cook. " * 30,
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_encoder_cache(tmp_path_factory):
+    """This module counts the graphs it exports: it gets an encoder cache of its own, not the persistent one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(settings.CACHE_DIR_ENV, str(tmp_path_factory.mktemp("encoder-cache")))
+        yield
 
 
 def exported_graphs() -> list:
@@ -115,8 +124,8 @@ def test_backends_are_checked_where_they_are_configured(monkeypatch):
     with pytest.raises(Exception, match="unknown encoder backend"):
         TrainingResource(encoder_backend="fast")
     assert onnx_backend.configured_backend("torch") == "torch"
-    monkeypatch.setenv(onnx_backend.BACKEND_ENV, "onnx")
+    monkeypatch.setenv(settings.ENCODER_BACKEND_ENV, "onnx")
     assert onnx_backend.configured_backend("torch") == "onnx"
-    monkeypatch.setenv(onnx_backend.BACKEND_ENV, "int4")
+    monkeypatch.setenv(settings.ENCODER_BACKEND_ENV, "int4")
     with pytest.raises(ValueError, match="int4"):
         onnx_backend.configured_backend("torch")

@@ -20,13 +20,23 @@ from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, metadata_fields
 from genre_pipeline.defs import models, predictions
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
-from genre_pipeline.models import tracking
-from genre_pipeline.models.classifier import decision_column, probability_column
-from genre_pipeline.models.encoders import MINILM_NAMES, TextEncoder
+from genre_pipeline.models import registry
+from genre_pipeline.models.encoders.text import TextEncoder
+from genre_pipeline.models.movie import decision_column, example_frame, probability_column
 from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.store import DataStore
 
-from .conftest import ASSETS, BIN, DATASET_ASSETS, MODEL_ASSETS, best_constant_macro_f1, free_port, wait_for
+from .conftest import (
+    ASSETS,
+    BIN,
+    DATASET_ASSETS,
+    MINILM,
+    MODEL_ASSETS,
+    best_constant_macro_f1,
+    free_port,
+    latest_metadata,
+    wait_for,
+)
 
 
 def model_report(store: DataStore, name: str) -> dict:
@@ -43,7 +53,7 @@ def test_every_model_beats_chance_on_the_test_split(trained):
     assert set(comparison.index) == set(models.MODEL_ASSETS)
     for model in comparison.index:
         assert comparison.at[model, "macro_f1"] > chance + 0.1, (model, comparison.at[model, "macro_f1"], chance)
-    fusion = metadata(trained["result"], "fusion_model")
+    fusion = latest_metadata(trained["instance"], "fusion_model")
     assert fusion["test_with_poster_macro_f1"] > chance
 
 
@@ -71,9 +81,9 @@ def test_the_stack_reports_its_members_and_what_metadata_and_posters_add(trained
     assert set(report["members"]) == {
         "tfidf",
         "tfidf_title",
-        "text[all-mpnet-base-v2]",
-        "neighbours[all-mpnet-base-v2]",
-        "linear[all-mpnet-base-v2]",
+        f"text[{MINILM}]",
+        f"neighbours[{MINILM}]",
+        f"linear[{MINILM}]",
         "poster[efficientnet-lite0]",
     }
     chance = best_constant_macro_f1(trained["store"])
@@ -230,11 +240,13 @@ def test_mlflow_models_serve_answers_over_http(trained, demo_dir):
 
 def test_embeddings_are_cached_and_not_recomputed(trained):
     res, instance = trained["resources"], trained["instance"]
+    first_by_node = {node: latest_metadata(instance, node) for node in ("text_embeddings", "poster_embeddings")}
     again = dg.materialize(
         ASSETS + DATASET_ASSETS + MODEL_ASSETS, selection=MODEL_ASSETS[:2], resources=res, instance=instance
     )
     for node in ("text_embeddings", "poster_embeddings"):
-        first, second = metadata(trained["result"], node), metadata(again, node)
+        second = metadata(again, node)
+        first = first_by_node[node]
         assert first["computed"] > 0 and second["computed"] == 0 and second["reused"] == first["computed"]
 
 
@@ -244,7 +256,7 @@ def test_mlflow_holds_each_run_with_params_metrics_artifacts_and_model(trained):
     by_name = {run.info.run_name: run for run in runs}
     assert set(by_name) == set(models.MODEL_ASSETS)
     text = by_name["text_model"]
-    assert text.data.params["label_set"] == "full" and text.data.params["text_encoders"] == '["all-mpnet-base-v2"]'
+    assert text.data.params["label_set"] == "full" and text.data.params["text_encoders"] == json.dumps([MINILM])
     assert "data_fingerprint" in text.data.params and "code_version" in text.data.params
     assert {
         "test_macro_f1",
@@ -260,17 +272,17 @@ def test_mlflow_holds_each_run_with_params_metrics_artifacts_and_model(trained):
     report = json.loads((trained["store"].models_dir / "text_model" / "report.json").read_text())
     model = mlflow.pyfunc.load_model(report["model_uri"])
     genres = json.loads(trained["store"].label_sets_file.read_text())["full"]
-    output = model.predict(tracking.example_input())
+    output = model.predict(example_frame())
     assert [c for c in output.columns if c.startswith("probability:")] == [probability_column(g) for g in genres]
     # The poster-only model cannot predict without a poster: measured, never deployed.
     assert json.loads(trained["store"].model_report_file("image_model").read_text())["model_uri"] is None
 
 
 def test_the_champion_is_registered_loads_and_predicts(trained):
-    decision = metadata(trained["result"], "model_comparison")
+    decision = latest_metadata(trained["instance"], "model_comparison")
     assert decision["promoted"] is True
     predictor = GenrePredictor.from_registry(trained["uri"])
-    assert predictor.info["model"] in models.CHAMPION_CANDIDATES and predictor.info["label_set"] == "full"
+    assert predictor.info["model"] in registry.CHAMPION_CANDIDATES and predictor.info["label_set"] == "full"
     comparison = pd.read_csv(trained["store"].model_comparison_file).set_index("model")
     candidates = comparison[comparison["candidate"]]
     assert predictor.info["model"] == candidates["validation_macro_f1"].idxmax()
@@ -290,11 +302,11 @@ def test_the_champion_is_registered_loads_and_predicts(trained):
 def test_a_worse_model_does_not_replace_the_champion(trained):
     mlflow.set_tracking_uri(trained["uri"])
     mlflow.set_registry_uri(trained["uri"])
-    champion = tracking.current_champion(MlflowClient())
+    champion = registry.current_champion(MlflowClient())
     report = json.loads((trained["store"].models_dir / "text_model" / "report.json").read_text())
-    promoted, decision = tracking.promote_if_better(report["model_uri"], report["run_id"], 0.0, "full", "text_model")
+    promoted, decision = registry.promote_if_better(report["model_uri"], report["run_id"], 0.0, "full", "text_model")
     assert not promoted and "kept champion" in decision
-    assert tracking.current_champion(MlflowClient())["version"] == champion["version"]
+    assert registry.current_champion(MlflowClient())["version"] == champion["version"]
 
 
 def test_an_unloadable_encoder_fails_clearly(trained):
@@ -311,7 +323,6 @@ def test_an_unloadable_encoder_fails_clearly(trained):
     assert not np.any([e.event_type_value == "STEP_RESTARTED" for e in result.all_events])
 
 
-MINILM = MINILM_NAMES[0]
 # Few, larger steps so that three epochs on ~70 demo movies learn something.
 FINE_TUNE = {
     "max_epochs": 3,
@@ -328,7 +339,9 @@ def fine_tuned(trained, tmp_path_factory):
     any model, embedding or MLflow store."""
     data_dir = tmp_path_factory.mktemp("fine-tuned") / "data"
     shutil.copytree(
-        trained["data_dir"], data_dir, ignore=shutil.ignore_patterns("models", "embeddings", "mlflow.db", "mlartifacts")
+        trained["store"].root,
+        data_dir / "test",
+        ignore=shutil.ignore_patterns("models", "embeddings", "mlflow.db", "mlartifacts"),
     )
     res = {**trained["resources"], "storage": StorageResource(data_dir=str(data_dir), source="test")}
     # MiniLM, not the default MPNet: fine-tuning either on CPU proves the same path, MiniLM in a fifth
@@ -348,7 +361,7 @@ def fine_tuned(trained, tmp_path_factory):
         run_config={"ops": {name: {"config": config} for name, config in ops.items()}},
     )
     store = DataStore(data_dir / "test")
-    return {"result": result, "store": store, "uri": tracking.sqlite_uri(store.mlflow_db)}
+    return {"result": result, "store": store, "uri": registry.sqlite_uri(store.mlflow_db)}
 
 
 def test_fine_tuning_trains_the_encoders_and_logs_them(fine_tuned):
