@@ -1,8 +1,16 @@
 """Shared fixtures: a small demo catalog the tests generate, replay servers over it, and the models
 trained on it once per session."""
 
-import json
 import os
+
+# Under pytest-xdist each of the two workers gets one core's worth of threads (inherited by the
+# commands the tests start): two workers each spinning two OpenMP or BLAS threads on two cores run
+# far slower than one thread each. Set before numpy, torch or scikit-learn load.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+
+import json
 import shutil
 import socket
 import subprocess
@@ -15,6 +23,7 @@ import pandas as pd
 import pytest
 import requests
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from mlflow import MlflowClient
 
 from genre_pipeline import settings
 from genre_pipeline.defs import dataset, ingestion, models
@@ -193,12 +202,29 @@ def trained(demo_dir, tmp_path_factory):
     return {
         "store": store,
         "uri": registry.sqlite_uri(store.mlflow_db),
+        "stack_uri": stack_champion_store(store, root / "stack-champion"),
         "data_dir": root / "data",
         "resources": res,
         "instance": instance,
         "home": home,
         "years": years,
     }
+
+
+def stack_champion_store(store: DataStore, folder: Path) -> str:
+    """A copy of the tracking store whose @champion is the stacked model (its versions point at the same
+    artifacts). The predict and serving tests use it: they exercise the product's model, which reads the
+    encoders, posters and metadata, whichever model won on the demo catalog's few validation movies
+    (often the TF-IDF baseline, which reads text only)."""
+    folder.mkdir()
+    shutil.copy(store.mlflow_db, folder / "mlflow.db")
+    uri = registry.sqlite_uri(folder / "mlflow.db")
+    report = json.loads(store.model_report_file("stacked_model").read_text())
+    registry.use_store(uri)  # MLflow resolves the logged model's models:/ URI through the process's store
+    client = MlflowClient(uri, uri)
+    version = client.create_model_version(registry.REGISTERED_MODEL, report["model_uri"], run_id=report["run_id"])
+    client.set_registered_model_alias(registry.REGISTERED_MODEL, registry.CHAMPION_ALIAS, version.version)
+    return uri
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str) -> dict:
@@ -256,3 +282,22 @@ def pytest_terminal_summary(terminalreporter):
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_BROWSER in str(r.longrepr)]
     if skipped:
         terminalreporter.write_sep("!", f"{len(skipped)} browser test(s) NOT RUN: {NO_BROWSER}", red=True, bold=True)
+
+
+# --- two workers ------------------------------------------------------------------------------
+# The modules whose tests read the session's trained models: they run on one worker, which trains once.
+# (pytest-xdist's own xdist_group mark does not take effect under pytest 9: its node-id suffix is lost.)
+TRAINED_MODULES = {"test_models.py", "test_command_line.py", "test_serving.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TrainedModelsTogether(LoadScopeScheduling):
+        """Every test of TRAINED_MODULES in one unit of work; every other test a unit of its own."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return "trained-models" if module in TRAINED_MODULES else nodeid
+
+    return TrainedModelsTogether(config, log)

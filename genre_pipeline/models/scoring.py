@@ -111,13 +111,16 @@ def prediction_table(
     TMDb's genres (empty for a movie TMDb gives none), every probability, and the champion that
     answered."""
     decided = apply_thresholds(probabilities, predictor.thresholds).astype(bool)
-    top3 = np.argsort(-probabilities, axis=1, kind="stable")[:, :3]
+    by_probability = np.argsort(-probabilities, axis=1, kind="stable")
+    top3 = by_probability[:, :3]
     frame = pd.DataFrame(
         {
             "id": [int(m["id"]) for m in movies],
             "title": [m.get("title") for m in movies],
             "scored_as": scored_as,
-            "predicted_genres": [[c for c, d in zip(predictor.classes, row) if d] for row in decided],
+            "predicted_genres": [  # most probable first, as predict and the API list them
+                [predictor.classes[j] for j in order if row[j]] for row, order in zip(decided, by_probability)
+            ],
             "top_3": [
                 ", ".join(f"{predictor.classes[j]} {p[j]:.2f}" for j in order) for p, order in zip(probabilities, top3)
             ],
