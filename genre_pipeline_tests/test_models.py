@@ -346,7 +346,10 @@ def fine_tuned(trained, tmp_path_factory):
     res = {**trained["resources"], "storage": StorageResource(data_dir=str(data_dir), source="test")}
     # MiniLM, not the default MPNet: fine-tuning either on CPU proves the same path, MiniLM in a fifth
     # of the time (MPNet made this fixture alone take 12 minutes of the suite).
-    res["training"] = TrainingResource(device="cpu", fine_tune=True, text_encoders=[MINILM])
+    # PyTorch as the encoders' inference backend: these tests are about fine-tuning, and each fine-tuned
+    # encoder's ONNX export would cost more than its training here (a changed encoder's export is
+    # test_encoder_backends' test_the_graph_is_exported_once_per_weights).
+    res["training"] = TrainingResource(device="cpu", fine_tune=True, text_encoders=[MINILM], encoder_backend="torch")
     # Posters are decoded in worker processes for fusion (as on a GPU machine), in-process for the image model.
     ops = {
         "text_model": {"fine_tuning": FINE_TUNE},
@@ -387,8 +390,8 @@ def test_fine_tuning_trains_the_encoders_and_logs_them(fine_tuned):
     assert not (baseline / "artifacts" / "classifier" / "encoders").exists()
     # The saved text encoder is not the bundled one: fine-tuning moved its weights.
     text = Path(mlflow.artifacts.download_artifacts(model_report(store, "text_model")["model_uri"]))
-    saved = TextEncoder(str(text / "artifacts" / "classifier" / "encoders" / "text_encoder"))
-    bundled = TextEncoder(MINILM)
+    saved = TextEncoder(str(text / "artifacts" / "classifier" / "encoders" / "text_encoder"), backend="torch")
+    bundled = TextEncoder(MINILM, backend="torch")
     sentence = ["A lonely robot crosses a desert to find its maker."]
     assert not np.allclose(saved.encode(sentence), bundled.encode(sentence), atol=1e-4)
 
