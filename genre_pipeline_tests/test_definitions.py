@@ -4,11 +4,14 @@ import datetime as dt
 import json
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from genre_pipeline import settings
+from genre_pipeline.dataset.labels import LabelSet
 from genre_pipeline.definitions import defs
-from genre_pipeline.defs.resources import build_resources
+from genre_pipeline.defs import models
+from genre_pipeline.defs.resources import TrainingResource, build_resources
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
 from genre_pipeline.tmdb import snapshot
 
@@ -93,3 +96,17 @@ def test_encoders_with_the_same_basename_never_share_an_embedding_cache(tmp_path
     assert first != second and first.name.startswith("text-model-onnx-")
     assert store.embeddings_file("text", "org-a/model", "onnx") == first
     assert store.embeddings_file("text", "org-a/model", "torch") != first
+
+
+def test_a_label_set_that_does_not_exist_is_refused_at_launch_naming_the_choices():
+    """The training resource's label set is checked when the run's resources are built, before any step;
+    the plain code checks it where a label set is read."""
+    refused = r"training:config:label_set not in enum type Literal\['full', 'merged'\] got genres"
+    with pytest.raises(dg.DagsterInvalidConfigError, match=refused):
+        dg.materialize(
+            [models.baseline_model],
+            resources={**build_resources(settings.choose_source({}), {}), "training": TrainingResource()},
+            run_config={"resources": {"training": {"config": {"label_set": "genres"}}}},
+        )
+    with pytest.raises(ValueError, match="unknown label set 'genres': use one of full, merged"):
+        LabelSet.from_frame("genres", pd.DataFrame({"id": [1], "Drama": [1]}))
