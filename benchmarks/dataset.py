@@ -29,6 +29,7 @@ def main() -> None:
     select_snapshot(args.snapshot)
     import pandas as pd
 
+    from genre_pipeline.dataset.labels import FULL, LABEL_SETS, MERGED
     from genre_pipeline.dataset.splits import split_label_counts
     from genre_pipeline.defs import dataset
     from genre_pipeline.defs.resources import TMDbResource, build_resources
@@ -61,10 +62,10 @@ def main() -> None:
 
     store = resources["storage"].store
     report = json.loads(store.cleaning_report_file.read_text())
-    label_sets = {name: pd.read_parquet(store.labels_file(name)) for name in ("full", "merged")}
+    label_sets = {name: pd.read_parquet(store.labels_file(name)) for name in LABEL_SETS}
     counts = {name: frame.drop(columns="id").sum().astype(int).to_dict() for name, frame in label_sets.items()}
     current = pd.read_parquet(store.splits_file)
-    per_split = split_label_counts(current, label_sets["full"])
+    per_split = split_label_counts(current, label_sets[FULL])
     classes = json.loads(store.label_sets_file.read_text())
     check_results = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
 
@@ -72,7 +73,7 @@ def main() -> None:
     for rule, dropped in report["dropped"].items():
         print(f"  dropped by {rule:>22}: {dropped}")
     print(f"tagline policy: keeps {report['kept_by_tagline_policy']}")
-    for name in ("full", "merged"):
+    for name in LABEL_SETS:
         print(f"{name} label set ({len(counts[name])} labels):")
         for genre, count in sorted(counts[name].items(), key=lambda item: -item[1]):
             print(f"  {genre:>16}: {count}")
@@ -87,10 +88,10 @@ def main() -> None:
         "rows_in": report["rows_in"],
         "dropped": report["dropped"],
         "kept_by_tagline_policy": report["kept_by_tagline_policy"],
-        "labels_18": counts["full"],
-        "labels_12": counts["merged"],
-        "n_labels_full": len(counts["full"]),
-        "n_labels_merged": len(counts["merged"]),
+        "labels_18": counts[FULL],
+        "labels_12": counts[MERGED],
+        "n_labels_full": len(counts[FULL]),
+        "n_labels_merged": len(counts[MERGED]),
         "splits": current["split"].value_counts().to_dict(),
         "checks_passed": all(check_results.values()),
         "per_asset_s": {key: m["elapsed_s"] for key, m in metadata.items()},
