@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "store": {"files"},
     "ingestion": {"files", "images", "options", "tmdb", "store"},
     "dataset": {"files", "options", "ingestion"},
-    "models": {"files", "images", "tmdb", "settings", "store", "dataset"},
+    "models": {"files", "images", "options", "tmdb", "settings", "store", "ingestion", "dataset"},
     "training": {"files", "options", "settings", "store", "ingestion", "dataset", "models"},
     "serving": {"models", "images"},
     "cluster": {"settings"},

@@ -299,14 +299,34 @@ def test_the_champion_is_registered_loads_and_predicts(trained):
         predictor.predict("   ")
 
 
-def test_a_worse_model_does_not_replace_the_champion(trained):
-    mlflow.set_tracking_uri(trained["uri"])
-    mlflow.set_registry_uri(trained["uri"])
-    champion = registry.current_champion(MlflowClient())
-    report = json.loads((trained["store"].models_dir / "text_model" / "report.json").read_text())
-    promoted, decision = registry.promote_if_better(report["model_uri"], report["run_id"], 0.0, "full", "text_model")
-    assert not promoted and "kept champion" in decision
-    assert registry.current_champion(MlflowClient())["version"] == champion["version"]
+def test_a_worse_model_is_not_promoted_even_when_its_stored_figure_is_higher(trained):
+    """text_model's report is made to claim the best validation macro-F1 of all, so it becomes the
+    candidate; scored now on the same validation movies as the champion, it loses, and the champion
+    stays. Promotion never compares a stored figure."""
+    store = trained["store"]
+    client = MlflowClient(trained["uri"], trained["uri"])
+    champion = registry.current_champion(client)
+    report_file = store.model_report_file("text_model")
+    kept = {path: path.read_bytes() for path in (report_file, store.model_comparison_file)}
+    report_file.write_text(json.dumps({**json.loads(kept[report_file]), "validation_macro_f1": 0.999}))
+    try:
+        result = dg.materialize(
+            ASSETS + DATASET_ASSETS + MODEL_ASSETS,
+            selection=[models.model_comparison],
+            resources=trained["resources"],
+            instance=trained["instance"],
+        )
+    finally:
+        for path, data in kept.items():
+            path.write_bytes(data)
+    decided = metadata(result, "model_comparison")
+    assert decided["candidate"] == "text_model" and decided["promoted"] is False
+    assert decided["candidate_validation_macro_f1"] < decided["champion_before_validation_macro_f1"] < 0.999
+    assert (
+        decided["decision"].startswith(f"kept champion v{champion['version']}") and "text_model" in decided["decision"]
+    )
+    assert "the current validation split" in decided["compared_on"]
+    assert registry.current_champion(client)["version"] == champion["version"]
 
 
 def test_an_unloadable_encoder_fails_clearly(trained):

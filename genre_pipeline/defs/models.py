@@ -26,8 +26,9 @@ from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_cle
 from genre_pipeline.defs.execution import GPU_STEP_TAGS
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
-from genre_pipeline.models import metrics, registry
+from genre_pipeline.models import metrics, registry, scoring
 from genre_pipeline.models.encoders import EncoderUnavailable, cache
+from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.store import frame_fingerprint
 from genre_pipeline.training import runs
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, StackConfig, TrainingConfig
@@ -47,6 +48,7 @@ HeadConfig = config_from_dataclass(
 )
 BaselineAssetConfig = config_from_dataclass(BaselineConfig, "BaselineAssetConfig")
 StackAssetConfig = config_from_dataclass(StackConfig, "StackAssetConfig", heads=HeadTrainingConfig)
+PromotionConfig = config_from_dataclass(registry.PromotionRules, "PromotionConfig")
 
 
 def _failing_clearly(call):
@@ -286,9 +288,12 @@ def stacked_model(
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"mlflow"},
 )
-def model_comparison(storage: StorageResource, training: TrainingResource) -> dg.MaterializeResult:
-    """Every model's test metrics side by side; the candidate with the best validation macro-F1 becomes
-    genre-classifier@champion when it beats the current champion."""
+def model_comparison(
+    context: dg.AssetExecutionContext, config: PromotionConfig, storage: StorageResource, training: TrainingResource
+) -> dg.MaterializeResult:
+    """Every model's test metrics side by side; the candidate with the best validation macro-F1 and the
+    current genre-classifier@champion are both scored now on the current validation split, and the
+    candidate becomes the champion only when it beats the champion there (by more than the margin)."""
     store = storage.store
     reports = {name: json.loads(store.model_report_file(name).read_text()) for name in MODEL_ASSETS}
     rows = []
@@ -308,17 +313,36 @@ def model_comparison(storage: StorageResource, training: TrainingResource) -> dg
         )
     table = pd.DataFrame(rows)
     table.to_csv(store.model_comparison_file, index=False)
-    candidate = registry.choose_candidate({name: report["validation_macro_f1"] for name, report in reports.items()})
-    chosen = reports[candidate]
+    name = registry.choose_candidate({n: report["validation_macro_f1"] for n, report in reports.items()})
+    chosen = reports[name]
     registry.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)
-    promoted, decision = registry.promote_if_better(
-        chosen["model_uri"], chosen["run_id"], chosen["validation_macro_f1"], training.label_set, candidate
+    validation = scoring.split_movies(store, training.label_set, "validation")
+    candidate = registry.Contender(
+        name, chosen["run_id"], scoring.macro_f1_on(GenrePredictor.from_model_uri(chosen["model_uri"]), validation)
     )
+    before = registry.current_champion(MlflowClient())
+    champion_f1 = None
+    if before is not None and before["run_id"] != candidate.run_id:
+        champion_f1 = scoring.macro_f1_on(GenrePredictor.from_registry(chosen["tracking_uri"]), validation)
+    data = validation.describe("validation")
+    promoted, decision = registry.promote_if_better(
+        chosen["model_uri"],
+        candidate,
+        champion_f1,
+        training.label_set,
+        data,
+        to_dataclass(registry.PromotionRules, config),
+    )
+    context.log.info(decision)
     champion = registry.current_champion(MlflowClient())
     return dg.MaterializeResult(
         metadata={
             "comparison": markdown_table(table, None),
-            "candidate": candidate,
+            "candidate": name,
+            "candidate_validation_macro_f1": candidate.macro_f1,
+            "champion_before": f"v{before['version']} ({before['tags'].get('model')})" if before else "none",
+            "champion_before_validation_macro_f1": champion_f1,
+            "compared_on": data,
             "promoted": promoted,
             "decision": decision,
             "label_set": training.label_set,

@@ -51,6 +51,11 @@ class GenrePredictor:
         self.reads_titles, self.reads_metadata = classifier.reads_titles, classifier.reads_metadata
 
     @classmethod
+    def from_model_uri(cls, model_uri: str) -> "GenrePredictor":
+        """A logged model that need not be registered (a candidate), for scoring."""
+        return cls(mlflow.pyfunc.load_model(model_uri), {"model_uri": model_uri})
+
+    @classmethod
     def from_registry(cls, tracking_uri: str, version: str | None = None) -> "GenrePredictor":
         """The champion, or one registered version: loaded by version number, so that a champion alias
         moving during the load cannot mix two versions."""

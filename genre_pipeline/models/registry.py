@@ -4,6 +4,7 @@ It imports no training code: serving, ``predict`` and ``evaluate`` read the cham
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -11,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from genre_pipeline import settings
+from genre_pipeline.options import described
 from genre_pipeline.store import DataStore
 
 REGISTERED_MODEL = "genre-classifier"
@@ -65,35 +67,67 @@ def current_champion(client: MlflowClient) -> dict | None:
     return {"version": version.version, "run_id": version.run_id, "tags": dict(version.tags)}
 
 
+@dataclasses.dataclass(frozen=True)
+class PromotionRules:
+    """When a candidate replaces the champion; model_comparison's run config is made from these fields."""
+
+    margin: float = described(
+        0.0, "The candidate must beat the champion's validation macro-F1, both measured now, by more than this."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """A model in the comparison, with its macro-F1 measured now on the data ``promote_if_better`` names."""
+
+    name: str  # the model asset, e.g. stacked_model
+    run_id: str
+    macro_f1: float | None  # None: it could not be scored on this data (another label set or other classes)
+
+
 def promote_if_better(
-    model_uri: str, run_id: str, validation_macro_f1: float, label_set: str, model_name: str
+    model_uri: str, candidate: Contender, champion_f1: float | None, label_set: str, data: str, rules: PromotionRules
 ) -> tuple[bool, str]:
-    """Register the model and make it the champion when it beats the current one on validation macro-F1
-    for the same label set (a champion of another label set is replaced: the label set is config)."""
+    """Register the candidate and make it the champion when its macro-F1 beats the current champion's by
+    more than ``rules.margin``, both measured now on the same movies (``data`` says which): never a figure
+    stored when a model was registered, which came from other data. A champion that cannot be scored on
+    this data (another label set, other classes) is replaced, and the decision says why. Returns whether
+    it was promoted and the decision in words, naming both models and both figures."""
     client = MlflowClient()
     champion = current_champion(client)
-    if champion is not None and champion["run_id"] == run_id:
-        return False, f"kept champion v{champion['version']}: it is this run's model already"
-    if champion is not None and champion["tags"].get("label_set") == label_set:
-        best = float(champion["tags"].get("validation_macro_f1", "nan"))
-        # The tag holds 6 decimals: the candidate is compared at the same precision.
-        if not round(validation_macro_f1, 6) > best:
-            return (
-                False,
-                f"kept champion v{champion['version']} (validation macro-F1 {best:.4f} >= {validation_macro_f1:.4f})",
+    if champion is not None and champion["run_id"] == candidate.run_id:
+        return False, f"kept champion v{champion['version']} ({candidate.name}): it is this run's model already"
+    if champion is None:
+        why = "there was no champion"
+    else:
+        held = f"champion v{champion['version']} ({champion['tags'].get('model', '?')})"
+        if champion["tags"].get("label_set") != label_set:
+            why = f"{held} was trained on label set {champion['tags'].get('label_set')!r}, the run on {label_set!r}"
+        elif champion_f1 is None:
+            why = f"{held} predicts other classes than the current label set: it cannot be scored on {data}"
+        elif not candidate.macro_f1 > champion_f1 + rules.margin:
+            return False, (
+                f"kept {held}: validation macro-F1 on {data} {champion_f1:.4f}, candidate {candidate.name} "
+                f"{candidate.macro_f1:.4f} (it must be higher by more than {rules.margin:g})"
+            )
+        else:
+            why = (
+                f"candidate {candidate.name} scored validation macro-F1 {candidate.macro_f1:.4f} on {data}, "
+                f"{held} {champion_f1:.4f}"
             )
     version = mlflow.register_model(
         model_uri,
         REGISTERED_MODEL,
         tags={
             "label_set": label_set,
-            "validation_macro_f1": f"{validation_macro_f1:.6f}",
-            "model": model_name,
-            "run_id": run_id,
+            VALIDATION_METRIC: f"{candidate.macro_f1:.6f}",
+            "validation_data": data,
+            "model": candidate.name,
+            "run_id": candidate.run_id,
         },
     )
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version.version)
-    return True, f"registered {REGISTERED_MODEL} v{version.version} as @{CHAMPION_ALIAS}"
+    return True, f"registered {REGISTERED_MODEL} v{version.version} ({candidate.name}) as @{CHAMPION_ALIAS}: {why}"
 
 
 def champion_version(client: MlflowClient, tracking_uri: str) -> str:

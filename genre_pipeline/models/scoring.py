@@ -3,16 +3,20 @@ genres (``genre-pipeline evaluate``), and the batch predictions table."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from genre_pipeline.dataset.labels import OTHERS
+from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
+from genre_pipeline.dataset.labels import OTHERS, LabelSet
+from genre_pipeline.ingestion import posters as poster_statuses
 from genre_pipeline.models import metrics
 from genre_pipeline.models.movie import probability_column, rows_from_tmdb
 from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.models.thresholds import apply_thresholds
+from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
 
@@ -25,6 +29,49 @@ def labels_for(genres: list[str], classes: list[str], known_genres: set[str]) ->
         elif OTHERS in classes and genre in known_genres:
             row[classes.index(OTHERS)] = 1
     return row
+
+
+@dataclasses.dataclass
+class LabelledMovies:
+    """Labelled movies of the data folder as the model's input rows, with their labels."""
+
+    frame: pd.DataFrame  # the model's input columns except the poster
+    poster_files: list[Path | None]  # each movie's verified poster
+    labels: np.ndarray  # movies x classes
+    classes: list[str]
+
+    def describe(self, split: str) -> str:
+        return f"the current {split} split ({len(self.frame):,} movies)"
+
+
+def split_movies(store: DataStore, label_set: str, split: str) -> LabelledMovies:
+    """One split's labelled movies of the data folder, as the model reads them."""
+    labels = LabelSet.from_frame(label_set, store.read_table(store.labels_file(label_set)))
+    split_of = store.read_table(store.splits_file).set_index("id")["split"]
+    keep = np.array([split_of.get(int(i)) == split for i in labels.ids], dtype=bool)
+    movies = store.read_table(store.movies_clean_file).set_index("id").loc[labels.ids[keep]]
+    posters = [
+        store.root / f if status == poster_statuses.OK else None
+        for f, status in zip(movies["poster_file"], movies["poster_status"])
+    ]
+    frame = movies[["overview", "tagline", "title", *METADATA_COLUMNS]].reset_index(drop=True)
+    return LabelledMovies(frame, posters, labels.matrix[keep], labels.classes)
+
+
+def macro_f1_on(predictor: GenrePredictor, movies: LabelledMovies, chunk: int = 256) -> float | None:
+    """The predictor's macro-F1 on ``movies`` with its own thresholds, ``chunk`` movies at a time (so only
+    one chunk's posters are in memory); None when it predicts other classes than the movies' labels."""
+    if list(predictor.classes) != list(movies.classes):
+        return None
+    parts = []
+    for start in range(0, len(movies.frame), chunk):
+        frame = movies.frame.iloc[start : start + chunk].reset_index(drop=True)
+        files = movies.poster_files[start : start + chunk] if predictor.uses_posters else [None] * len(frame)
+        frame["poster"] = [path.read_bytes() if path is not None else None for path in files]
+        parts.append(predictor.probabilities(predictor.predict_frame(frame)))
+    probabilities = np.concatenate(parts)
+    decisions = apply_thresholds(probabilities, predictor.thresholds)
+    return float(metrics.evaluate(movies.labels, decisions, probabilities, movies.classes)["summary"]["macro_f1"])
 
 
 def snapshot_poster_files(movies: list[dict], posters_dir: Path) -> dict[int, Path]:
