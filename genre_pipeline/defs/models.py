@@ -26,9 +26,8 @@ from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_cle
 from genre_pipeline.defs.execution import GPU_STEP_TAGS
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
-from genre_pipeline.models import metrics, registry, scoring
+from genre_pipeline.models import metrics, promotion, registry
 from genre_pipeline.models.encoders import EncoderUnavailable, cache
-from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.store import frame_fingerprint
 from genre_pipeline.training import runs
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, StackConfig, TrainingConfig
@@ -316,35 +315,22 @@ def model_comparison(
     name = registry.choose_candidate({n: report["validation_macro_f1"] for n, report in reports.items()})
     chosen = reports[name]
     registry.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)
-    validation = scoring.split_movies(store, training.label_set, "validation")
-    candidate = registry.Contender(
-        name, chosen["run_id"], scoring.macro_f1_on(GenrePredictor.from_model_uri(chosen["model_uri"]), validation)
+    outcome = promotion.challenge_champion(
+        store, name, chosen, training.label_set, to_dataclass(registry.PromotionRules, config)
     )
-    before = registry.current_champion(MlflowClient())
-    champion_f1 = None
-    if before is not None and before["run_id"] != candidate.run_id:
-        champion_f1 = scoring.macro_f1_on(GenrePredictor.from_registry(chosen["tracking_uri"]), validation)
-    data = validation.describe("validation")
-    promoted, decision = registry.promote_if_better(
-        chosen["model_uri"],
-        candidate,
-        champion_f1,
-        training.label_set,
-        data,
-        to_dataclass(registry.PromotionRules, config),
-    )
-    context.log.info(decision)
+    context.log.info(outcome.decision)
+    before = outcome.champion_before
     champion = registry.current_champion(MlflowClient())
     return dg.MaterializeResult(
         metadata={
             "comparison": markdown_table(table, None),
             "candidate": name,
-            "candidate_validation_macro_f1": candidate.macro_f1,
+            "candidate_validation_macro_f1": outcome.candidate.macro_f1,
             "champion_before": f"v{before['version']} ({before['tags'].get('model')})" if before else "none",
-            "champion_before_validation_macro_f1": champion_f1,
-            "compared_on": data,
-            "promoted": promoted,
-            "decision": decision,
+            "champion_before_validation_macro_f1": outcome.champion_f1,
+            "compared_on": outcome.data,
+            "promoted": outcome.promoted,
+            "decision": outcome.decision,
             "label_set": training.label_set,
             "champion_version": champion["version"],
         },

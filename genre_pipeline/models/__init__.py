@@ -9,7 +9,8 @@ Where each concept lives:
 - ``classifier``: the GenreClassifier (members, stacker, thresholds) saved to and loaded from a folder.
 - ``pyfunc``: the MLflow pyfunc model from raw inputs to genres (``pyfunc_entry`` is what MLflow logs).
 - ``thresholds``, ``metrics``: per-genre decisions and the figures every report uses.
-- ``registry``: the tracking URI, the registered model, the champion alias, candidates and promotion.
+- ``registry``: the tracking URI, the registered model, the champion alias, candidates and promotion;
+  ``promotion``: the candidate and the champion scored on the same movies before the registry decides.
 - ``predictor``: predicting with a registered model; ``scoring``: many movies, a snapshot, batch tables.
 
 Training, evaluation reports and MLflow training runs are ``genre_pipeline.training``.

@@ -78,23 +78,28 @@ class PromotionRules:
 
 @dataclasses.dataclass(frozen=True)
 class Contender:
-    """A model in the comparison, with its macro-F1 measured now on the data ``promote_if_better`` names."""
+    """The candidate, with its macro-F1 measured now on the data ``promote_if_better`` names."""
 
     name: str  # the model asset, e.g. stacked_model
     run_id: str
-    macro_f1: float | None  # None: it could not be scored on this data (another label set or other classes)
+    macro_f1: float
 
 
 def promote_if_better(
-    model_uri: str, candidate: Contender, champion_f1: float | None, label_set: str, data: str, rules: PromotionRules
+    model_uri: str,
+    candidate: Contender,
+    champion: dict | None,
+    champion_f1: float | None,
+    label_set: str,
+    data: str,
+    rules: PromotionRules,
 ) -> tuple[bool, str]:
     """Register the candidate and make it the champion when its macro-F1 beats the current champion's by
     more than ``rules.margin``, both measured now on the same movies (``data`` says which): never a figure
     stored when a model was registered, which came from other data. A champion that cannot be scored on
     this data (another label set, other classes) is replaced, and the decision says why. Returns whether
-    it was promoted and the decision in words, naming both models and both figures."""
-    client = MlflowClient()
-    champion = current_champion(client)
+    it was promoted and the decision in words, naming both models and both figures. ``champion`` is
+    ``current_champion``'s answer, read by the caller before scoring it."""
     if champion is not None and champion["run_id"] == candidate.run_id:
         return False, f"kept champion v{champion['version']} ({candidate.name}): it is this run's model already"
     if champion is None:
@@ -126,7 +131,7 @@ def promote_if_better(
             "run_id": candidate.run_id,
         },
     )
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version.version)
+    MlflowClient().set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version.version)
     return True, f"registered {REGISTERED_MODEL} v{version.version} ({candidate.name}) as @{CHAMPION_ALIAS}: {why}"
 
 
