@@ -16,11 +16,11 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, metadata_fields
+from genre_pipeline.dataset.cleaning import metadata_fields
 from genre_pipeline.defs import models, predictions
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
-from genre_pipeline.models import registry
+from genre_pipeline.models import registry, scoring
 from genre_pipeline.models.encoders.text import TextEncoder
 from genre_pipeline.models.movie import decision_column, example_frame, probability_column
 from genre_pipeline.models.predictor import GenrePredictor
@@ -95,14 +95,7 @@ def test_the_stack_reports_its_members_and_what_metadata_and_posters_add(trained
 
 def stack_frame(store: DataStore, ids) -> pd.DataFrame:
     """Movies of the data folder as the pyfunc model's raw input rows."""
-    movies = pd.read_parquet(store.movies_clean_file).set_index("id").loc[list(ids)]
-    posters = [
-        (store.root / f).read_bytes() if status == "ok" else None
-        for f, status in zip(movies["poster_file"], movies["poster_status"])
-    ]
-    frame = movies[["overview", "tagline", "title", *METADATA_COLUMNS]].reset_index(drop=True)
-    frame["poster"] = posters
-    return frame
+    return scoring.stored_movies(store, ids).rows()
 
 
 def test_the_stack_loads_in_a_fresh_process_and_reproduces_its_reported_probabilities(trained, tmp_path):

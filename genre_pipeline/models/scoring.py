@@ -32,11 +32,24 @@ def labels_for(genres: list[str], classes: list[str], known_genres: set[str]) ->
 
 
 @dataclasses.dataclass
-class LabelledMovies:
-    """Labelled movies of the data folder as the model's input rows, with their labels."""
+class StoredMovies:
+    """Cleaned movies of the data folder as the model's input rows, posters read only when asked for."""
 
     frame: pd.DataFrame  # the model's input columns except the poster
     poster_files: list[Path | None]  # each movie's verified poster
+
+    def rows(self, part: slice = slice(None), *, with_posters: bool = True) -> pd.DataFrame:
+        """The input rows of ``part``, with the poster bytes (None for every movie unless ``with_posters``)."""
+        frame = self.frame.iloc[part].reset_index(drop=True)
+        files = self.poster_files[part] if with_posters else [None] * len(frame)
+        frame["poster"] = [path.read_bytes() if path is not None else None for path in files]
+        return frame
+
+
+@dataclasses.dataclass
+class LabelledMovies(StoredMovies):
+    """Stored movies with their labels."""
+
     labels: np.ndarray  # movies x classes
     classes: list[str]
 
@@ -44,32 +57,49 @@ class LabelledMovies:
         return f"the current {split} split ({len(self.frame):,} movies)"
 
 
+def stored_movies(store: DataStore, ids) -> StoredMovies:
+    """The cleaned movies ``ids`` of the data folder, as the model reads them."""
+    movies = store.read_table(store.movies_clean_file).set_index("id").loc[list(ids)]
+    posters = [
+        store.root / f if status == poster_statuses.OK else None
+        for f, status in zip(movies["poster_file"], movies["poster_status"])
+    ]
+    return StoredMovies(movies[["overview", "tagline", "title", *METADATA_COLUMNS]].reset_index(drop=True), posters)
+
+
 def split_movies(store: DataStore, label_set: str, split: str) -> LabelledMovies:
     """One split's labelled movies of the data folder, as the model reads them."""
     labels = LabelSet.from_frame(label_set, store.read_table(store.labels_file(label_set)))
     split_of = store.read_table(store.splits_file).set_index("id")["split"]
     keep = np.array([split_of.get(int(i)) == split for i in labels.ids], dtype=bool)
-    movies = store.read_table(store.movies_clean_file).set_index("id").loc[labels.ids[keep]]
-    posters = [
-        store.root / f if status == poster_statuses.OK else None
-        for f, status in zip(movies["poster_file"], movies["poster_status"])
-    ]
-    frame = movies[["overview", "tagline", "title", *METADATA_COLUMNS]].reset_index(drop=True)
-    return LabelledMovies(frame, posters, labels.matrix[keep], labels.classes)
+    movies = stored_movies(store, labels.ids[keep])
+    return LabelledMovies(movies.frame, movies.poster_files, labels.matrix[keep], labels.classes)
+
+
+def _predicted_in_chunks(predictor: GenrePredictor, n_movies: int, rows_of, chunk: int, progress=None):
+    """Probabilities (movies x the predictor's classes) and whether each movie's poster was used, for the
+    input rows ``rows_of(slice)`` gives, ``chunk`` movies at a time so that only one chunk's posters
+    are in memory."""
+    parts, used_poster = [], []
+    for start in range(0, n_movies, chunk):
+        output = predictor.predict_frame(rows_of(slice(start, start + chunk)))
+        parts.append(predictor.probabilities(output))
+        used_poster.append(output["used_poster"].to_numpy(dtype=bool))
+        if progress:
+            progress(min(start + chunk, n_movies), n_movies)
+    if not parts:
+        return np.zeros((0, len(predictor.classes))), np.zeros(0, dtype=bool)
+    return np.concatenate(parts), np.concatenate(used_poster)
 
 
 def macro_f1_on(predictor: GenrePredictor, movies: LabelledMovies, chunk: int = 256) -> float | None:
-    """The predictor's macro-F1 on ``movies`` with its own thresholds, ``chunk`` movies at a time (so only
-    one chunk's posters are in memory); None when it predicts other classes than the movies' labels."""
+    """The predictor's macro-F1 on ``movies`` with its own thresholds; None when it predicts other
+    classes than the movies' labels."""
     if list(predictor.classes) != list(movies.classes):
         return None
-    parts = []
-    for start in range(0, len(movies.frame), chunk):
-        frame = movies.frame.iloc[start : start + chunk].reset_index(drop=True)
-        files = movies.poster_files[start : start + chunk] if predictor.uses_posters else [None] * len(frame)
-        frame["poster"] = [path.read_bytes() if path is not None else None for path in files]
-        parts.append(predictor.probabilities(predictor.predict_frame(frame)))
-    probabilities = np.concatenate(parts)
+    probabilities, _ = _predicted_in_chunks(
+        predictor, len(movies.frame), lambda part: movies.rows(part, with_posters=predictor.uses_posters), chunk
+    )
     decisions = apply_thresholds(probabilities, predictor.thresholds)
     return float(metrics.evaluate(movies.labels, decisions, probabilities, movies.classes)["summary"]["macro_f1"])
 
@@ -86,20 +116,12 @@ def predict_movies(
     progress=None,
     chunk: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (movies x the champion's classes) and whether each movie's poster was used,
-    ``chunk`` movies at a time so that only one chunk's posters are in memory."""
+    """Probabilities (movies x the champion's classes) and whether each movie's poster was used."""
     if not predictor.uses_posters:
         poster_files = {}  # nothing reads them: none is read from disk
-    parts, used_poster = [], []
-    for start in range(0, len(movies), chunk):
-        output = predictor.predict_frame(rows_from_tmdb(movies[start : start + chunk], poster_files))
-        parts.append(predictor.probabilities(output))
-        used_poster.append(output["used_poster"].to_numpy(dtype=bool))
-        if progress:
-            progress(min(start + chunk, len(movies)), len(movies))
-    if not parts:
-        return np.zeros((0, len(predictor.classes))), np.zeros(0, dtype=bool)
-    return np.concatenate(parts), np.concatenate(used_poster)
+    return _predicted_in_chunks(
+        predictor, len(movies), lambda part: rows_from_tmdb(movies[part], poster_files), chunk, progress
+    )
 
 
 def evaluate_snapshot(
