@@ -21,9 +21,10 @@ from genre_pipeline.models.encoders import EncoderRef, build_encoder
 from genre_pipeline.models.encoders.onnx_backend import configured_backend
 from genre_pipeline.models.members import MemberInputs
 from genre_pipeline.models.metadata import is_missing
-from genre_pipeline.models.movie import MAX_OVERVIEW_CHARS, decision_column, probability_column
+from genre_pipeline.models.movie import BY_NAME, decision_column, probability_column
 
 log = logging.getLogger(__name__)
+OVERVIEW = BY_NAME["overview"]
 ARTIFACT_KEY = "classifier"
 
 
@@ -89,10 +90,9 @@ def encode_inputs(frame: pd.DataFrame, classifier: GenreClassifier, encoders: di
     texts = []
     for row, (overview, tagline) in enumerate(zip(frame["overview"], _column(frame, "tagline"))):
         overview = _text_of(overview)
-        if not overview:
-            raise ValueError(f"row {row}: the overview is empty: give the movie's plot overview")
-        if len(overview) > MAX_OVERVIEW_CHARS:
-            raise ValueError(f"row {row}: the overview has {len(overview)} characters, over {MAX_OVERVIEW_CHARS}")
+        refused = OVERVIEW.problem(overview)
+        if refused:
+            raise ValueError(f"row {row}: the overview {refused}: give the movie's plot overview")
         texts.append(model_text(overview, _text_of(tagline)))
     titles = [_text_of(t) for t in _column(frame, "title")]
     if classifier.uses_posters:
