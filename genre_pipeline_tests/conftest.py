@@ -219,12 +219,18 @@ def stack_champion_store(store: DataStore, folder: Path) -> str:
     folder.mkdir()
     shutil.copy(store.mlflow_db, folder / "mlflow.db")
     uri = registry.sqlite_uri(folder / "mlflow.db")
-    report = json.loads(store.model_report_file("stacked_model").read_text())
+    make_champion(uri, json.loads(store.model_report_file("stacked_model").read_text()))
+    return uri
+
+
+def make_champion(uri: str, report: dict) -> str:
+    """Register the model of a training report in the store at ``uri`` and point @champion at it, as a
+    promotion would; returns the new version."""
     registry.use_store(uri)  # MLflow resolves the logged model's models:/ URI through the process's store
     client = MlflowClient(uri, uri)
     version = client.create_model_version(registry.REGISTERED_MODEL, report["model_uri"], run_id=report["run_id"])
     client.set_registered_model_alias(registry.REGISTERED_MODEL, registry.CHAMPION_ALIAS, version.version)
-    return uri
+    return str(version.version)
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str) -> dict:

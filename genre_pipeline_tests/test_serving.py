@@ -18,7 +18,7 @@ from PIL import Image
 from genre_pipeline.models import registry
 from genre_pipeline.models.predictor import GenrePredictor
 
-from .conftest import BIN, free_port, wait_for
+from .conftest import BIN, free_port, make_champion, wait_for
 
 MOVIE = {
     "overview": "A retired gunslinger rides into a frontier town ruled by a ruthless cattle baron.",
@@ -298,10 +298,9 @@ def test_the_server_reloads_a_moved_champion_without_dropping_requests(trained, 
         loaded_at = running.get("/model").json()["loaded_at"]
         time.sleep(2)  # four polls: an alias that did not move reloads nothing
         assert running.get("/model").json()["loaded_at"] == loaded_at
-        moved = client.create_model_version(registry.REGISTERED_MODEL, report["model_uri"], run_id=report["run_id"])
-        client.set_registered_model_alias(registry.REGISTERED_MODEL, registry.CHAMPION_ALIAS, moved.version)
+        moved = make_champion(running.uri, report)
         deadline = time.monotonic() + 180
-        while running.get("/model").json()["version"] != str(moved.version):
+        while running.get("/model").json()["version"] != moved:
             assert time.monotonic() < deadline, "the server did not load the moved champion"
             time.sleep(0.5)
         time.sleep(1)
@@ -310,7 +309,7 @@ def test_the_server_reloads_a_moved_champion_without_dropping_requests(trained, 
         asker.join(timeout=180)
         log = stop(running)
     assert statuses and set(statuses) == {200}, log[-3000:]
-    assert versions == {str(before.version), str(moved.version)}
+    assert versions == {str(before.version), moved}
 
 
 def percent(name: str, style: str) -> float:
