@@ -145,7 +145,6 @@ def log_training_run(
 @dataclasses.dataclass
 class TrainedModel:
     outcome: ModelOutcome
-    data: TrainingData
     report: dict  # report.json, with the MLflow run's ids and the model's URI
     files: dict[str, Path]  # the report's files by name
     label_set: str
@@ -188,7 +187,7 @@ def _train_and_log(
         artifact_root=store.mlflow_artifacts_dir,
         tags=tags,
     )
-    return TrainedModel(outcome, data, report, files, setup.label_set)
+    return TrainedModel(outcome, report, files, setup.label_set)
 
 
 def baseline_model(store: DataStore, setup: ModelSetup, config: BaselineConfig, tags: dict) -> TrainedModel:
