@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -30,7 +31,13 @@ def _tmdb_replay(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     server = ReplayServer(
-        args.snapshot, host=args.host, port=args.port, token=args.token, api_key=args.api_key, faults=faults
+        args.snapshot,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        api_key=args.api_key,
+        faults=faults,
+        as_of=args.as_of,
     )
     movies = len(server.state.snapshot.movies)
     print(f"TMDb replay of {args.snapshot} ({movies} movies) at {server.api_url}", flush=True)
@@ -200,6 +207,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genre-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read-access token the server accepts (a local value, not a TMDb secret)",
     )
     replay.add_argument("--api-key", default=None, help="also accept this ?api_key=")
+    replay.add_argument(
+        "--as-of",
+        type=_date,
+        default=None,
+        help="serve the catalog as it stood on this date (YYYY-MM-DD): movies released by then, changes until then",
+    )
     faults = replay.add_argument_group("fault injection")
     faults.add_argument("--rate-limit-fraction", type=float, default=0.0, help="share of requests answered 429")
     faults.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")

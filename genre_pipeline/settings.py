@@ -3,6 +3,7 @@
 ``TMDB_API_READ_ACCESS_TOKEN`` (or ``TMDB_API_KEY``) selects the real API,
 ``GENRE_PIPELINE_SNAPSHOT=DIR`` a replay of that folder, neither the demo catalog.
 ``TMDB_BASE_URL`` points the client at any TMDb-compatible server.
+``GENRE_PIPELINE_CATALOG_DATE=YYYY-MM-DD`` replays the snapshot or demo catalog as it stood on that date.
 ``GENRE_PIPELINE_EXECUTOR`` picks where steps run (docs/scale-out.md), ``GENRE_PIPELINE_TRACKING_URI``
 where training runs and the model registry are kept.
 """
@@ -37,6 +38,9 @@ CELERY_BACKEND_ENV = "GENRE_PIPELINE_CELERY_BACKEND"
 TRACKING_URI_ENV = "GENRE_PIPELINE_TRACKING_URI"
 # Serve every model's encoders on this backend instead of the one each was trained with.
 ENCODER_BACKEND_ENV = "GENRE_PIPELINE_ENCODER_BACKEND"
+# The date a replayed catalog stands at: its movies released by then, its changes until then, and the
+# release years and "today" of the refresh schedule follow it instead of the wall clock.
+CATALOG_DATE_ENV = "GENRE_PIPELINE_CATALOG_DATE"
 FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
 
 
@@ -64,6 +68,17 @@ def tracking_uri_override(env: Mapping[str, str] = os.environ) -> str | None:
 def encoder_backend_override(env: Mapping[str, str] = os.environ) -> str | None:
     """``GENRE_PIPELINE_ENCODER_BACKEND``: the encoder backend to serve with, whatever a model was trained on."""
     return env.get(ENCODER_BACKEND_ENV) or None
+
+
+def catalog_date(env: Mapping[str, str] = os.environ) -> dt.date | None:
+    """``GENRE_PIPELINE_CATALOG_DATE`` as a date, or None when unset."""
+    value = env.get(CATALOG_DATE_ENV)
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"{CATALOG_DATE_ENV}={value!r}: expected a date as YYYY-MM-DD") from None
 
 
 def encoder_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -122,7 +137,23 @@ def configured_source() -> Source:
 
 
 def year_range(source: Source, env: Mapping[str, str] = os.environ) -> tuple[int, int]:
-    """The release years to partition by: ``GENRE_PIPELINE_YEARS=FIRST-LAST`` or the source's own."""
+    """The release years to partition by: ``GENRE_PIPELINE_YEARS=FIRST-LAST`` or the source's own, up to
+    the catalog date's year when one is set."""
+    first, last = _configured_years(source, env)
+    as_of = catalog_date(env)
+    if as_of is not None:
+        if source.kind == "tmdb":
+            raise ValueError(
+                f"{CATALOG_DATE_ENV} replays a snapshot or the demo catalog as of a date; the TMDb API "
+                f"answers as of today: unset it"
+            )
+        if as_of.year < first:
+            raise ValueError(f"{CATALOG_DATE_ENV}={as_of} is before the first release year {first}")
+        last = min(last, as_of.year)
+    return first, last
+
+
+def _configured_years(source: Source, env: Mapping[str, str]) -> tuple[int, int]:
     configured = env.get(YEARS_ENV)
     if configured:
         match = re.fullmatch(r"\s*(\d{4})\s*-\s*(\d{4})?\s*", configured)

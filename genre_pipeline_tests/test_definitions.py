@@ -22,8 +22,18 @@ def test_definitions_load():
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert {"tmdb_configuration", "tmdb_genres", "raw_discover_pages", "movie_details", "posters"} <= keys
     assert {"movies_clean", "genre_labels", "dataset_splits", "eda_report"} <= keys
-    assert {"baseline_model", "stacked_model", "model_comparison"} <= keys
-    assert len(graph.asset_check_keys) == 7
+    assert {"baseline_model", "stacked_model", "model_comparison", "champion_model"} <= keys
+    assert {"champion_on_new_movies", "retraining_decision"} <= keys
+    checks = {key.name for key in graph.asset_check_keys}
+    assert len(checks) == 14 and "challenger_at_least_as_good" in checks
+    assert {name for name in checks if name.startswith("drift_")} == {
+        "drift_genre_rate_shift",
+        "drift_text_length_ks",
+        "drift_language_shift",
+        "drift_poster_availability_shift",
+        "drift_embedding_domain_auc",
+        "drift_predicted_rate_shift",
+    }
     assert defs.resolve_schedule_def("tmdb_refresh_schedule")
     assert graph.get(dg.AssetKey("movie_details")).automation_condition is not None
     # What lets one `dagster asset materialize --select '*' --partition-range` build the whole graph.
@@ -38,6 +48,25 @@ def test_the_schedule_refreshes_the_two_latest_years_and_changes():
     ops = request.run_config["ops"]
     assert ops["raw_discover_pages"]["config"]["refresh"] is True
     assert ops["movie_details"]["config"]["check_changes"] is True
+
+
+def test_a_catalog_date_sets_the_refresh_years_and_today(monkeypatch, tmp_path):
+    """Replayed as of a date, the catalog's date, not the wall clock, says which years are the latest and
+    what day the refresh stands at; the real API is never replayed as of a date."""
+    monkeypatch.setenv(settings.CATALOG_DATE_ENV, "2019-12-31")
+    request = tmdb_refresh_schedule(dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 30)))
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
+        "2018",
+        "2019",
+    )
+    assert request.run_key == "tmdb-refresh-2019-12-31"
+    env = {settings.CATALOG_DATE_ENV: "2019-12-31", "GENRE_PIPELINE_DATA": str(tmp_path)}
+    assert settings.year_range(settings.choose_source({}), env) == (2015, 2019)
+    assert build_resources(settings.choose_source(env), env)["tmdb"].today() == dt.date(2019, 12, 31)
+    with pytest.raises(ValueError, match="TMDb API answers as of today"):
+        settings.year_range(settings.choose_source({"TMDB_API_KEY": "k"}), env)
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        settings.catalog_date({settings.CATALOG_DATE_ENV: "31/12/2019"})
 
 
 @pytest.mark.parametrize(

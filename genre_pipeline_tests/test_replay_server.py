@@ -1,5 +1,6 @@
 """The replay server answers with TMDb's routes, shapes and errors."""
 
+import datetime as dt
 import json
 
 import pytest
@@ -68,6 +69,43 @@ def test_changes_lists_movies_changed_in_the_window(catalog_copy):
     with serve_snapshot(catalog_copy, token=TOKEN) as server:
         body = get(server, "/movie/changes", start_date="2026-01-01", end_date="2026-01-14").json()
     assert [r["id"] for r in body["results"]] == [900005]
+
+
+def test_a_catalog_as_of_a_date_knows_only_what_was_released_and_changed_by_then(catalog_copy):
+    movies = list(load_snapshot(catalog_copy).movies.values())
+    released = sorted(m["id"] for m in movies if m["release_date"] <= "2019-12-31")
+    later = next(m for m in movies if "2019-12-31" < m["release_date"] <= "2020-12-31")
+    earlier = next(m for m in movies if m["release_date"] <= "2019-12-31")
+    (catalog_copy / "changes.jsonl").write_text(
+        json.dumps({"id": earlier["id"], "changed_at": "2019-12-20"})
+        + "\n"
+        + json.dumps({"id": later["id"], "changed_at": "2020-06-01"})
+        + "\n"
+    )
+
+    def discovered(server) -> list[int]:
+        ids, page, pages = [], 1, 1
+        while page <= pages:
+            body = get(server, "/discover/movie", page=page).json()
+            ids += [r["id"] for r in body["results"]]
+            pages, page = body["total_pages"], page + 1
+        return sorted(ids)
+
+    with serve_snapshot(catalog_copy, token=TOKEN, as_of=dt.date(2019, 12, 31)) as server:
+        assert discovered(server) == released
+        assert get(server, "/discover/movie", primary_release_year=2021).json()["total_results"] == 0
+        assert get(server, f"/movie/{later['id']}").status_code == 404
+        assert get(server, f"/movie/{earlier['id']}").status_code == 200
+        window = {"start_date": "2019-12-01", "end_date": "2020-12-31"}
+        assert [r["id"] for r in get(server, "/movie/changes", **window).json()["results"]] == [earlier["id"]]
+
+        server.advance_to(dt.date(2020, 12, 31))  # a year passes
+        assert get(server, f"/movie/{later['id']}").status_code == 200
+        assert len(discovered(server)) > len(released)
+        changed = [r["id"] for r in get(server, "/movie/changes", **window).json()["results"]]
+        assert sorted(changed) == sorted([earlier["id"], later["id"]])
+        with pytest.raises(ValueError, match="cannot go back"):
+            server.advance_to(dt.date(2020, 1, 1))
 
 
 def test_us_short_dates_are_normalized():

@@ -1,8 +1,11 @@
 """The daily TMDb refresh."""
 
+import datetime as dt
+
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from genre_pipeline import settings
 from genre_pipeline.defs.ingestion import RELEASE_YEARS, movie_details, raw_discover_pages
 
 
@@ -15,12 +18,13 @@ from genre_pipeline.defs.ingestion import RELEASE_YEARS, movie_details, raw_disc
     "downstream assets follow only if the data changed.",
 )
 def tmdb_refresh_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    keys = RELEASE_YEARS.get_partition_keys(current_time=context.scheduled_execution_time)
+    at = refresh_time(context.scheduled_execution_time)
+    keys = RELEASE_YEARS.get_partition_keys(current_time=at)
     if not keys:
         return dg.SkipReason("no release-year partition has started yet")
     latest = keys[-2:]
     return dg.RunRequest(
-        run_key=f"tmdb-refresh-{context.scheduled_execution_time:%Y-%m-%d}",
+        run_key=f"tmdb-refresh-{at:%Y-%m-%d}",
         tags={ASSET_PARTITION_RANGE_START_TAG: latest[0], ASSET_PARTITION_RANGE_END_TAG: latest[-1]},
         run_config={
             "ops": {
@@ -29,3 +33,12 @@ def tmdb_refresh_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReques
             }
         },
     )
+
+
+def refresh_time(scheduled: dt.datetime) -> dt.datetime:
+    """When the refresh stands: the end of the catalog date's day for a replay that has one (so that the
+    two latest release years follow the catalog, not the wall clock), else the scheduled time."""
+    as_of = settings.catalog_date()
+    if as_of is None:
+        return scheduled
+    return dt.datetime.combine(as_of, dt.time(23, 59), tzinfo=scheduled.tzinfo)

@@ -3,6 +3,10 @@
 It serves TMDb's own routes and response shapes (``/3/configuration``,
 ``/3/genre/movie/list``, ``/3/discover/movie``, ``/3/movie/{id}``, ``/3/movie/changes``)
 and images at ``/t/p/{size}/{file}``, and checks credentials as TMDb does.
+
+With ``as_of`` set it serves the catalog as it stood on that date: discover and details know only the
+movies released by then, ``/movie/changes`` only the changes until then. ``ReplayServer.advance_to``
+moves it forward, as time moves the real catalog.
 """
 
 from __future__ import annotations
@@ -102,13 +106,16 @@ def _file_selected(name: str, fraction: float, seed: int, salt: str) -> bool:
 
 
 class ReplayState:
-    def __init__(self, snapshot: Snapshot, *, token: str, api_key: str | None, faults: Faults):
+    def __init__(
+        self, snapshot: Snapshot, *, token: str, api_key: str | None, faults: Faults, as_of: dt.date | None = None
+    ):
         self.snapshot = snapshot
         self.token = token
         self.api_key = api_key
         self.faults = faults
         self.by_year = snapshot.by_year()
         self.dated = [m for m in snapshot.movies.values() if m.get("release_date")]
+        self.as_of = as_of
         self.random = random.Random(faults.seed)
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # by route
@@ -116,6 +123,15 @@ class ReplayState:
         self.faults_injected: Counter[str] = Counter()
         self._faults_per_path: Counter[str] = Counter()
         self.base_url = ""
+
+    def released(self, movie: dict) -> bool:
+        """Whether the catalog knows ``movie`` on its date: an undated movie only when no date is set."""
+        if self.as_of is None:
+            return True
+        return bool(movie.get("release_date")) and movie["release_date"] <= self.as_of.isoformat()
+
+    def today(self) -> dt.date:
+        return self.as_of or dt.date.today()
 
     def count(self, route: str, path: str) -> None:
         with self.lock:
@@ -251,6 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
                 movies = []
         else:
             movies = state.dated
+        movies = [m for m in movies if state.released(m)]
         gte = query.get("primary_release_date.gte")
         lte = query.get("primary_release_date.lte")
         if gte:
@@ -283,8 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _changes(self, query: dict) -> None:
-        today = dt.date.today()
-        end = query.get("end_date") or today.isoformat()
+        today = self.state.today().isoformat()
+        end = min(query.get("end_date") or today, today)
         start = query.get("start_date") or (dt.date.fromisoformat(end) - dt.timedelta(days=1)).isoformat()
         try:
             page = max(1, int(query.get("page", "1")))
@@ -308,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
             movie = self.state.snapshot.movies.get(int(movie_id))
         except ValueError:
             movie = None
-        if movie is None:
+        if movie is None or not self.state.released(movie):
             return self._json(404, NOT_FOUND)
         self._json(200, movie)
 
@@ -370,10 +387,11 @@ class ReplayServer:
         token: str = DEFAULT_REPLAY_TOKEN,
         api_key: str | None = None,
         faults: Faults | None = None,
+        as_of: dt.date | None = None,
     ):
         if not isinstance(snapshot, Snapshot):
             snapshot = load_snapshot(snapshot)
-        self.state = ReplayState(snapshot, token=token, api_key=api_key, faults=faults or Faults())
+        self.state = ReplayState(snapshot, token=token, api_key=api_key, faults=faults or Faults(), as_of=as_of)
         handler = type("ReplayHandler", (_Handler,), {"state": self.state})
         self.httpd = _QuietServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -393,6 +411,12 @@ class ReplayServer:
     @property
     def requests(self) -> Counter[str]:
         return self.state.requests
+
+    def advance_to(self, as_of: dt.date) -> None:
+        """Serve the catalog as it stands on ``as_of`` from the next request on; time only moves forward."""
+        if self.state.as_of is not None and as_of < self.state.as_of:
+            raise ValueError(f"the catalog stands at {self.state.as_of}; it cannot go back to {as_of}")
+        self.state.as_of = as_of
 
     def start(self) -> "ReplayServer":
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="tmdb-replay", daemon=True)
