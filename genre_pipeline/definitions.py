@@ -3,7 +3,7 @@
 import dagster as dg
 
 from genre_pipeline import settings
-from genre_pipeline.defs import dataset, ingestion, models, predictions
+from genre_pipeline.defs import dataset, embeddings, ingestion, models, monitoring, predictions
 from genre_pipeline.defs.execution import build_executor
 from genre_pipeline.defs.resources import build_resources
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
@@ -13,9 +13,10 @@ defs = dg.Definitions(
     # `dagster asset materialize --select '*' --partition-range FIRST...LAST` (the CLI takes a range
     # only when every selected asset has this policy; unpartitioned assets simply run once).
     assets=dg.load_assets_from_modules(
-        [ingestion, dataset, models, predictions], backfill_policy=dg.BackfillPolicy.single_run()
+        [ingestion, dataset, embeddings, monitoring, models, predictions],
+        backfill_policy=dg.BackfillPolicy.single_run(),
     ),
-    asset_checks=dg.load_asset_checks_from_modules([ingestion, dataset, models, predictions]),
+    asset_checks=dg.load_asset_checks_from_modules([ingestion, dataset, embeddings, monitoring, models, predictions]),
     schedules=[tmdb_refresh_schedule],
     resources=build_resources(settings.configured_source()),
     # In the run's process by default; on workers where the deployment says so (defs/execution.py).

@@ -38,6 +38,8 @@ class DataStore:
     embeddings_dir = property(lambda self: self.root / "embeddings")
     models_dir = property(lambda self: self.root / "models")
     genre_predictions_file = property(lambda self: self.root / "predictions" / "genre_predictions.parquet")
+    prequential_file = property(lambda self: self.root / "monitoring" / "champion_on_new_movies.json")
+    retraining_state_file = property(lambda self: self.root / "monitoring" / "retraining_state.json")
     mlflow_db = property(lambda self: self.root / "mlflow.db")
     mlflow_artifacts_dir = property(lambda self: self.root / "mlartifacts")
 

@@ -23,13 +23,15 @@ MAY_IMPORT = {
     "dataset": {"files", "options", "ingestion"},
     "models": {"files", "images", "options", "tmdb", "settings", "store", "ingestion", "dataset"},
     "training": {"files", "options", "settings", "store", "ingestion", "dataset", "models"},
+    "monitoring": {"options", "store", "ingestion", "dataset", "models"},
     "serving": {"models", "images"},
     "cluster": {"settings"},
     "cli": {"settings", "tmdb", "store", "models", "serving", "cluster"},
-    "defs": {"files", "tmdb", "settings", "store", "ingestion", "dataset", "models", "training"},
+    "defs": {"files", "tmdb", "settings", "store", "ingestion", "dataset", "models", "training", "monitoring"},
     "definitions": {"defs", "settings"},
+    "refresh": {"definitions", "files"},
 }
-MAY_IMPORT_DAGSTER = {"defs", "definitions"}
+MAY_IMPORT_DAGSTER = {"defs", "definitions", "refresh"}
 # Modules that serve a registered model: nothing they import, however indirectly, may be training code.
 SERVING_ENTRIES = ("serving.app", "cli", "models.registry", "models.predictor", "models.scoring")
 TRAINING = "training"

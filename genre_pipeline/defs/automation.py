@@ -15,4 +15,21 @@ ON_UPSTREAM_DATA_CHANGE = (
     & ~AC.in_progress()
 ).with_label("on_upstream_data_change")
 
+
+def when_dep_data_changes(dep: str, label: str) -> dg.AutomationCondition:
+    """Like ON_UPSTREAM_DATA_CHANGE, but only a new data version of ``dep`` requests the asset: the
+    model assets follow retraining_decision, not every refreshed movie, embedding or split."""
+    return (
+        (
+            AC.newly_missing()
+            | AC.any_deps_match(AC.data_version_changed() & ~AC.executed_with_root_target()).allow(
+                dg.AssetSelection.assets(dep)
+            )
+        ).since_last_handled()
+        & ~AC.any_deps_missing()
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label(label)
+
+
 TMDB_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)

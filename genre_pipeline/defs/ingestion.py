@@ -20,8 +20,9 @@ from genre_pipeline.store import content_fingerprint
 
 SOURCE = settings.configured_source()
 FIRST_YEAR, LAST_YEAR = settings.year_range(SOURCE)
+# end_offset=1: the year in progress is a partition too, so that a refresh finds this year's releases.
 RELEASE_YEARS = dg.TimeWindowPartitionsDefinition(
-    start=str(FIRST_YEAR), end=str(LAST_YEAR + 1), cron_schedule="0 0 1 1 *", fmt="%Y"
+    start=str(FIRST_YEAR), end=str(LAST_YEAR + 1), cron_schedule="0 0 1 1 *", fmt="%Y", end_offset=1
 )
 MAX_CHANGES_LOOKBACK_DAYS = 90
 
@@ -153,7 +154,7 @@ def movie_details(
     discovered = store.discovered_movies()
     known = store.read_details()
     state = store.read_json(store.details_state_file, {})
-    today = dt.date.today()
+    today = tmdb.today()
 
     progress = progress_logger(context, "details fetched")
 

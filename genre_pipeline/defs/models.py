@@ -1,42 +1,39 @@
-"""Model assets: cached embeddings, the TF-IDF baseline, text, image and fusion models, the stacked
-classifier, and the champion.
+"""Model assets: the TF-IDF baseline, text, image and fusion models, the stacked classifier, the
+comparison of the best candidate with the champion, and the champion.
 
 Every training asset logs one MLflow run with a deployable pyfunc model (the image-only model
-excepted: it cannot predict without a poster); model_comparison registers the best candidate on
-validation as genre-classifier@champion when it beats the current champion. The assets only wire:
+excepted: it cannot predict without a poster). They retrain when retraining_decision says it pays, not
+on every refreshed movie. model_comparison registers the best candidate on validation as
+genre-classifier@challenger with its and the champion's figures on the same movies; the blocking check
+challenger_at_least_as_good and champion_model decide whether @champion moves. The assets only wire:
 config in, one call into ``genre_pipeline.training`` or ``genre_pipeline.models``, metadata out.
 """
 
 import json
+import math
 
 import dagster as dg
 import pandas as pd
 from mlflow import MlflowClient
-from pydantic import Field
 
-from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, when_dep_data_changes
 from genre_pipeline.defs.common import (
     config_from_dataclass,
     markdown_images,
     markdown_table,
-    progress_logger,
     to_dataclass,
 )
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
+from genre_pipeline.defs.embeddings import failing_clearly, poster_embeddings, text_embeddings
 from genre_pipeline.defs.execution import GPU_STEP_TAGS
+from genre_pipeline.defs.monitoring import retraining_decision
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
-from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import metrics, promotion, registry
-from genre_pipeline.models.encoders import EncoderUnavailable, cache
-from genre_pipeline.store import frame_fingerprint
 from genre_pipeline.training import runs
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, StackConfig, TrainingConfig
 
 MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model", "stacked_model")
-
-
-class EmbeddingConfig(dg.Config):
-    batch_size: int = Field(default=64, description="Texts per batch on PyTorch; posters use half as many.")
+WHEN_RETRAINING_PAYS = when_dep_data_changes(retraining_decision.key.to_user_string(), "when_retraining_pays")
 
 
 HeadTrainingConfig = config_from_dataclass(TrainingConfig, "HeadTrainingConfig")
@@ -47,88 +44,11 @@ HeadConfig = config_from_dataclass(
 )
 BaselineAssetConfig = config_from_dataclass(BaselineConfig, "BaselineAssetConfig")
 StackAssetConfig = config_from_dataclass(StackConfig, "StackAssetConfig", heads=HeadTrainingConfig)
-PromotionConfig = config_from_dataclass(registry.PromotionRules, "PromotionConfig")
+PromotionConfig = config_from_dataclass(promotion.PromotionRules, "PromotionConfig")
 
 
-def _failing_clearly(call):
-    """``call()``; an encoder whose weights cannot load fails the step at once (a retry cannot help)."""
-    try:
-        return call()
-    except EncoderUnavailable as error:
-        raise dg.Failure(str(error), allow_retries=False) from None
-
-
-# The two embedding assets: frozen encoders over the clean movies, on a GPU worker where there is one.
-embedding_asset = dg.asset(
-    group_name="models",
-    deps=[movies_clean],
-    automation_condition=ON_UPSTREAM_DATA_CHANGE,
-    kinds={"pytorch"},
-    op_tags=GPU_STEP_TAGS,
-)
-
-
-def _embedding_result(per_encoder: list[dict]) -> dg.MaterializeResult:
-    """One encoder's figures as they are; several encoders' side by side in a table."""
-    version = "".join(frame_fingerprint(pd.DataFrame({"k": m.pop("keys")})) for m in per_encoder)
-    metadata = (
-        dict(per_encoder[0]) if len(per_encoder) == 1 else {"encoders": markdown_table(pd.DataFrame(per_encoder))}
-    )
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
-
-
-def _refresh_embeddings(context, storage, training, ref, batch_size: int, ids: list, keys: list, inputs: list) -> dict:
-    store = storage.store
-    return _failing_clearly(
-        lambda: cache.refresh(
-            store.embeddings_file(ref.modality, ref.name, ref.backend),
-            ref,
-            device=training.resolved_device(),
-            batch_size=batch_size,
-            ids=ids,
-            keys=keys,
-            inputs=inputs,
-            progress=progress_logger(context, f"{ref.modality} embeddings ({ref.name}, {ref.backend})"),
-        )
-    )
-
-
-@embedding_asset
-def text_embeddings(
-    context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
-) -> dg.MaterializeResult:
-    """Frozen text-encoder embeddings of each movie's model text, for every configured text encoder;
-    only new or changed texts are encoded."""
-    movies = storage.store.read_table(storage.store.movies_clean_file)
-    texts = movies["text"].tolist()
-    keys = [cache.content_key(t) for t in texts]
-    ids = movies["id"].tolist()
-    return _embedding_result(
-        [
-            _refresh_embeddings(context, storage, training, ref, config.batch_size, ids, keys, texts)
-            for ref in training.encoder_refs()[0]
-        ]
-    )
-
-
-@embedding_asset
-def poster_embeddings(
-    context: dg.AssetExecutionContext, config: EmbeddingConfig, storage: StorageResource, training: TrainingResource
-) -> dg.MaterializeResult:
-    """Frozen ImageNet features of every verified poster; only new or changed posters are encoded."""
-    store = storage.store
-    movies = store.read_table(store.movies_clean_file)
-    with_poster = movies[movies["poster_status"] == poster_files.OK]
-    files = [store.root / f for f in with_poster["poster_file"]]
-    keys = [cache.content_key(f.read_bytes()) for f in files]
-    ref = training.encoder_refs()[1]
-    return _embedding_result(
-        [
-            _refresh_embeddings(
-                context, storage, training, ref, config.batch_size // 2, with_poster["id"].tolist(), keys, files
-            )
-        ]
-    )
+def _mlflow_run_url(experiment_id: str, run_id: str) -> dg.MetadataValue:
+    return dg.MetadataValue.url(f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
 
 
 def _model_result(trained: runs.TrainedModel, **more) -> dg.MaterializeResult:
@@ -140,15 +60,18 @@ def _model_result(trained: runs.TrainedModel, **more) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": report["run_id"],
-            "mlflow_run": dg.MetadataValue.url(
-                f"http://127.0.0.1:5000/#/experiments/{report['experiment_id']}/runs/{report['run_id']}"
-            ),
+            "mlflow_run": _mlflow_run_url(report["experiment_id"], report["run_id"]),
             "label_set": trained.label_set,
             registry.VALIDATION_METRIC: round(outcome.validation_macro_f1, 4),
             **{f"test_{k}": round(v, 4) for k, v in summary.items() if k != "n_movies"},
             "test_movies": summary["n_movies"],
             "test_top3_rule_macro_f1": round(outcome.test_top3_rule["summary"]["macro_f1"], 4),
-            **{f"test_{s}_macro_f1": round(v["macro_f1"], 4) for s, v in outcome.test_subsets.items()},
+            # A subset figure that does not apply (the poster model has no movie without a poster) is left out.
+            **{
+                f"test_{s}_macro_f1": round(v["macro_f1"], 4)
+                for s, v in outcome.test_subsets.items()
+                if not math.isnan(v["macro_f1"])
+            },
             **{k: round(v, 4) for k, v in outcome.extra.items() if isinstance(v, float)},
             "best_epoch": outcome.best_epoch or 0,
             "per_genre": markdown_table(per_genre, None),
@@ -176,8 +99,8 @@ def _epoch_logger(context):
 
 @dg.asset(
     group_name="models",
-    deps=[movies_clean, genre_labels, dataset_splits],
-    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    deps=[movies_clean, genre_labels, dataset_splits, retraining_decision],
+    automation_condition=WHEN_RETRAINING_PAYS,
     kinds={"scikit-learn", "mlflow"},
 )
 def baseline_model(
@@ -202,8 +125,8 @@ def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.
         name=name,
         description=description,
         group_name="models",
-        deps=[*deps, genre_labels, dataset_splits],
-        automation_condition=ON_UPSTREAM_DATA_CHANGE,
+        deps=[*deps, genre_labels, dataset_splits, retraining_decision],
+        automation_condition=WHEN_RETRAINING_PAYS,
         kinds={"pytorch", "mlflow"},
         op_tags=GPU_STEP_TAGS,
     )
@@ -214,7 +137,7 @@ def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.
         setup = training.setup(store)
         how = "fine-tuning the encoders with" if setup.fine_tune else "training"
         context.log.info(f"{how} the {kind} head on {setup.device}")
-        trained = _failing_clearly(
+        trained = failing_clearly(
             lambda: runs.head_model(
                 store,
                 setup,
@@ -253,8 +176,8 @@ fusion_model = _head_model_asset(
 
 @dg.asset(
     group_name="models",
-    deps=[text_embeddings, poster_embeddings, genre_labels, dataset_splits],
-    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    deps=[text_embeddings, poster_embeddings, genre_labels, dataset_splits, retraining_decision],
+    automation_condition=WHEN_RETRAINING_PAYS,
     kinds={"scikit-learn", "pytorch", "mlflow"},
     op_tags=GPU_STEP_TAGS,
 )
@@ -291,13 +214,17 @@ def model_comparison(
     context: dg.AssetExecutionContext, config: PromotionConfig, storage: StorageResource, training: TrainingResource
 ) -> dg.MaterializeResult:
     """Every model's test metrics side by side; the candidate with the best validation macro-F1 and the
-    current genre-classifier@champion are both scored now on the current validation split, and the
-    candidate becomes the champion only when it beats the champion there (by more than the margin)."""
+    current genre-classifier@champion both scored now on the current validation split (and on the test
+    split's movies the champion never saw); the candidate registered as @challenger with both figures.
+    Whether it becomes the champion is the blocking check challenger_at_least_as_good's verdict."""
     store = storage.store
     reports = {name: json.loads(store.model_report_file(name).read_text()) for name in MODEL_ASSETS}
     rows = []
     for name, report in reports.items():
         test = report["test"]
+        with_poster = report["test_subsets"].get("with_poster", {}).get("macro_f1")
+        if report["kind"] == "image":  # scored only on movies with a poster: both figures are one
+            with_poster = test["macro_f1"]
         rows.append(
             {
                 "model": name,
@@ -306,7 +233,7 @@ def model_comparison(
                 registry.VALIDATION_METRIC: report["validation_macro_f1"],
                 **{k: test[k] for k in metrics.HEADLINE_KEYS},
                 "macro_f1_top3_rule": report["test_top3_rule"]["macro_f1"],
-                "macro_f1_with_poster": report["test_subsets"].get("with_poster", {}).get("macro_f1"),
+                "macro_f1_with_poster": with_poster,
                 "test_movies": report["n_test"],
             }
         )
@@ -315,24 +242,79 @@ def model_comparison(
     name = registry.choose_candidate({n: report["validation_macro_f1"] for n, report in reports.items()})
     chosen = reports[name]
     registry.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)
-    outcome = promotion.challenge_champion(
-        store, name, chosen, training.label_set, to_dataclass(registry.PromotionRules, config)
+    challenge = promotion.challenge_champion(
+        store, name, chosen, training.label_set, to_dataclass(promotion.PromotionRules, config)
     )
-    context.log.info(outcome.decision)
-    before = outcome.champion_before
-    champion = registry.current_champion(MlflowClient())
+    context.log.info(challenge.decision)
+    figures = {}
+    comparison = challenge.comparison
+    if comparison is not None:
+        figures = {
+            "challenger": f"v{challenge.challenger_version} ({name})",
+            "compared_on": comparison.data,
+            "challenger_validation_macro_f1": round(comparison.candidate_f1, 4),
+            "champion_before": comparison.champion_name() if comparison.champion_version else "none",
+        }
+        if comparison.champion_f1 is not None:
+            figures["champion_validation_macro_f1"] = round(comparison.champion_f1, 4)
+        if comparison.candidate_new_f1 is not None:
+            figures |= {
+                "new_test_movies": comparison.new_movies,
+                "challenger_new_test_macro_f1": round(comparison.candidate_new_f1, 4),
+                "champion_new_test_macro_f1": round(comparison.champion_new_f1, 4),
+            }
     return dg.MaterializeResult(
         metadata={
             "comparison": markdown_table(table, None),
             "candidate": name,
-            "candidate_validation_macro_f1": outcome.candidate.macro_f1,
-            "champion_before": f"v{before['version']} ({before['tags'].get('model')})" if before else "none",
-            "champion_before_validation_macro_f1": outcome.champion_f1,
-            "compared_on": outcome.data,
-            "promoted": outcome.promoted,
-            "decision": outcome.decision,
+            "candidate_mlflow_run": _mlflow_run_url(chosen["experiment_id"], chosen["run_id"]),
+            **figures,
+            "decision": challenge.decision,
             "label_set": training.label_set,
-            "champion_version": champion["version"],
+        },
+        data_version=dg.DataVersion(f"challenger-v{challenge.challenger_version}-{chosen['run_id']}"),
+    )
+
+
+@dg.asset_check(
+    asset=model_comparison,
+    blocking=True,
+    description="The challenger scored at least the champion's macro-F1 plus the margin, both measured now on "
+    "the same validation movies: only then may champion_model move @champion.",
+)
+def challenger_at_least_as_good(storage: StorageResource, training: TrainingResource) -> dg.AssetCheckResult:
+    registry.use_store(training.tracking_uri_for(storage.store))
+    challenger, passed, decision = promotion.challenger_verdict(MlflowClient())
+    return dg.AssetCheckResult(
+        passed=passed,
+        description=decision,
+        metadata={"challenger": f"v{challenger['version']}" if challenger else "none", "decision": decision},
+    )
+
+
+@dg.asset(
+    group_name="models",
+    deps=[model_comparison],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"mlflow"},
+)
+def champion_model(storage: StorageResource, training: TrainingResource) -> dg.MaterializeResult:
+    """genre-classifier@champion, the model `genre-pipeline serve`, `predict` and genre_predictions use:
+    moved to the challenger only when the promotion rule allows it (the check before it says so too)."""
+    registry.use_store(training.tracking_uri_for(storage.store))
+    client = MlflowClient()
+    promoted, decision = promotion.promote_challenger(client)
+    champion = registry.current_champion(client)
+    if champion is None:
+        raise dg.Failure(f"no {registry.REGISTERED_MODEL}@{registry.CHAMPION_ALIAS}: {decision}", allow_retries=False)
+    run = client.get_run(champion["run_id"])
+    return dg.MaterializeResult(
+        metadata={
+            "champion": f"{registry.REGISTERED_MODEL} v{champion['version']} ({champion['tags'].get('model')})",
+            "champion_version": int(champion["version"]),
+            "promoted": promoted,
+            "decision": decision,
+            "champion_mlflow_run": _mlflow_run_url(run.info.experiment_id, champion["run_id"]),
         },
         # What downstream assets read of this one is the champion: they rerun only when it changes.
         data_version=dg.DataVersion(f"champion-v{champion['version']}-{champion['run_id']}"),

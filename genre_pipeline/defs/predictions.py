@@ -8,7 +8,7 @@ from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_table, progress_logger
 from genre_pipeline.defs.dataset import dataset_splits
 from genre_pipeline.defs.ingestion import movie_details, posters
-from genre_pipeline.defs.models import model_comparison
+from genre_pipeline.defs.models import champion_model
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import metrics, registry
@@ -36,7 +36,7 @@ class PredictionConfig(dg.Config):
 
 @dg.asset(
     group_name="predictions",
-    deps=[movie_details, posters, dataset_splits, model_comparison],
+    deps=[movie_details, posters, dataset_splits, champion_model],
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"mlflow", "pandas"},
 )

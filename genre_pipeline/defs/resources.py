@@ -1,6 +1,7 @@
 """Resources: the TMDb source and the data folder, chosen from the environment without code edits."""
 
 import contextlib
+import datetime as dt
 import os
 import secrets
 from pathlib import Path
@@ -12,10 +13,13 @@ from pydantic import Field, field_validator
 
 from genre_pipeline import settings
 from genre_pipeline.dataset.labels import FULL, LabelSetName
+from genre_pipeline.defs.common import config_from_dataclass, to_dataclass
 from genre_pipeline.files import remove_partial_files
 from genre_pipeline.models import registry
 from genre_pipeline.models.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, EncoderRef
 from genre_pipeline.models.encoders.onnx_backend import DEFAULT_BACKEND, check_backend
+from genre_pipeline.monitoring.drift import DriftThresholds
+from genre_pipeline.monitoring.retraining import RetrainRules
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog, lock
 from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, ClientPolicy, TMDbAuthError, TMDbClient
@@ -52,9 +56,21 @@ class TMDbResource(dg.ConfigurableResource, ClientPolicy):
     base_url: Optional[str] = Field(default=None, description="A TMDb-compatible API root (TMDB_BASE_URL).")
     snapshot_dir: Optional[str] = Field(default=None, description="The snapshot folder a snapshot source replays.")
     demo_catalog_dir: Optional[str] = Field(default=None, description="Where the demo catalog is generated.")
+    catalog_date: Optional[str] = Field(
+        default=None,
+        description=f"Replay the snapshot or demo catalog as it stood on this date, YYYY-MM-DD "
+        f"({settings.CATALOG_DATE_ENV}): "
+        "its movies released by then, its changes until then. Not for source 'tmdb'.",
+    )
 
     @pydantic.model_validator(mode="after")
     def _source_has_what_it_needs(self):
+        if self.catalog_date is not None:
+            if self.source == "tmdb":
+                raise ValueError(
+                    "catalog_date replays a snapshot or the demo catalog; the TMDb API answers as of today"
+                )
+            settings.catalog_date({settings.CATALOG_DATE_ENV: self.catalog_date})  # a clear error for a bad date
         if self.source == "tmdb" and not (self.api_read_access_token or self.api_key):
             raise ValueError(f"source 'tmdb' needs a credential: set {TOKEN_ENV} or {API_KEY_ENV}")
         if self.source != "tmdb" and self.base_url:
@@ -65,7 +81,16 @@ class TMDbResource(dg.ConfigurableResource, ClientPolicy):
 
     @property
     def source_label(self) -> str:
-        return settings.source_label(self.source, snapshot_dir=self.snapshot_dir, base_url=self.base_url)
+        label = settings.source_label(self.source, snapshot_dir=self.snapshot_dir, base_url=self.base_url)
+        return f"{label} as of {self.catalog_date}" if self.catalog_date else label
+
+    def today(self) -> dt.date:
+        """The source's today: the catalog date of a replay that has one, else the wall clock's."""
+        return self.as_of or dt.date.today()
+
+    @property
+    def as_of(self) -> dt.date | None:
+        return dt.date.fromisoformat(self.catalog_date) if self.catalog_date else None
 
     @contextlib.contextmanager
     def open_client(self, store: DataStore) -> Iterator[TMDbClient]:
@@ -109,7 +134,7 @@ class TMDbResource(dg.ConfigurableResource, ClientPolicy):
         # A fresh local credential per server: the replay checks it as TMDb would.
         token = secrets.token_urlsafe(24)
         with (
-            serve_snapshot(folder, token=token) as server,
+            serve_snapshot(folder, token=token, as_of=self.as_of) as server,
             TMDbClient(
                 server.api_url,
                 token=token,
@@ -137,11 +162,15 @@ def build_resources(source: settings.Source, env=os.environ) -> dict:
         tmdb_options["snapshot_dir"] = source.snapshot_dir
     else:
         tmdb_options["demo_catalog_dir"] = str(data_dir / "demo-catalog")
+    if source.kind != "tmdb":
+        as_of = settings.catalog_date(env)
+        tmdb_options["catalog_date"] = as_of.isoformat() if as_of else None
     return {
         "tmdb": TMDbResource(source=source.kind, **tmdb_options),
         "storage": StorageResource(data_dir=str(data_dir), source=source.slug),
         "quality": DataQualityResource(),
         "training": TrainingResource(),
+        "monitoring": MonitoringResource(),
     }
 
 
@@ -226,3 +255,25 @@ class TrainingResource(dg.ConfigurableResource):
             tracking_uri=self.tracking_uri_for(store),
             experiment=self.experiment,
         )
+
+
+DriftConfig = config_from_dataclass(DriftThresholds, "DriftConfig")
+RetrainingConfig = config_from_dataclass(RetrainRules, "RetrainingConfig")
+
+
+class MonitoringResource(dg.ConfigurableResource):
+    """How a refresh watches the champion and when the models retrain: drift thresholds (the drift
+    checks warn past them) and the retraining gate's rules. A resource, not run config, so that the runs
+    declarative automation starts use them too."""
+
+    drift: DriftConfig = Field(default_factory=DriftConfig, description=DriftThresholds.__doc__)
+    retraining: RetrainingConfig = Field(default_factory=RetrainingConfig, description=RetrainRules.__doc__)
+    bootstrap_resamples: int = Field(
+        default=1000, ge=100, description="Resamples of the new movies for the prequential macro-F1's 95% interval."
+    )
+
+    def thresholds(self) -> DriftThresholds:
+        return to_dataclass(DriftThresholds, self.drift)
+
+    def rules(self) -> RetrainRules:
+        return to_dataclass(RetrainRules, self.retraining)

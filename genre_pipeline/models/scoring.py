@@ -52,6 +52,7 @@ class LabelledMovies(StoredMovies):
 
     labels: np.ndarray  # movies x classes
     classes: list[str]
+    ids: np.ndarray  # movie ids, row order
 
     def describe(self, split: str) -> str:
         return f"the current {split} split ({len(self.frame):,} movies)"
@@ -67,13 +68,19 @@ def stored_movies(store: DataStore, ids) -> StoredMovies:
     return StoredMovies(movies[["overview", "tagline", "title", *METADATA_COLUMNS]].reset_index(drop=True), posters)
 
 
+def labelled_movies(store: DataStore, label_set: str, keep) -> LabelledMovies:
+    """The label set's labelled movies of the data folder for which ``keep(id)`` is true, as the model
+    reads them."""
+    labels = LabelSet.from_frame(label_set, store.read_table(store.labels_file(label_set)))
+    kept = np.array([bool(keep(int(i))) for i in labels.ids], dtype=bool)
+    movies = stored_movies(store, labels.ids[kept])
+    return LabelledMovies(movies.frame, movies.poster_files, labels.matrix[kept], labels.classes, labels.ids[kept])
+
+
 def split_movies(store: DataStore, label_set: str, split: str) -> LabelledMovies:
     """One split's labelled movies of the data folder, as the model reads them."""
-    labels = LabelSet.from_frame(label_set, store.read_table(store.labels_file(label_set)))
     split_of = store.read_table(store.splits_file).set_index("id")["split"]
-    keep = np.array([split_of.get(int(i)) == split for i in labels.ids], dtype=bool)
-    movies = stored_movies(store, labels.ids[keep])
-    return LabelledMovies(movies.frame, movies.poster_files, labels.matrix[keep], labels.classes)
+    return labelled_movies(store, label_set, lambda movie_id: split_of.get(movie_id) == split)
 
 
 def _predicted_in_chunks(predictor: GenrePredictor, n_movies: int, rows_of, chunk: int, progress=None):
@@ -92,15 +99,37 @@ def _predicted_in_chunks(predictor: GenrePredictor, n_movies: int, rows_of, chun
     return np.concatenate(parts), np.concatenate(used_poster)
 
 
-def macro_f1_on(predictor: GenrePredictor, movies: LabelledMovies, chunk: int = 256) -> float | None:
-    """The predictor's macro-F1 on ``movies`` with its own thresholds; None when it predicts other
-    classes than the movies' labels."""
-    if list(predictor.classes) != list(movies.classes):
-        return None
+def probabilities_on(predictor: GenrePredictor, movies: StoredMovies, chunk: int = 256) -> np.ndarray:
+    """The predictor's probabilities (movies x its classes) for stored movies, a chunk at a time."""
     probabilities, _ = _predicted_in_chunks(
         predictor, len(movies.frame), lambda part: movies.rows(part, with_posters=predictor.uses_posters), chunk
     )
-    decisions = apply_thresholds(probabilities, predictor.thresholds)
+    return probabilities
+
+
+def in_classes(store: DataStore, movies: LabelledMovies, classes: list[str]) -> LabelledMovies:
+    """The same movies labelled in ``classes`` from their TMDb genres (a known genre outside them counts
+    as Others when that is one of them): to score a model of another label set on them."""
+    genres = store.read_table(store.movies_clean_file).set_index("id")["genres"]
+    known = {g["name"] for g in store.read_json(store.tmdb_genres_file, {}).get("genres", [])}
+    rows = [labels_for(list(genres[int(i)]), classes, known) for i in movies.ids]
+    labels = np.stack(rows) if rows else np.zeros((0, len(classes)), dtype=np.uint8)
+    return dataclasses.replace(movies, labels=labels, classes=list(classes))
+
+
+def decided(predictor: GenrePredictor, probabilities: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The predictor's probabilities and thresholded decisions for ``classes``, a subset of its own."""
+    columns = [list(predictor.classes).index(c) for c in classes]
+    chosen = probabilities[:, columns]
+    return chosen, apply_thresholds(chosen, predictor.thresholds[columns])
+
+
+def macro_f1_on(predictor: GenrePredictor, movies: LabelledMovies, chunk: int = 256) -> float | None:
+    """The predictor's macro-F1 on ``movies`` with its own thresholds, over the movies' classes; None
+    when it does not predict all of them."""
+    if not set(movies.classes) <= set(predictor.classes):
+        return None
+    probabilities, decisions = decided(predictor, probabilities_on(predictor, movies, chunk), movies.classes)
     return float(metrics.evaluate(movies.labels, decisions, probabilities, movies.classes)["summary"]["macro_f1"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ import mlflow
 from genre_pipeline.models import movie
 from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.pyfunc import ARTIFACT_KEY, PYFUNC_ENTRY
-from genre_pipeline.models.registry import VALIDATION_METRIC, use_tracking
+from genre_pipeline.models.registry import TRAINING_MOVIES_ARTIFACT, VALIDATION_METRIC, use_tracking
 from genre_pipeline.store import DataStore
 from genre_pipeline.training import data as training_data
 from genre_pipeline.training import finetune, stack, trainers
@@ -64,6 +65,17 @@ def code_version() -> str:
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return metadata.version("genre_pipeline")
+
+
+def training_code_fingerprint() -> str:
+    """A hash of the model and training code's sources: it changes when what trains a model changes,
+    not with every commit."""
+    package = Path(__file__).resolve().parents[1]
+    sources = sorted([*(package / "models").rglob("*.py"), *(package / "training").rglob("*.py")])
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def pip_requirements() -> list[str]:
@@ -131,6 +143,10 @@ def log_training_run(
         mlflow.log_metric(VALIDATION_METRIC, outcome.validation_macro_f1)
         mlflow.log_metrics({k: float(v) for k, v in outcome.extra.items() if isinstance(v, float)})
         mlflow.log_artifacts(str(out_dir), artifact_path="report")
+        mlflow.log_dict(
+            {split: data.ids[data.split == split].astype(int).tolist() for split in ("train", "validation", "test")},
+            TRAINING_MOVIES_ARTIFACT,
+        )
         model_info = log_classifier(outcome.classifier, outcome.fine_tuned) if outcome.classifier else None
     report = json.loads(paths["report"].read_text())
     report.update(

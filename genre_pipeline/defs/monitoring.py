@@ -1,0 +1,169 @@
+"""Monitoring assets: the serving champion scored on the movies each refresh brings (before any model
+trains on them), drift checks on those movies, and the gate that retrains the models only when it pays."""
+
+import dagster as dg
+import pandas as pd
+from mlflow import MlflowClient
+
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.common import markdown_table
+from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
+from genre_pipeline.defs.embeddings import text_embeddings
+from genre_pipeline.defs.resources import MonitoringResource, StorageResource, TrainingResource
+from genre_pipeline.models import registry
+from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.monitoring import champion as champion_watch
+from genre_pipeline.monitoring import retraining
+from genre_pipeline.monitoring.drift import DriftThresholds
+from genre_pipeline.store import content_fingerprint
+from genre_pipeline.training.runs import training_code_fingerprint
+
+DRIFT_FIGURES = tuple(name for name in DriftThresholds.__dataclass_fields__ if name != "min_new_movies")
+
+
+@dg.asset(
+    group_name="monitoring",
+    deps=[movies_clean, genre_labels, text_embeddings],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"mlflow"},
+)
+def champion_on_new_movies(
+    context: dg.AssetExecutionContext,
+    storage: StorageResource,
+    training: TrainingResource,
+    monitoring: MonitoringResource,
+) -> dg.MaterializeResult:
+    """The serving genre-classifier@champion scored on the labelled movies it never saw (none of its
+    training run's splits): macro-F1 with a 95% bootstrap interval, micro-F1 and per genre, plotted over
+    the materializations and logged to MLflow against the champion's version; and drift between those
+    movies and its training movies, which the drift checks judge."""
+    store = storage.store
+    uri = training.tracking_uri_for(store)
+    registry.use_store(uri)
+    champion = registry.current_champion(MlflowClient())
+    seen = registry.training_movies(champion["run_id"]) if champion else None
+    if seen is None:
+        why = (
+            "no champion yet"
+            if champion is None
+            else f"champion v{champion['version']} has no recorded training movies"
+        )
+        store.write_json(store.prequential_file, {"new_movies": 0, "drift": [], "not_scored": why})
+        return dg.MaterializeResult(
+            metadata={"champion": why, "new_movies": 0}, data_version=dg.DataVersion(content_fingerprint(why))
+        )
+    predictor = GenrePredictor.from_registry(uri, champion["version"])
+    text_ref = training.encoder_refs()[0][0]
+    watch = champion_watch.watch(
+        store,
+        predictor,
+        seen,
+        store.embeddings_file("text", text_ref.name, text_ref.backend),
+        monitoring.thresholds(),
+        resamples=monitoring.bootstrap_resamples,
+    )
+    store.write_json(store.prequential_file, watch.record())
+    name = f"{registry.REGISTERED_MODEL} v{champion['version']} ({predictor.info['model']})"
+    metadata = {"champion": name, "champion_version": int(champion["version"]), "new_movies": len(watch.new_ids)}
+    if watch.score is not None:
+        summary = watch.score.summary()
+        metadata |= {
+            "prequential_macro_f1": summary["macro_f1"],
+            "prequential_macro_f1_low": summary["macro_f1_low"],
+            "prequential_macro_f1_high": summary["macro_f1_high"],
+            "prequential_micro_f1": summary["micro_f1"],
+            "per_genre": markdown_table(watch.score.per_genre, None),
+            "drift": markdown_table(pd.DataFrame([f.as_dict() for f in watch.drift]), None),
+            "mlflow_run_id": champion_watch.log_watch(
+                watch, predictor, training.experiment, {"dagster_run_id": context.run.run_id}
+            ),
+        }
+        context.log.info(
+            f"{name} on {len(watch.new_ids)} new movies: macro-F1 {summary['macro_f1']:.4f} "
+            f"[{summary['macro_f1_low']:.4f}, {summary['macro_f1_high']:.4f}]"
+        )
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(content_fingerprint([champion["version"], watch.new_ids.tolist()])),
+    )
+
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(name=f"drift_{name}", asset=champion_on_new_movies, description=field.metadata["description"])
+        for name, field in DriftThresholds.__dataclass_fields__.items()
+        if name in DRIFT_FIGURES
+    ]
+)
+def drift_checks(storage: StorageResource):
+    """Each drift figure of the champion's new movies against its threshold (MonitoringResource.drift): a
+    warning, never a stop; README's "Refresh" section says what each means and what to do."""
+    record = storage.store.read_json(storage.store.prequential_file, {})
+    figures = {figure["name"]: figure for figure in record.get("drift", [])}
+    for name in DRIFT_FIGURES:
+        figure = figures.get(name)
+        if figure is None:
+            yield dg.AssetCheckResult(
+                check_name=f"drift_{name}",
+                passed=True,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"judged": False, "detail": record.get("not_scored") or "no new movies to compare"},
+            )
+            continue
+        yield dg.AssetCheckResult(
+            check_name=f"drift_{name}",
+            passed=figure["passed"],
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "value": figure["value"] if figure["judged"] else dg.MetadataValue.text("not judged"),
+                "threshold": figure["threshold"],
+                "judged": figure["judged"],
+                "detail": figure["detail"],
+            },
+        )
+
+
+@dg.asset(
+    group_name="monitoring",
+    deps=[champion_on_new_movies, genre_labels, dataset_splits],
+    automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    kinds={"python"},
+)
+def retraining_decision(
+    context: dg.AssetExecutionContext,
+    storage: StorageResource,
+    training: TrainingResource,
+    monitoring: MonitoringResource,
+) -> dg.MaterializeResult:
+    """Whether the models retrain on this refresh's data: enough new labelled movies since they last
+    trained, a drift check newly failed, or a change of the training setup or code. Its data version
+    changes only when they retrain, so that the model assets follow it and nothing else."""
+    store = storage.store
+    state = store.read_json(store.retraining_state_file, None)
+    labelled = set(store.read_table(store.labels_file(training.label_set))["id"].astype(int).tolist())
+    # The device is left out: the same setup trains on a CPU or a GPU worker.
+    params = {k: v for k, v in training.setup(store).run_params().items() if k != "device"}
+    setup = content_fingerprint({**params, "code": training_code_fingerprint()})
+    failed = [f["name"] for f in store.read_json(store.prequential_file, {}).get("drift", []) if not f["passed"]]
+    known = set(state["ids"]) if state else set()
+    decision = retraining.decide(
+        new_labelled=len(labelled - known),
+        trained_on=len(known) if state else None,
+        failed_drift=sorted(set(failed) - set(state.get("failed_drift", []) if state else [])),
+        setup_changed=bool(state) and state["setup"] != setup,
+        rules=monitoring.rules(),
+    )
+    if decision.retrain:
+        ids = sorted(labelled)
+        state = {"ids": ids, "setup": setup, "failed_drift": failed, "version": content_fingerprint([ids, setup])}
+        store.write_json(store.retraining_state_file, state)
+    context.log.info(decision.text)
+    return dg.MaterializeResult(
+        metadata={
+            "retrain": decision.retrain,
+            "decision": decision.text,
+            "new_labelled": len(labelled - known),
+            "trained_on": len(known),
+        },
+        data_version=dg.DataVersion(state["version"]),
+    )

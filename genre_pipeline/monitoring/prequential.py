@@ -1,0 +1,63 @@
+"""The champion on new movies: the labelled movies it never saw (not in any split of its training run),
+scored with its own thresholds, with a bootstrap interval, before any model trains on them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from genre_pipeline.models import metrics
+from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.models.scoring import LabelledMovies, decided, in_classes, labelled_movies, probabilities_on
+from genre_pipeline.store import DataStore
+
+
+def seen_ids(training_movies: dict[str, list[int]]) -> set[int]:
+    """Every movie a training run knew: trained on, tuned on or tested on."""
+    return {int(i) for ids in training_movies.values() for i in ids}
+
+
+def new_movies(store: DataStore, label_set: str, seen: set[int], classes: list[str]) -> LabelledMovies:
+    """The label set's labelled movies of the data folder that are not in ``seen``, labelled in
+    ``classes`` (the champion's: a refresh can add or drop a genre of the current label set)."""
+    return in_classes(store, labelled_movies(store, label_set, lambda movie_id: movie_id not in seen), classes)
+
+
+@dataclasses.dataclass
+class PrequentialScore:
+    n_movies: int
+    macro_f1: float
+    micro_f1: float
+    macro_f1_interval: tuple[float, float]  # 95% percentile bootstrap over movies
+    per_genre: pd.DataFrame  # genre, support, predicted, precision, recall, f1
+    predicted_rates: np.ndarray  # share of the movies each genre is decided for
+    ids: np.ndarray
+
+    def summary(self) -> dict:
+        low, high = self.macro_f1_interval
+        return {
+            "movies": self.n_movies,
+            "macro_f1": round(self.macro_f1, 4),
+            "macro_f1_low": round(low, 4),
+            "macro_f1_high": round(high, 4),
+            "micro_f1": round(self.micro_f1, 4),
+        }
+
+
+def score(
+    predictor: GenrePredictor, movies: LabelledMovies, *, resamples: int = 1000, seed: int = 0
+) -> PrequentialScore:
+    """The predictor on ``movies`` (at least one, labelled in its classes) with its own thresholds."""
+    probabilities, decisions = decided(predictor, probabilities_on(predictor, movies), movies.classes)
+    report = metrics.evaluate(movies.labels, decisions, probabilities, movies.classes)
+    return PrequentialScore(
+        n_movies=len(movies.ids),
+        macro_f1=report["summary"]["macro_f1"],
+        micro_f1=report["summary"]["micro_f1"],
+        macro_f1_interval=metrics.bootstrap_macro_f1(movies.labels, decisions, resamples=resamples, seed=seed),
+        per_genre=report["per_genre"][["genre", "support", "predicted", "precision", "recall", "f1"]],
+        predicted_rates=decisions.mean(axis=0),
+        ids=movies.ids,
+    )
