@@ -38,7 +38,10 @@ CHAIN = [
     "image_model",
     "fusion_model",
     "stacked_model",
+    "champion_on_new_movies",
+    "retraining_decision",
     "model_comparison",
+    "champion_model",
 ]
 TARGETS = {"champion_test_macro_f1": 0.64, "margin_over_members": 0.02, "chain_wall_s": 1800, "predict_p50_ms": 100}
 
@@ -85,7 +88,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     select_snapshot(args.snapshot)
-    from genre_pipeline.defs import dataset, ingestion, models
+    from genre_pipeline.defs import dataset, embeddings, ingestion, models, monitoring
     from genre_pipeline.defs.resources import TMDbResource, TrainingResource, build_resources
     from genre_pipeline.models import registry
     from genre_pipeline.models.metrics import HEADLINE_KEYS
@@ -108,8 +111,8 @@ def main() -> None:
         if old.exists():
             old.rename(old.with_name(f"{old.name}.before-benchmark-{stamp}"))
 
-    every_asset = dg.load_assets_from_modules([ingestion, dataset, models])
-    checks = list(dg.load_asset_checks_from_modules([dataset]))
+    every_asset = dg.load_assets_from_modules([ingestion, dataset, embeddings, monitoring, models])
+    checks = list(dg.load_asset_checks_from_modules([dataset, models]))
     wall, metadata = {}, {}
     started = time.monotonic()
     for name in CHAIN:

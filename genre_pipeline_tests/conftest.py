@@ -26,8 +26,14 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from mlflow import MlflowClient
 
 from genre_pipeline import settings
-from genre_pipeline.defs import dataset, ingestion, models
-from genre_pipeline.defs.resources import DataQualityResource, StorageResource, TMDbResource, TrainingResource
+from genre_pipeline.defs import dataset, ingestion, models, monitoring
+from genre_pipeline.defs.resources import (
+    DataQualityResource,
+    MonitoringResource,
+    StorageResource,
+    TMDbResource,
+    TrainingResource,
+)
 from genre_pipeline.models import registry
 from genre_pipeline.models.encoders import MINILM_NAMES
 from genre_pipeline.store import DataStore
@@ -104,6 +110,7 @@ def pipeline_resources(snapshot_dir, data_dir, source="test", **tmdb_options):
         "tmdb": tmdb,
         "storage": StorageResource(data_dir=str(data_dir), source=source),
         "quality": DataQualityResource(),
+        "monitoring": MonitoringResource(),
     }
 
 
@@ -143,8 +150,12 @@ MODEL_ASSETS = [
     models.text_model,
     models.image_model,
     models.fusion_model,
+    monitoring.champion_on_new_movies,
+    monitoring.retraining_decision,
     models.stacked_model,
     models.model_comparison,
+    models.challenger_at_least_as_good,
+    models.champion_model,
 ]
 MINILM = MINILM_NAMES[0]
 FAST = {"max_epochs": 25, "patience": 5}

@@ -25,6 +25,7 @@ from genre_pipeline.models.encoders.text import TextEncoder
 from genre_pipeline.models.movie import decision_column, example_frame, probability_column
 from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.store import DataStore
+from genre_pipeline.training import data as training_data
 
 from .conftest import (
     ASSETS,
@@ -271,9 +272,29 @@ def test_mlflow_holds_each_run_with_params_metrics_artifacts_and_model(trained):
     assert json.loads(trained["store"].model_report_file("image_model").read_text())["model_uri"] is None
 
 
+def test_each_model_reports_what_to_expect_on_the_newest_years(trained):
+    """Beside the random test split, each model is trained on the movies released before the newest two
+    years and scored on those years: a temporal split no recent movie trains in."""
+    store = trained["store"]
+    data, _ = training_data.load(store, "full", [], [])
+    split, years = training_data.temporal_split(data, 2)
+    recent = data.metadata["release_year"].to_numpy() >= 2023
+    assert years == "2023-2024" and (split.split[recent] == "test").all()
+    assert set(split.split[~recent]) <= {"train", "validation", "unused"}
+    assert (split.split[~recent & (data.split == "test")] == "unused").all()
+    comparison = pd.read_csv(store.model_comparison_file).set_index("model")
+    for name in models.MODEL_ASSETS:
+        report = json.loads(store.model_report_file(name).read_text())
+        assert report["temporal_test_years"] == "2023-2024", name
+        expected = int((recent & data.has_poster).sum()) if report["kind"] == "image" else int(recent.sum())
+        assert report["temporal_test_movies"] == expected, name
+        assert 0 <= report["temporal_test_macro_f1"] <= 1
+        assert comparison.loc[name, "temporal_macro_f1"] == pytest.approx(report["temporal_test_macro_f1"])
+
+
 def test_the_champion_is_registered_loads_and_predicts(trained):
-    decision = latest_metadata(trained["instance"], "model_comparison")
-    assert decision["promoted"] is True
+    decision = latest_metadata(trained["instance"], "champion_model")
+    assert decision["promoted"] is True and "there was no champion" in decision["decision"]
     predictor = GenrePredictor.from_registry(trained["uri"])
     assert predictor.info["model"] in registry.CHAMPION_CANDIDATES and predictor.info["label_set"] == "full"
     comparison = pd.read_csv(trained["store"].model_comparison_file).set_index("model")
@@ -294,31 +315,45 @@ def test_the_champion_is_registered_loads_and_predicts(trained):
 
 def test_a_worse_model_is_not_promoted_even_when_its_stored_figure_is_higher(trained):
     """text_model's report is made to claim the best validation macro-F1 of all, so it becomes the
-    candidate; scored now on the same validation movies as the champion, it loses, and the champion
-    stays. Promotion never compares a stored figure."""
-    store = trained["store"]
+    candidate; scored now on the same validation movies as the champion, it loses: the blocking check
+    fails, champion_model does not run, and the champion stays. Run alone, champion_model refuses too."""
+    store, instance = trained["store"], trained["instance"]
     client = MlflowClient(trained["uri"], trained["uri"])
     champion = registry.current_champion(client)
     report_file = store.model_report_file("text_model")
     kept = {path: path.read_bytes() for path in (report_file, store.model_comparison_file)}
     report_file.write_text(json.dumps({**json.loads(kept[report_file]), "validation_macro_f1": 0.999}))
+    every_asset = ASSETS + DATASET_ASSETS + MODEL_ASSETS
     try:
         result = dg.materialize(
-            ASSETS + DATASET_ASSETS + MODEL_ASSETS,
-            selection=[models.model_comparison],
+            every_asset,
+            selection=[models.model_comparison, models.champion_model],
             resources=trained["resources"],
-            instance=trained["instance"],
+            instance=instance,
+            raise_on_error=False,
         )
     finally:
         for path, data in kept.items():
             path.write_bytes(data)
     decided = metadata(result, "model_comparison")
-    assert decided["candidate"] == "text_model" and decided["promoted"] is False
-    assert decided["candidate_validation_macro_f1"] < decided["champion_before_validation_macro_f1"] < 0.999
-    assert (
-        decided["decision"].startswith(f"kept champion v{champion['version']}") and "text_model" in decided["decision"]
+    assert decided["candidate"] == "text_model" and decided["challenger"].endswith("(text_model)")
+    assert decided["challenger_validation_macro_f1"] < decided["champion_validation_macro_f1"] < 0.999
+    assert decided["decision"].startswith("champion kept: validation macro-F1 on the current validation split")
+    assert "candidate text_model" in decided["decision"] and f"champion v{champion['version']}" in decided["decision"]
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "challenger_at_least_as_good" and not check.passed
+    assert not result.success and "champion_model" not in {
+        e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
+    }
+    assert registry.current_champion(client)["version"] == champion["version"]
+
+    alone = dg.materialize(
+        every_asset, selection=[models.champion_model], resources=trained["resources"], instance=instance
     )
-    assert "the current validation split" in decided["compared_on"]
+    refused = metadata(alone, "champion_model")
+    assert refused["promoted"] is False and refused["champion_version"] == int(champion["version"])
+    assert "champion kept" in refused["decision"]
+    assert registry.current_champion(client, registry.CHALLENGER_ALIAS) is None
     assert registry.current_champion(client)["version"] == champion["version"]
 
 
@@ -463,11 +498,11 @@ def test_genre_predictions_label_the_movies_tmdb_gives_no_genre(trained):
     meta = metadata(result, "genre_predictions")
     assert meta["unlabelled_movies"] == len(no_genre) and 0 <= meta["check_macro_f1"] <= 1
 
-    # Same champion, same movies: model_comparison's data version holds and nothing reruns.
+    # Same champion, same movies: champion_model's data version holds and nothing downstream reruns.
     defs = dg.Definitions(assets=every_asset, resources=trained["resources"])
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     again = dg.materialize(
-        every_asset, selection=[models.model_comparison], resources=trained["resources"], instance=instance
+        every_asset, selection=[models.champion_model], resources=trained["resources"], instance=instance
     )
     version = again.get_asset_materialization_events()[0].materialization.tags["dagster/data_version"]
     assert version == f"champion-v{predictor.info['version']}-{predictor.info['run_id']}"

@@ -12,9 +12,10 @@ from genre_pipeline.files import png_base64
 
 
 def markdown_table(frame: pd.DataFrame, rows: int | None = 20) -> dg.MetadataValue:
-    """A table for the UI: the first ``rows`` rows (all when None)."""
+    """A table for the UI: the first ``rows`` rows (all when None), saying so when some are left out."""
     shown = frame if rows is None else frame.head(rows)
-    return dg.MetadataValue.md(shown.to_markdown(index=False, floatfmt=".4f"))
+    note = f"First {len(shown)} of {len(frame)} rows.\n\n" if len(shown) < len(frame) else ""
+    return dg.MetadataValue.md(note + shown.to_markdown(index=False, floatfmt=".4f"))
 
 
 def markdown_images(images: dict[str, Path]) -> dg.MetadataValue:

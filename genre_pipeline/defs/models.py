@@ -73,6 +73,7 @@ def _model_result(trained: runs.TrainedModel, **more) -> dg.MaterializeResult:
                 if not math.isnan(v["macro_f1"])
             },
             **{k: round(v, 4) for k, v in outcome.extra.items() if isinstance(v, float)},
+            **{k: outcome.extra[k] for k in ("temporal_test_years", "temporal_test_movies") if k in outcome.extra},
             "best_epoch": outcome.best_epoch or 0,
             "per_genre": markdown_table(per_genre, None),
             "plots": plots,
@@ -233,6 +234,8 @@ def model_comparison(
                 registry.VALIDATION_METRIC: report["validation_macro_f1"],
                 **{k: test[k] for k in metrics.HEADLINE_KEYS},
                 "macro_f1_top3_rule": report["test_top3_rule"]["macro_f1"],
+                # Trained on the older movies, scored on the newest years: what to expect on new movies.
+                "temporal_macro_f1": report.get("temporal_test_macro_f1"),
                 "macro_f1_with_poster": with_poster,
                 "test_movies": report["n_test"],
             }

@@ -15,6 +15,7 @@ from genre_pipeline.models import metrics, registry
 from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.models.scoring import (
     LABELLED_CHECK,
+    PREDICTION_COLUMNS,
     UNLABELLED,
     labels_for,
     movies_to_score,
@@ -80,7 +81,8 @@ def genre_predictions(
             predictor.classes,
         )
         metadata |= {f"check_{k}": float(report["summary"][k]) for k in ("macro_f1", "micro_f1", "samples_f1")}
-    shown = table[["id", "title", "scored_as", "predicted_genres", "top_3", "tmdb_genres", "used_poster"]]
+    # Every column of the parquet file but the per-genre probabilities (top_3 shows the highest).
+    shown = table[[*PREDICTION_COLUMNS, "champion_version", "champion_model", "champion_run_id"]]
     metadata["preview"] = markdown_table(
         shown.assign(
             predicted_genres=shown["predicted_genres"].map(", ".join), tmdb_genres=shown["tmdb_genres"].map(", ".join)

@@ -216,6 +216,12 @@ class TrainingResource(dg.ConfigurableResource):
     tracking_uri: Optional[str] = Field(
         default=None, description="MLflow tracking URI; default sqlite in the data folder."
     )
+    temporal_test_years: int = Field(
+        default=2,
+        ge=0,
+        description="Each model is trained a second time on the movies released before the newest this many "
+        "release years and scored on those years (a temporal split, what to expect on new movies); 0: skip.",
+    )
 
     @field_validator("encoder_backend")
     @classmethod
@@ -254,6 +260,7 @@ class TrainingResource(dg.ConfigurableResource):
             fine_tune=self.fine_tunes(),
             tracking_uri=self.tracking_uri_for(store),
             experiment=self.experiment,
+            temporal_test_years=self.temporal_test_years,
         )
 
 

@@ -78,6 +78,7 @@ class ModelSetup:
     fine_tune: bool
     tracking_uri: str
     experiment: str
+    temporal_test_years: int = 2  # 0: no temporal evaluation
 
     def head_encoders(self, kind: str) -> tuple[EncoderRef | None, EncoderRef | None]:
         """The encoders a head of this kind reads: the first text encoder unless it is the image head,

@@ -48,6 +48,27 @@ class TrainingData:
         return everything if rows is None else everything.take(rows)
 
 
+MIN_TEMPORAL_MOVIES = 20  # fewer recent (or older) movies than this: no temporal figure
+
+
+def temporal_split(data: TrainingData, recent_years: int) -> tuple[TrainingData, str] | None:
+    """The same movies split by time: the newest ``recent_years`` release years are the test split, the
+    older movies keep their train and validation splits (their test movies are left out, so that the
+    model trains on no more than the random split's does). With the years, as "2021-2022"; None when
+    either side would have too few movies."""
+    years = pd.to_numeric(data.metadata["release_year"], errors="coerce").to_numpy()
+    if recent_years <= 0 or np.isnan(years).all():
+        return None
+    newest = int(np.nanmax(years))
+    first_recent = newest - recent_years + 1
+    recent = years >= first_recent  # an unknown year is never recent
+    older = ~recent & np.isin(data.split, ["train", "validation"])
+    if recent.sum() < MIN_TEMPORAL_MOVIES or (older & (data.split == "train")).sum() < MIN_TEMPORAL_MOVIES:
+        return None
+    split = np.where(recent, "test", np.where(older, data.split, "unused"))
+    return dataclasses.replace(data, split=split), f"{first_recent}-{newest}"
+
+
 def _matrix_by_id(embeddings: Embeddings, ids: np.ndarray, needed: np.ndarray, modality: str) -> np.ndarray:
     """The embedding of each of ``ids`` (zeros where ``needed`` is False)."""
     rows = embeddings.by_id()
