@@ -397,7 +397,10 @@ def fine_tuned(trained, tmp_path_factory):
     # PyTorch as the encoders' inference backend: these tests are about fine-tuning, and each fine-tuned
     # encoder's ONNX export would cost more than its training here (a changed encoder's export is
     # test_encoder_backends' test_the_graph_is_exported_once_per_weights).
-    res["training"] = TrainingResource(device="cpu", fine_tune=True, text_encoders=[MINILM], encoder_backend="torch")
+    # No temporal evaluation (it would fine-tune every model twice): the trained fixture covers it.
+    res["training"] = TrainingResource(
+        device="cpu", fine_tune=True, text_encoders=[MINILM], encoder_backend="torch", temporal_test_years=0
+    )
     # Posters are decoded in worker processes for fusion (as on a GPU machine), in-process for the image model.
     ops = {
         "text_model": {"fine_tuning": FINE_TUNE},
