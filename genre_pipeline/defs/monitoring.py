@@ -146,10 +146,12 @@ def retraining_decision(
     setup = content_fingerprint({**params, "code": training_code_fingerprint()})
     failed = [f["name"] for f in store.read_json(store.prequential_file, {}).get("drift", []) if not f["passed"]]
     known = set(state["ids"]) if state else set()
+    failing_then = set(state.get("failed_drift", [])) if state else set()
     decision = retraining.decide(
         new_labelled=len(labelled - known),
         trained_on=len(known) if state else None,
-        failed_drift=sorted(set(failed) - set(state.get("failed_drift", []) if state else [])),
+        failed_drift=sorted(set(failed) - failing_then),
+        still_failing=sorted(set(failed) & failing_then),
         setup_changed=bool(state) and state["setup"] != setup,
         rules=monitoring.rules(),
     )

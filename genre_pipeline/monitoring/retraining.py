@@ -38,12 +38,15 @@ def decide(
     new_labelled: int,
     trained_on: int | None,
     failed_drift: list[str],
+    still_failing: list[str],
     setup_changed: bool,
     rules: RetrainRules,
 ) -> RetrainDecision:
     """Whether the models retrain. ``trained_on`` is how many movies the last training knew (None: the
-    models never trained); ``failed_drift`` names the drift checks that failed; ``setup_changed`` says
-    whether the label set, the encoders or the training code differ from the last training's."""
+    models never trained); ``failed_drift`` names the drift checks that failed since it, and
+    ``still_failing`` those that already failed when it trained (retraining again on the same kind of
+    data cannot clear them); ``setup_changed`` says whether the label set, the encoders or the training
+    code differ from the last training's."""
     if trained_on is None:
         return RetrainDecision(True, ["the models have not trained yet"])
     reasons = []
@@ -66,7 +69,15 @@ def decide(
         [
             f"{new_labelled} new labelled movies ({share:.0%} of the {trained_on} trained on) < "
             f"min_new_labelled {rules.min_new_labelled} and min_new_fraction {rules.min_new_fraction:.0%}",
-            "no drift check failed" if not failed_drift else "drift ignored (on_drift is off)",
+            _drift_note(failed_drift, still_failing),
             "setup unchanged",
         ],
     )
+
+
+def _drift_note(failed: list[str], still_failing: list[str]) -> str:
+    if failed:
+        return "drift ignored (on_drift is off): " + ", ".join(failed)
+    if still_failing:
+        return "drift checks failing already when the models last trained: " + ", ".join(still_failing)
+    return "no drift check failed"
