@@ -305,16 +305,21 @@ def pytest_terminal_summary(terminalreporter):
 # The modules whose tests read the session's trained models: they run on one worker, which trains once.
 # (pytest-xdist's own xdist_group mark does not take effect under pytest 9: its node-id suffix is lost.)
 TRAINED_MODULES = {"test_models.py", "test_command_line.py", "test_serving.py"}
+# Modules whose tests share a module-scoped fixture that trains models of its own: one worker each.
+SELF_TRAINED_MODULES = {"test_refresh.py"}
 
 
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class TrainedModelsTogether(LoadScopeScheduling):
-        """Every test of TRAINED_MODULES in one unit of work; every other test a unit of its own."""
+        """Every test of TRAINED_MODULES in one unit of work, each SELF_TRAINED_MODULES module in one of
+        its own; every other test a unit of its own."""
 
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-            return "trained-models" if module in TRAINED_MODULES else nodeid
+            if module in TRAINED_MODULES:
+                return "trained-models"
+            return module if module in SELF_TRAINED_MODULES else nodeid
 
     return TrainedModelsTogether(config, log)
