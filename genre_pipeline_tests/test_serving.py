@@ -231,18 +231,39 @@ def bad_requests(poster: bytes) -> dict:
             413,
             "megapixels",
         ),
-        "poster over 8 MB": (
-            dict(data=text, files={"poster": ("p.jpg", b"\xff" * 9_000_000, "image/jpeg")}),
+        "poster over 8 MiB": (
+            dict(data=text, files={"poster": ("p.jpg", b"\xff" * 9_200_000, "image/jpeg")}),
             "/predict",
             413,
-            "MB",
+            "the file is 8.77 MiB, over the 8 MiB limit",
+        ),
+        "poster a byte over 8 MiB": (
+            dict(data=text, files={"poster": ("p.jpg", b"\xff" * (8 * 2**20 + 1), "image/jpeg")}),
+            "/predict",
+            413,
+            "8,388,609 bytes, over the 8,388,608-byte (8 MiB) limit",
         ),
         "20 MB upload": (
             dict(data=text, files={"poster": ("p.jpg", b"\0" * 20_000_000, "image/jpeg")}),
             "/predict",
             413,
-            "MB",
+            "over the 16 MiB limit",
         ),
+        "a thousand nested arrays": (
+            dict(
+                data=b'{"overview": ' + b"[" * 1000 + b"]" * 1000 + b"}", headers={"Content-Type": "application/json"}
+            ),
+            "/predict",
+            400,
+            "nested deeper",
+        ),
+        "NaN runtime": (
+            dict(data=b'{"overview": "A heist.", "runtime": NaN}', headers={"Content-Type": "application/json"}),
+            "/predict",
+            422,
+            "runtime: Input should be a finite number",
+        ),
+        "a billion votes": (dict(json=MOVIE | {"vote_count": 10**30}), "/predict", 422, "vote_count"),
         "poster as text": (dict(data=text | {"poster": "abc"}), "/predict", 422, "poster: must be an image file"),
         "bad base64": (dict(json=MOVIE | {"poster_base64": "***"}), "/predict", 422, "not base64"),
         "empty batch": (dict(json={"movies": []}), "/predict/batch", 422, "movies:"),
@@ -326,7 +347,7 @@ def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chr
     browser, driver_path = chromium
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=390,1600"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=390,844"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     predictor = champion(trained)
@@ -365,8 +386,11 @@ def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chr
         assert decided_text == (", ".join(expected["genres"]) or "none reaches its threshold")
         assert ("poster" in driver.find_element(By.ID, "inputs-line").text) is predictor.uses_posters
         assert f"v{predictor.info['version']}" in driver.find_element(By.ID, "answered-by").text
-        # Phone width: nothing wider than the screen.
+        # Phone width: nothing wider than the screen, and the answer scrolled into view.
         assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        in_view = "const r = arguments[0].getBoundingClientRect(); return r.top >= 0 && r.top < window.innerHeight"
+        wait.until(lambda _: driver.execute_script(in_view, driver.find_element(By.ID, "answer")))
+        assert driver.execute_script("return window.scrollY") > 0
         driver.save_screenshot(str(tmp_path / "page.png"))
 
         # An error from the server is shown, not swallowed: a file that is not an image.
@@ -377,5 +401,6 @@ def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chr
         error = driver.find_element(By.ID, "error")
         wait.until(lambda _: error.is_displayed())
         assert "not a usable image" in error.text
+        wait.until(lambda _: driver.execute_script(in_view, error))
     finally:
         driver.quit()

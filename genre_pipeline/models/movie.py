@@ -68,7 +68,8 @@ FIELDS = (
     InputField("runtime", "number", "minutes", 104.0, minimum=0, maximum=2_000),
     InputField("release_year", "integer", "release year", 1994, minimum=1870, maximum=2100, flag="--year"),
     InputField("vote_average", "number", "TMDb's average vote", 6.8, minimum=0, maximum=10),
-    InputField("vote_count", "integer", "TMDb's number of votes", 1200, minimum=0),
+    # The most-voted movie on TMDb has about 40,000 votes: a billion is a mistake, not a blockbuster.
+    InputField("vote_count", "integer", "TMDb's number of votes", 1200, minimum=0, maximum=10_000_000),
 )
 BY_NAME = {field.name: field for field in FIELDS}
 INPUT_COLUMNS = tuple(BY_NAME)

@@ -68,7 +68,7 @@ class BodyLimit:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return f"the request is {size / 1e6:.1f} MB or more, over the {limit / 1e6:.0f} MB this server accepts"
+    return f"the request is {inputs.size_over(size, limit)} (or more) that this server accepts"
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -107,6 +107,10 @@ async def _form_row(request: Request) -> dict:
                 if not isinstance(value, UploadFile):
                     raise InputError("poster: must be an image file, sent as a file part of the form")
                 poster = await value.read(MAX_POSTER_BYTES + 1)
+                if len(poster) > MAX_POSTER_BYTES:  # say the file's own size, not how much of it was read
+                    raise InputError(
+                        f"poster: the file is {inputs.size_over(value.size or len(poster), MAX_POSTER_BYTES)}", 413
+                    )
             elif isinstance(value, UploadFile):
                 raise InputError(f"{key}: only the poster may be a file")
             elif value.strip():  # an empty form field means "not given"

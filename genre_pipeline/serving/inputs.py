@@ -41,6 +41,8 @@ def _json_field(field: model_input.InputField) -> tuple:
     """A movie field as JSON carries it, with the limits ``movie`` gives it."""
     kind = {"text": str, "number": float, "integer": int}[field.kind]
     limits = {"max_length": field.max_length, "ge": field.minimum, "le": field.maximum}
+    if field.kind == "number":
+        limits["allow_inf_nan"] = False  # NaN is no runtime: say so, not "should be <= 2000"
     declared = {k: v for k, v in limits.items() if v is not None}
     if field.required:
         return kind, Field(description=field.description, **declared)
@@ -81,11 +83,25 @@ def describe_validation_error(error: pydantic.ValidationError | list[dict]) -> s
     return "; ".join(problems)
 
 
+def _mebibytes(size: int) -> str:
+    return f"{size / 2**20:.2f}".rstrip("0").rstrip(".") + " MiB"
+
+
+def size_over(size: int, limit: int) -> str:
+    """ "<size>, over the <limit> limit" in MiB as README gives limits, in bytes where MiB would show
+    the same figure twice."""
+    if _mebibytes(size) == _mebibytes(limit):
+        return f"{size:,} bytes, over the {limit:,}-byte ({_mebibytes(limit)}) limit"
+    return f"{_mebibytes(size)}, over the {_mebibytes(limit)} limit"
+
+
 def parse_json(body: bytes, model: type[BaseModel]) -> BaseModel:
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"the body is not valid JSON: {error}", 400) from None
+    except RecursionError:
+        raise InputError("the body's JSON is nested deeper than a movie ever is", 400) from None
     if not isinstance(payload, dict):
         raise InputError('the body must be a JSON object, for example {"overview": "..."}', 400)
     return validated(payload, model)
@@ -102,7 +118,7 @@ def checked_poster(data: bytes, where: str = "poster") -> bytes:
     """The poster's bytes if they are an image the model can read, else InputError (413 for a file or an
     image too large, 422 for anything else)."""
     if len(data) > MAX_POSTER_BYTES:
-        raise InputError(f"{where}: the file is {len(data) / 1e6:.1f} MB, over {MAX_POSTER_BYTES / 1e6:.1f} MB", 413)
+        raise InputError(f"{where}: the file is {size_over(len(data), MAX_POSTER_BYTES)}", 413)
     try:
         verify_poster(data)
     except PosterError as error:

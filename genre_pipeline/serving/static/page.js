@@ -62,8 +62,14 @@ dropZone.addEventListener("drop", (event) => {
   }
 });
 
+// On a phone the answer lands below the form: bring it (or the error) into view.
+function reveal(element) {
+  element.scrollIntoView({ block: "start", behavior: "smooth" });
+}
+
 function showError(message) {
   errorBox.textContent = message; errorBox.hidden = false; answerBox.hidden = true;
+  reveal(errorBox);
 }
 
 function bar(score) {
@@ -94,12 +100,13 @@ function showAnswer(result) {
   const parts = ["overview"];
   if (used.tagline) parts.push("tagline");
   if (used.title) parts.push("title");
-  if (used.metadata.length) parts.push(used.metadata.join(", "));
+  if (used.metadata.length) parts.push(used.metadata.map((name) => name.replaceAll("_", " ")).join(", "));
   if (used.poster) parts.push("poster");
   document.getElementById("inputs-line").textContent =
     `Read: ${parts.join(", ")}.` + result.notes.map((note) => ` ${note[0].toUpperCase()}${note.slice(1)}.`).join("");
   document.getElementById("answered-by").textContent = `Answered by ${modelName(result.model)}.`;
   answerBox.hidden = false;
+  reveal(answerBox);
 }
 
 form.addEventListener("submit", async (event) => {
