@@ -189,6 +189,9 @@ def png(width: int, height: int, mode: str = "RGB") -> bytes:
     return buffer.getvalue()
 
 
+AS_JSON = {"Content-Type": "application/json"}
+
+
 def bad_requests(poster: bytes) -> dict:
     """name -> (request keyword arguments, path, expected status, phrase the error must contain)."""
     text = {k: str(v) for k, v in MOVIE.items()}
@@ -200,7 +203,7 @@ def bad_requests(poster: bytes) -> dict:
         "unknown field": (dict(json=MOVIE | {"genre": "Drama"}), "/predict", 422, "genre: not a field"),
         "negative runtime": (dict(json=MOVIE | {"runtime": -5}), "/predict", 422, "runtime:"),
         "malformed JSON": (
-            dict(data='{"overview": ', headers={"Content-Type": "application/json"}),
+            dict(data='{"overview": ', headers=AS_JSON),
             "/predict",
             400,
             "not valid JSON",
@@ -250,15 +253,13 @@ def bad_requests(poster: bytes) -> dict:
             "over the 16 MiB limit",
         ),
         "a thousand nested arrays": (
-            dict(
-                data=b'{"overview": ' + b"[" * 1000 + b"]" * 1000 + b"}", headers={"Content-Type": "application/json"}
-            ),
+            dict(data=b'{"overview": ' + b"[" * 1000 + b"]" * 1000 + b"}", headers=AS_JSON),
             "/predict",
             400,
             "nested deeper",
         ),
         "NaN runtime": (
-            dict(data=b'{"overview": "A heist.", "runtime": NaN}', headers={"Content-Type": "application/json"}),
+            dict(data=b'{"overview": "A heist.", "runtime": NaN}', headers=AS_JSON),
             "/predict",
             422,
             "runtime: Input should be a finite number",
@@ -286,6 +287,25 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, poster_
         assert phrase in error and "Traceback" not in error, (name, error)
     assert server.post("/predict", json=MOVIE).status_code == 200
     assert server.get("/health").json()["status"] == "ok"
+
+
+def test_every_answer_has_a_request_id_and_one_access_line_without_the_movie(trained, tmp_path):
+    private = start_server(trained, tmp_path)
+    try:
+        given = private.post("/predict", json=MOVIE, headers={"X-Request-ID": "caller-id.42"})
+        made = private.post("/predict", json={"overview": ""}, headers={"X-Request-ID": "not a token!"})
+        too_large = private.post("/predict", data=b"x" * (17 * 2**20), headers=AS_JSON)
+    finally:
+        log = stop(private)
+    assert given.status_code == 200 and given.headers["x-request-id"] == "caller-id.42"
+    assert made.status_code == 422 and len(made.headers["x-request-id"]) == 32  # a new id, not the caller's
+    assert too_large.status_code == 413 and too_large.headers["x-request-id"]
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith('{"request_id"')]
+    by_id = {line["request_id"]: line for line in lines}
+    assert by_id["caller-id.42"]["status"] == 200 and by_id["caller-id.42"]["path"] == "/predict"
+    assert by_id[made.headers["x-request-id"]]["status"] == 422
+    assert by_id[too_large.headers["x-request-id"]]["status"] == 413
+    assert MOVIE["overview"] not in log and "not a token!" not in log
 
 
 def test_the_page_loads_only_what_the_server_serves(server):

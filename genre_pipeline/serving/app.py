@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from genre_pipeline.models import movie as model_input
 from genre_pipeline.models import registry
 from genre_pipeline.serving import inputs
+from genre_pipeline.serving.access import AccessLog, request_id
 from genre_pipeline.serving.champion import ChampionWatcher, ServedModel
 from genre_pipeline.serving.inputs import MAX_BODY_BYTES, MAX_POSTER_BYTES, Batch, InputError, Movie
 
@@ -145,6 +146,7 @@ def create_app(watcher: ChampionWatcher) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(AccessLog)  # added last: outermost, so that every answer (a 413 too) gets its id
 
     @app.exception_handler(InputError)
     async def refused(request: Request, error: InputError):
@@ -160,7 +162,7 @@ def create_app(watcher: ChampionWatcher) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):
-        log.exception("error answering %s %s", request.method, request.url.path)
+        log.exception("error answering %s %s (request %s)", request.method, request.url.path, request_id.get())
         return _error(500, "the server failed to answer this request; its log says why")
 
     async def predict_rows(rows: list[dict]) -> tuple[ServedModel, list]:

@@ -1,0 +1,72 @@
+"""A request id on every answer, and one structured access-log line per request (JSON on stderr):
+method, path, status, duration, client and request id; never a body, so never an overview or poster."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's own id is kept when it is a plain token (it then ties their logs to ours); else a new one.
+_CALLER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def access_logger() -> logging.Logger:
+    """``genre_pipeline.access``, writing one JSON line per record to stderr (set up once)."""
+    logger = logging.getLogger("genre_pipeline.access")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+class AccessLog:
+    """ASGI middleware: the request id (the caller's X-Request-ID when it is a plain token) on the
+    answer's headers and in ``request_id`` for what the request logs, and one access line."""
+
+    def __init__(self, app):
+        self.app, self.log = app, access_logger()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        rid = given if _CALLER_ID.fullmatch(given) else uuid.uuid4().hex
+        token, started, status = request_id.set(rid), time.perf_counter(), 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), rid.encode())],
+                }
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            self.log.info(
+                json.dumps(
+                    {
+                        "request_id": rid,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                        "client": client[0],
+                    }
+                )
+            )
+            request_id.reset(token)
