@@ -88,7 +88,7 @@ def champion_of(store: DataStore) -> dict:
 
 def training_ids(store: DataStore, run_id: str) -> set[int]:
     registry.use_store(registry.sqlite_uri(store.mlflow_db))
-    return {i for ids in registry.training_movies(run_id).values() for i in ids}
+    return registry.seen_ids(registry.training_movies(run_id))
 
 
 def released_between(store: DataStore, after: str, until: str) -> set[int]:

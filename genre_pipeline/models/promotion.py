@@ -192,7 +192,7 @@ def _on_new_test_movies(store: DataStore, label_set: str, classes: list[str], ca
     seen = registry.training_movies(champion.info["run_id"])
     if seen is None:
         return {}
-    known = {int(i) for ids in seen.values() for i in ids}
+    known = registry.seen_ids(seen)
     split_of = store.read_table(store.splits_file).set_index("id")["split"]
     fresh = scoring.labelled_movies(store, label_set, lambda i: i not in known and split_of.get(i) == "test")
     movies = scoring.in_classes(store, fresh, classes)

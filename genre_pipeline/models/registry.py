@@ -79,6 +79,12 @@ def training_movies(run_id: str) -> dict[str, list[int]] | None:
         return None
 
 
+def seen_ids(training_movies: dict[str, list[int]]) -> set[int]:
+    """Every movie a training run knew (``training_movies``' ids of every split): trained on, tuned on
+    or tested on."""
+    return {int(i) for ids in training_movies.values() for i in ids}
+
+
 def champion_version(client: MlflowClient, tracking_uri: str) -> str:
     """The version number genre-classifier@champion points at, or NoChampion."""
     champion = current_champion(client)

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models.encoders.cache import Embeddings
 from genre_pipeline.models.predictor import GenrePredictor
-from genre_pipeline.models.registry import REGISTERED_MODEL
+from genre_pipeline.models.registry import REGISTERED_MODEL, seen_ids
 from genre_pipeline.models.scoring import LabelledMovies, in_classes, labelled_movies
 from genre_pipeline.monitoring import drift, prequential
 from genre_pipeline.store import DataStore
@@ -66,7 +66,7 @@ def watch(
     """Score ``champion`` on the labelled movies it never saw (``training_movies`` are the ids its run
     recorded by split) and compare those movies with its training split."""
     label_set, classes = champion.info["label_set"], list(champion.classes)
-    new = prequential.new_movies(store, label_set, prequential.seen_ids(training_movies), classes)
+    new = prequential.new_movies(store, label_set, seen_ids(training_movies), classes)
     # Its training movies still in the data folder, labelled in its classes like the new ones.
     trained = set(training_movies.get("train", []))
     reference = in_classes(store, labelled_movies(store, label_set, trained.__contains__), classes)

@@ -14,11 +14,6 @@ from genre_pipeline.models.scoring import LabelledMovies, decided, in_classes, l
 from genre_pipeline.store import DataStore
 
 
-def seen_ids(training_movies: dict[str, list[int]]) -> set[int]:
-    """Every movie a training run knew: trained on, tuned on or tested on."""
-    return {int(i) for ids in training_movies.values() for i in ids}
-
-
 def new_movies(store: DataStore, label_set: str, seen: set[int], classes: list[str]) -> LabelledMovies:
     """The label set's labelled movies of the data folder that are not in ``seen``, labelled in
     ``classes`` (the champion's: a refresh can add or drop a genre of the current label set)."""
