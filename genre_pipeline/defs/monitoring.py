@@ -146,9 +146,10 @@ def retraining_decision(
     setup = content_fingerprint({**params, "code": training_code_fingerprint()})
     failed = [f["name"] for f in store.read_json(store.prequential_file, {}).get("drift", []) if not f["passed"]]
     known = set(state["ids"]) if state else set()
+    new_labelled = len(labelled - known)
     failing_then = set(state.get("failed_drift", [])) if state else set()
     decision = retraining.decide(
-        new_labelled=len(labelled - known),
+        new_labelled=new_labelled,
         trained_on=len(known) if state else None,
         failed_drift=sorted(set(failed) - failing_then),
         still_failing=sorted(set(failed) & failing_then),
@@ -164,7 +165,7 @@ def retraining_decision(
         metadata={
             "retrain": decision.retrain,
             "decision": decision.text,
-            "new_labelled": len(labelled - known),
+            "new_labelled": new_labelled,
             "trained_on": len(known),
         },
         data_version=dg.DataVersion(state["version"]),

@@ -23,7 +23,6 @@ from genre_pipeline.store import DataStore
 @dataclasses.dataclass
 class ChampionWatch:
     new_ids: np.ndarray  # the labelled movies the champion never saw, scored
-    trained_on: int  # movies of the champion's training split found in the data folder
     score: prequential.PrequentialScore | None  # None without a new movie
     drift: list[drift.DriftFigure]
 
@@ -32,7 +31,6 @@ class ChampionWatch:
         return {
             "new_movies": len(self.new_ids),
             "new_ids": self.new_ids.astype(int).tolist(),
-            "trained_on": self.trained_on,
             "score": self.score.summary() if self.score else None,
             "drift": [figure.as_dict() for figure in self.drift],
         }
@@ -67,12 +65,12 @@ def watch(
     recorded by split) and compare those movies with its training split."""
     label_set, classes = champion.info["label_set"], list(champion.classes)
     new = prequential.new_movies(store, label_set, seen_ids(training_movies), classes)
+    if len(new.ids) == 0:
+        return ChampionWatch(new.ids, None, [])
+    score = prequential.score(champion, new, resamples=resamples)
     # Its training movies still in the data folder, labelled in its classes like the new ones.
     trained = set(training_movies.get("train", []))
     reference = in_classes(store, labelled_movies(store, label_set, trained.__contains__), classes)
-    if len(new.ids) == 0:
-        return ChampionWatch(new.ids, len(reference.ids), None, [])
-    score = prequential.score(champion, new, resamples=resamples)
     movies = store.read_table(store.movies_clean_file).set_index("id")
     cached = text_embeddings_file is not None and text_embeddings_file.is_file()
     embeddings = Embeddings.load(text_embeddings_file) if cached else None
@@ -83,7 +81,7 @@ def watch(
         classes,
         thresholds,
     )
-    return ChampionWatch(new.ids, len(reference.ids), score, figures)
+    return ChampionWatch(new.ids, score, figures)
 
 
 MONITORING_EXPERIMENT_SUFFIX = "-monitoring"

@@ -28,7 +28,6 @@ class PrequentialScore:
     macro_f1_interval: tuple[float, float]  # 95% percentile bootstrap over movies
     per_genre: pd.DataFrame  # genre, support, predicted, precision, recall, f1
     predicted_rates: np.ndarray  # share of the movies each genre is decided for
-    ids: np.ndarray
 
     def summary(self) -> dict:
         low, high = self.macro_f1_interval
@@ -54,5 +53,4 @@ def score(
         macro_f1_interval=metrics.bootstrap_macro_f1(movies.labels, decisions, resamples=resamples, seed=seed),
         per_genre=report["per_genre"][["genre", "support", "predicted", "precision", "recall", "f1"]],
         predicted_rates=decisions.mean(axis=0),
-        ids=movies.ids,
     )
