@@ -40,6 +40,7 @@ TRACKING_URI_ENV = "GENRE_PIPELINE_TRACKING_URI"
 ENCODER_BACKEND_ENV = "GENRE_PIPELINE_ENCODER_BACKEND"
 # The date a replayed catalog stands at: its movies released by then, its changes until then, and the
 # release years and "today" of the refresh schedule follow it instead of the wall clock.
+INFERENCE_THREADS_ENV = "GENRE_PIPELINE_INFERENCE_THREADS"
 CATALOG_DATE_ENV = "GENRE_PIPELINE_CATALOG_DATE"
 FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
 
@@ -68,6 +69,17 @@ def tracking_uri_override(env: Mapping[str, str] = os.environ) -> str | None:
 def encoder_backend_override(env: Mapping[str, str] = os.environ) -> str | None:
     """``GENRE_PIPELINE_ENCODER_BACKEND``: the encoder backend to serve with, whatever a model was trained on."""
     return env.get(ENCODER_BACKEND_ENV) or None
+
+
+def inference_threads(env: Mapping[str, str] = os.environ) -> int | None:
+    """``GENRE_PIPELINE_INFERENCE_THREADS``: the threads an ONNX Runtime session uses; unset, its
+    default (one per physical core). ``genre-pipeline serve`` sets it to each worker's share."""
+    value = env.get(INFERENCE_THREADS_ENV)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{INFERENCE_THREADS_ENV}={value!r}: expected a positive whole number of threads")
+    return int(value)
 
 
 def catalog_date(env: Mapping[str, str] = os.environ) -> dt.date | None:

@@ -4,26 +4,29 @@ A member reads ``MemberInputs``: the model texts, encoder features keyed by enco
 movies have a usable poster, and the metadata. In training the features come from the cached
 embeddings; in the deployed model the classifier computes them with the same encoders; so what
 is evaluated is what is served. Members save to and load from a folder in plain formats
-(scikit-learn's joblib for the TF-IDF pipeline, a torch state dict and JSON for heads).
+(scikit-learn's joblib for the TF-IDF pipeline and the linear models, numpy arrays and JSON for heads).
+Predicting needs no PyTorch: heads run in numpy (``head_forward``), and the one-vs-rest logistic
+regressions as one matrix product (``_OneVsRestLogistic``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pandas as pd
-import torch
+from scipy.special import expit
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from genre_pipeline.models.encoders import EncoderRef
-from genre_pipeline.models.heads import build_head, predict_proba
+from genre_pipeline.models.head_forward import head_probabilities
 
 SPEC_FILE = "member.json"
 
@@ -79,6 +82,29 @@ def tfidf_pipeline(C: float, seed: int) -> Pipeline:  # noqa: N803 - scikit-lear
     )
 
 
+class _OneVsRestLogistic:
+    """A fitted one-vs-rest of binary logistic regressions as one weight matrix: the same probabilities
+    as its ``predict_proba`` (multilabel: each genre's own sigmoid), without validating the input once per
+    genre, which made up most of a single movie's prediction time. Any other estimator (a genre with one
+    class in training gets a constant one) keeps scikit-learn's path."""
+
+    def __init__(self, model: OneVsRestClassifier):
+        self.model = model
+        estimators = model.estimators_
+        self.folded = model.multilabel_ and all(
+            isinstance(e, LogisticRegression) and e.coef_.shape[0] == 1 for e in estimators
+        )
+        if self.folded:
+            # (features, genres), C-contiguous: scipy copies a transposed view on every sparse product
+            self.weights = np.ascontiguousarray(np.vstack([e.coef_ for e in estimators]).T)
+            self.intercept = np.concatenate([e.intercept_ for e in estimators])
+
+    def probabilities(self, features) -> np.ndarray:
+        if not self.folded:
+            return self.model.predict_proba(features).astype(np.float32)
+        return expit(np.asarray(features @ self.weights) + self.intercept).astype(np.float32)
+
+
 class TfidfMember:
     """TF-IDF of the model text, or with ``with_title`` of the title followed by the model text."""
 
@@ -95,12 +121,16 @@ class TfidfMember:
 
     @classmethod
     def fit(cls, inputs: MemberInputs, labels: np.ndarray, *, C: float, seed: int, with_title: bool = False):  # noqa: N803
-        member = cls(tfidf_pipeline(C, seed), with_title)
-        member.pipeline.fit(member.documents(inputs), labels)
-        return member
+        pipeline = tfidf_pipeline(C, seed)
+        pipeline.fit(cls(pipeline, with_title).documents(inputs), labels)
+        return cls(pipeline, with_title)
+
+    @functools.cached_property
+    def _classifier(self) -> _OneVsRestLogistic:
+        return _OneVsRestLogistic(self.pipeline.named_steps["classifier"])
 
     def probabilities(self, inputs: MemberInputs) -> np.ndarray:
-        return self.pipeline.predict_proba(self.documents(inputs)).astype(np.float32)
+        return self._classifier.probabilities(self.pipeline.named_steps["tfidf"].transform(self.documents(inputs)))
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -163,6 +193,7 @@ class LinearMember:
 
     def __init__(self, text: EncoderRef, model: OneVsRestClassifier):
         self.text, self.model = text, model
+        self._classifier = _OneVsRestLogistic(model)
 
     @property
     def encoders(self) -> tuple[EncoderRef, ...]:
@@ -176,7 +207,7 @@ class LinearMember:
         return cls(text, model.fit(inputs.text_features[text.key], labels))
 
     def probabilities(self, inputs: MemberInputs) -> np.ndarray:
-        return self.model.predict_proba(inputs.text_features[self.text.key]).astype(np.float32)
+        return self._classifier.probabilities(inputs.text_features[self.text.key])
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -189,11 +220,20 @@ class LinearMember:
 
 
 class HeadMember:
-    """A genre head on encoder features: text, image (posters only) or a fusion of both."""
+    """A genre head on encoder features: text, image (posters only) or a fusion of both; trained in
+    PyTorch (``heads``), kept and run as numpy arrays."""
 
-    def __init__(self, kind: str, head: torch.nn.Module, text: EncoderRef | None, image: EncoderRef | None, dims):
-        self.kind, self.head, self.text, self.image = kind, head.eval(), text, image
-        self.dims = dict(dims)  # text_dim, image_dim, n_labels: what build_head needs
+    def __init__(
+        self, kind: str, weights: dict[str, np.ndarray], text: EncoderRef | None, image: EncoderRef | None, dims
+    ):
+        self.kind, self.weights, self.text, self.image = kind, weights, text, image
+        self.dims = dict(dims)  # text_dim, image_dim, n_labels: what heads.build_head needs
+
+    @classmethod
+    def from_module(cls, kind: str, module, text: EncoderRef | None, image: EncoderRef | None, dims) -> "HeadMember":
+        """A member from a trained PyTorch head (``heads.build_head``)."""
+        weights = {k: v.detach().cpu().float().numpy().copy() for k, v in module.state_dict().items()}
+        return cls(kind, weights, text, image, dims)
 
     @property
     def encoders(self) -> tuple[EncoderRef, ...]:
@@ -213,11 +253,12 @@ class HeadMember:
         )
 
     def probabilities(self, inputs: MemberInputs) -> np.ndarray:
-        return predict_proba(self.head, np.ascontiguousarray(self.features(inputs), dtype=np.float32))
+        features = np.ascontiguousarray(self.features(inputs), dtype=np.float32)
+        return head_probabilities(self.kind, self.weights, features, self.dims)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in self.head.state_dict().items()}, directory / "head.pt")
+        np.savez(directory / "head.npz", **self.weights)
         spec = {
             "kind": self.kind,
             "dims": self.dims,
@@ -228,11 +269,17 @@ class HeadMember:
 
     @classmethod
     def load(cls, directory: Path, spec: dict) -> "HeadMember":
-        head = build_head(spec["kind"], **spec["dims"])
-        head.load_state_dict(torch.load(directory / "head.pt", map_location="cpu", weights_only=True))
+        if (directory / "head.npz").is_file():
+            with np.load(directory / "head.npz", allow_pickle=False) as saved:
+                weights = {name: saved[name] for name in saved.files}
+        else:  # saved as a PyTorch state dict before heads ran in numpy
+            import torch
+
+            state = torch.load(directory / "head.pt", map_location="cpu", weights_only=True)
+            weights = {name: tensor.float().numpy() for name, tensor in state.items()}
         text = EncoderRef(**spec["text"]) if spec["text"] else None
         image = EncoderRef(**spec["image"]) if spec["image"] else None
-        return cls(spec["kind"], head, text, image, spec["dims"])
+        return cls(spec["kind"], weights, text, image, spec["dims"])
 
 
 _LOADERS = {"tfidf": TfidfMember, "neighbours": NeighboursMember, "linear": LinearMember}

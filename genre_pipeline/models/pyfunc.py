@@ -17,7 +17,7 @@ import pandas as pd
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, model_text, normalize_text
 from genre_pipeline.images import PosterError, verify_poster
 from genre_pipeline.models.classifier import GenreClassifier
-from genre_pipeline.models.encoders import EncoderRef, build_encoder
+from genre_pipeline.models.encoders import EncoderRef, build_encoder, runtime
 from genre_pipeline.models.encoders.onnx_backend import configured_backend
 from genre_pipeline.models.members import MemberInputs
 from genre_pipeline.models.metadata import is_missing
@@ -29,12 +29,18 @@ ARTIFACT_KEY = "classifier"
 
 
 def load_encoders(refs: list[EncoderRef], root: Path) -> dict:
-    """The encoders by key: bundled or installed ones by name, fine-tuned weights from ``root``; each on
-    the backend it was trained with unless ``GENRE_PIPELINE_ENCODER_BACKEND`` says otherwise."""
+    """The encoders by key, each on the backend it was trained with unless ``GENRE_PIPELINE_ENCODER_BACKEND``
+    says otherwise: the graph the classifier folder records, without PyTorch, when this machine has it;
+    else bundled or installed weights by name, or fine-tuned ones from ``root``, through PyTorch."""
     encoders = {}
     for ref in refs:
-        ref = dataclasses.replace(ref, backend=configured_backend(ref.backend))
-        encoders[ref.key] = build_encoder(ref, root=root)
+        backend = configured_backend(ref.backend)
+        recorded = runtime.load_runtime(ref.key, root) if backend == ref.backend else None
+        if recorded is not None:
+            encoders[ref.key] = recorded
+            log.info("encoder %s runs on %s (recorded graph)", ref.key, recorded.backend)
+            continue
+        encoders[ref.key] = build_encoder(dataclasses.replace(ref, backend=backend), root=root)
         # Reading the backend loads (or exports) the graph now rather than at the first prediction.
         log.info("encoder %s runs on %s", ref.key, encoders[ref.key].backend)
     return encoders

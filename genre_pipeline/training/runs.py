@@ -17,6 +17,7 @@ import mlflow
 
 from genre_pipeline.models import movie
 from genre_pipeline.models.classifier import GenreClassifier
+from genre_pipeline.models.encoders import save_runtimes
 from genre_pipeline.models.pyfunc import ARTIFACT_KEY, PYFUNC_ENTRY
 from genre_pipeline.models.registry import TRAINING_MOVIES_ARTIFACT, VALIDATION_METRIC, use_tracking
 from genre_pipeline.store import DataStore
@@ -103,11 +104,13 @@ def log_test_metrics(summary: dict, prefix: str = "test_") -> None:
 
 def log_classifier(classifier: GenreClassifier, fine_tuned=None, name: str = "model"):
     """Log the classifier as an MLflow pyfunc model: its members, stacker and thresholds in one folder
-    (with fine-tuned encoder weights, if any); frozen encoders are loaded by name from their packages."""
+    (with fine-tuned encoder weights, if any); frozen encoders are loaded by name from their packages,
+    or, without PyTorch, from the ONNX graphs the folder records (``encoders.runtime``)."""
     with tempfile.TemporaryDirectory() as scratch:
         root = classifier.save(Path(scratch) / ARTIFACT_KEY)
         if fine_tuned is not None:
             finetune.save_encoders(fine_tuned, root)
+        save_runtimes(classifier.encoders, root)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(PYFUNC_ENTRY),

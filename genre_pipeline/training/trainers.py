@@ -32,19 +32,19 @@ def fit_head(
         "text_dim": data.text_features[text.key].shape[1] if text else 0,
         "image_dim": data.poster_features[image.key].shape[1] if image else 0,
     }
-    untrained = HeadMember(kind, build_head(kind, **dims), text, image, dims)
+    features = HeadMember(kind, {}, text, image, dims).features  # the inputs this kind of head reads
     val_rows = model_rows(data, kind)("validation")
     result = train_head(
-        untrained.head,
-        untrained.features(data.inputs(train_rows)),
+        build_head(kind, **dims),
+        features(data.inputs(train_rows)),
         data.labels[train_rows],
-        untrained.features(data.inputs(val_rows)),
+        features(data.inputs(val_rows)),
         data.labels[val_rows],
         config,
         image_dim=dims["image_dim"] if kind.endswith("fusion") else 0,
         on_epoch=on_epoch,
     )
-    return HeadMember(kind, result.model, text, image, dims), result
+    return HeadMember.from_module(kind, result.model, text, image, dims), result
 
 
 def _single(name: str, member, classes: list[str]) -> GenreClassifier:
@@ -110,7 +110,7 @@ def train_fine_tuned(
         on_epoch=on_epoch,
     )
     text, image = finetune.encoder_refs(model)
-    member = HeadMember(kind, finetune.head_on_cpu(model), text, image, dims)
+    member = HeadMember.from_module(kind, finetune.head_on_cpu(model), text, image, dims)
     classifier = _single(name, member, data.classes)
 
     def probabilities_for(rows: np.ndarray) -> np.ndarray:

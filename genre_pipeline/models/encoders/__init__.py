@@ -8,7 +8,8 @@ loaded raises EncoderUnavailable: nothing here ever falls back to random weights
 
 This package owns: ``EncoderRef`` (which encoder a model reads, a plain spec) and ``build_encoder``,
 the one factory from a spec to a loaded encoder; ``text`` and ``image`` (the encoders);
-``onnx_backend`` (inference on ONNX Runtime, checked against PyTorch); ``bundled_weights`` (MPNet's
+``onnx_backend`` (export to ONNX Runtime, checked against PyTorch); ``runtime`` (inference on those
+graphs without PyTorch, and the record that lets a logged model load that way); ``bundled_weights`` (MPNet's
 split zip); ``cache`` (embeddings cached per encoder and content).
 """
 
@@ -60,3 +61,10 @@ def build_encoder(ref: EncoderRef, *, device: str = "cpu", batch_size: int | Non
     from genre_pipeline.models.encoders.image import ImageEncoder
 
     return ImageEncoder(ref.name, weights_file=root / ref.weights if ref.weights else None, **options)
+
+
+def save_runtimes(refs: list[EncoderRef], root: Path) -> None:
+    """Record in classifier folder ``root`` the graph each encoder runs on (see ``runtime``), so that the
+    logged model predicts without loading PyTorch."""
+    for ref in refs:
+        build_encoder(ref, root=root).save_runtime(ref.key, root)

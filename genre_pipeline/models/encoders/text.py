@@ -16,6 +16,7 @@ from genre_pipeline.models.encoders import (
     EncoderUnavailable,
     bundled_weights,
     onnx_backend,
+    runtime,
 )
 
 # A fixed sample on which an exported text graph must match PyTorch: model texts as the data set
@@ -101,6 +102,7 @@ class TextEncoder(onnx_backend.BackendChoice):
         self.model = model.to(self.device).eval()
         self.dim = int(model.config.hidden_size)
         self.requested_backend = onnx_backend.check_backend(backend)
+        self._text_graph: runtime.TextGraph | None = None
         # Time spent in the model's forward pass alone, so that a caller can tell what the
         # pipeline around it (tokenizing, decoding, copying) costs.
         self.forward_seconds = 0.0
@@ -144,30 +146,39 @@ class TextEncoder(onnx_backend.BackendChoice):
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         return {k: batch[k].astype(np.int64) for k in TEXT_GRAPH_INPUTS}
 
+    def _runtime_record(self) -> dict:
+        return {"tokenizer_json": self.tokenizer.backend_tokenizer.to_str(), "max_length": self.max_length}
+
+    def _graph_encoder(self) -> runtime.TextGraph | None:
+        """The ONNX graph with its tokenizer, as a served model runs it; None on PyTorch."""
+        graph = self._onnx_graph()
+        if graph is not None and self._text_graph is None:
+            self._text_graph = runtime.TextGraph(
+                graph.session, self.tokenizer.backend_tokenizer.to_str(), self.max_length, self.dim, graph.backend
+            )
+        return self._text_graph
+
     @torch.inference_mode()
     def encode(self, texts: list[str], progress=None) -> np.ndarray:
-        """Embeddings in the order given. Batches are formed from texts of similar length to pad little,
-        and the next batch is tokenized while the current one runs."""
+        """Embeddings in the order given. On PyTorch, batches are formed from texts of similar length to
+        pad little, and the next batch is tokenized while the current one runs."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        graph = self._onnx_graph()
+        graph = self._graph_encoder()
         if graph is not None:
-            # One text per run: int8 activations are quantized with one scale per tensor, so in a batch a
-            # text's embedding would depend on the texts beside it (and training would not see what
-            # serving sees). Unpadded single texts also ran faster than batches here, int8 and fp32.
-            tokenize, forward, batch_size = self._graph_inputs, graph.run, 1
-        else:
-            tokenize, batch_size = self.tokenize, self.batch_size
-            forward = lambda batch: self.features(batch).float().cpu().numpy()  # noqa: E731
+            before = graph.forward_seconds
+            result = graph.encode(texts, progress)
+            self.forward_seconds += graph.forward_seconds - before
+            return result
         order = np.argsort([len(t) for t in texts], kind="stable")
-        batches = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+        batches = [order[start : start + self.batch_size] for start in range(0, len(texts), self.batch_size)]
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
         done = 0
         with ThreadPoolExecutor(max_workers=1) as tokenizer_thread:
-            tokenized = tokenizer_thread.map(lambda index: tokenize([texts[i] for i in index]), batches)
+            tokenized = tokenizer_thread.map(lambda index: self.tokenize([texts[i] for i in index]), batches)
             for index, batch in zip(batches, tokenized):
                 started = time.perf_counter()
-                result[index] = forward(batch)
+                result[index] = self.features(batch).float().cpu().numpy()
                 self.forward_seconds += time.perf_counter() - started
                 done += len(index)
                 if progress:
