@@ -173,17 +173,43 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from genre_pipeline.models.registry import champion_version
+    from genre_pipeline.serving import auth
+    from genre_pipeline.serving.batching import BatchingOptions
+
+    keys = auth.load_keys(args.api_keys_file)
+    if not keys and not args.open and not auth.is_loopback(args.host):
+        raise ValueError(
+            f"refusing to listen on {args.host} without API keys: anyone who reaches it could use it. Give keys "
+            f"(--api-keys-file FILE or {auth.API_KEYS_ENV}), or pass --open to say it is meant to be open."
+        )
+    # Checked before start-up, so that a missing champion is a clear error and not a server that is never ready.
+    uri = args.tracking_uri or _default_tracking_uri()
+    version = champion_version(MlflowClient(uri, uri), uri)
+    # The ONNX graphs get this process's share of the cores; BLAS and OpenMP (numpy, scikit-learn) one
+    # thread: their pools would otherwise spin on the cores the graphs need between calls.
+    os.environ.setdefault(settings.INFERENCE_THREADS_ENV, str(args.threads))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     import uvicorn
 
     from genre_pipeline.serving.app import create_app
     from genre_pipeline.serving.champion import ChampionWatcher
 
-    watcher = ChampionWatcher(args.tracking_uri or _default_tracking_uri(), poll_interval_s=args.poll_interval)
-    info = watcher.current.predictor.info
-    print(
-        f"serving {info['model']} (genre-classifier v{info['version']}) on http://{args.host}:{args.port}", flush=True
+    batching = BatchingOptions(
+        max_rows=args.max_batch,
+        max_wait_s=args.batch_wait_ms / 1000,
+        max_queue=args.max_queue,
+        deadline_s=args.deadline,
     )
-    uvicorn.run(create_app(watcher), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    gatekeeper = auth.Gatekeeper(keys, rate_per_s=args.rate_limit, burst=args.rate_burst)
+    app = create_app(ChampionWatcher(uri, poll_interval_s=args.poll_interval), batching=batching, gatekeeper=gatekeeper)
+    access = f"{len(keys)} API key(s)" if keys else "open, no API key"
+    print(f"serving genre-classifier v{version} on http://{args.host}:{args.port} ({access}); loading it", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 
 
@@ -293,6 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-interval", type=float, default=10.0, help="seconds between checks of the champion alias")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--tracking-uri", default=None)
+    serve.add_argument(
+        "--api-keys-file",
+        type=Path,
+        help="accepted API keys, one per line (also GENRE_PIPELINE_API_KEYS, comma-separated); none: open",
+    )
+    serve.add_argument("--open", action="store_true", help="allow listening beyond 127.0.0.1 without API keys")
+    serve.add_argument("--rate-limit", type=float, default=None, help="requests per second per key (or per address)")
+    serve.add_argument("--rate-burst", type=_at_least(1), default=None, help="requests at once (default: the rate)")
+    serve.add_argument("--max-batch", type=_at_least(1), default=16, help="movies per model call (batched requests)")
+    serve.add_argument("--batch-wait-ms", type=float, default=4.0, help="how long a call waits to gather requests")
+    serve.add_argument("--max-queue", type=_at_least(1), default=64, help="requests waiting; more get 503 at once")
+    serve.add_argument("--deadline", type=float, default=10.0, help="seconds a request may wait before a 503")
+    serve.add_argument(
+        "--threads", type=_at_least(1), default=os.cpu_count() or 1, help="inference threads of this process"
+    )
     serve.set_defaults(handler=_serve)
 
     cluster_command.add_parser(commands)

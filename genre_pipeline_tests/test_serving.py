@@ -7,16 +7,25 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
 from PIL import Image
 
 from genre_pipeline.models import registry
+from genre_pipeline.models.classifier import GenreClassifier
+from genre_pipeline.models.encoders import runtime
 from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.models.pyfunc import encode_inputs, load_encoders
 
 from .conftest import BIN, free_port, make_champion, wait_for
 
@@ -40,14 +49,24 @@ class Server:
         return requests.get(self.url + path, timeout=30)
 
 
-def start_server(trained, tmp_path) -> Server:
+def start_server(trained, tmp_path, *options: str) -> Server:
     """The server on a copy of the session's stack-champion tracking store, so that moving its alias
     changes nothing for other tests (the copy's model versions point at the same artifacts)."""
     db = tmp_path / "mlflow.db"
     shutil.copy(trained["stack_uri"].removeprefix("sqlite:///"), db)
     uri, port = registry.sqlite_uri(db), free_port()
     process = subprocess.Popen(
-        [BIN / "genre-pipeline", "serve", "--tracking-uri", uri, "--port", str(port), "--poll-interval", "0.5"],
+        [
+            BIN / "genre-pipeline",
+            "serve",
+            "--tracking-uri",
+            uri,
+            "--port",
+            str(port),
+            "--poll-interval",
+            "0.5",
+            *options,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "GENRE_PIPELINE_DATA": str(trained["data_dir"])},
@@ -316,7 +335,12 @@ def test_the_page_loads_only_what_the_server_serves(server):
         served = server.get(asset)
         assert served.status_code == 200, asset
         assert "http://" not in served.text and "https://" not in served.text, asset
-    assert server.get("/docs").status_code == 200
+    docs = server.get("/docs")
+    assert docs.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs.text)
+    assert len(assets) == 2 and all(asset.startswith("/") and not asset.startswith("//") for asset in assets)
+    for asset in assets:  # Swagger UI from this process, so /docs works offline
+        assert server.get(asset).status_code == 200, asset
 
 
 def test_the_server_reloads_a_moved_champion_without_dropping_requests(trained, tmp_path):
@@ -358,18 +382,23 @@ def percent(name: str, style: str) -> float:
     return float(re.search(rf"(?:^|;\s*){name}: ([\d.]+)%", style).group(1))
 
 
-def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chromium, poster_file, tmp_path):
+def phone_browser(chromium):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser, driver_path = chromium
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=390,844"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chromium, poster_file, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = phone_browser(chromium)
     predictor = champion(trained)
     wait = WebDriverWait(driver, 120)
     try:
@@ -422,5 +451,182 @@ def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chr
         wait.until(lambda _: error.is_displayed())
         assert "not a usable image" in error.text
         wait.until(lambda _: driver.execute_script(in_view, error))
+    finally:
+        driver.quit()
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """One sample of the server's Prometheus /metrics (0 when absent)."""
+    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.escape(name + (f"{{{selector}}}" if selector else "")) + r" ([0-9.e+-]+)"
+    found = re.search(r"^" + pattern + "$", server.get("/metrics").text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_metrics_count_requests_genres_and_the_served_version(server, trained):
+    before_ok = metric(server, "genre_http_requests_total", method="POST", route="/predict", status="200")
+    before_bad = metric(server, "genre_http_requests_total", method="POST", route="/predict", status="422")
+    answer = server.post("/predict", json=MOVIE)
+    server.post("/predict", json={"overview": ""})
+    assert metric(server, "genre_http_requests_total", method="POST", route="/predict", status="200") == before_ok + 1
+    assert metric(server, "genre_http_requests_total", method="POST", route="/predict", status="422") == before_bad + 1
+    for genre in answer.json()["genres"]:
+        assert metric(server, "genre_predicted_genres_total", genre=genre) >= 1
+    version = champion(trained).info["version"]
+    assert metric(server, "genre_model_info", model="stacked_model", version=version) == 1
+    assert metric(server, "genre_model_ready") == 1
+    assert metric(server, "genre_http_request_duration_seconds_count", route="/predict") >= 2
+    assert "genre_queue_depth" in server.get("/metrics").text
+    server.get("/no/such/path/123")
+    assert "/no/such/path" not in server.get("/metrics").text  # unmatched paths are one label, not many
+    assert server.get("/health/live").json() == {"status": "alive"}
+    assert server.get("/health/ready").json()["ready"] is True
+
+
+KEYS = ("first-key-" + "a" * 16, "second-key-" + "b" * 16)
+
+
+@pytest.fixture(scope="module")
+def guarded(trained, tmp_path_factory):
+    """A server with two API keys, a rate limit of one request per 5 s with a burst of 10 per key, and 300 ms of
+    gathering, so that concurrent requests certainly share a model call."""
+    folder = tmp_path_factory.mktemp("guarded")
+    (folder / "keys").write_text("# test keys\n" + "\n".join(KEYS) + "\n")
+    options = ["--api-keys-file", str(folder / "keys"), "--rate-limit", "0.2", "--rate-burst", "10"]
+    running = start_server(trained, folder, *options, "--batch-wait-ms", "300")
+    yield running
+    log = stop(running)
+    assert "Traceback" not in log and not any(key in log for key in KEYS), log[-3000:]
+
+
+def test_batched_requests_get_their_own_movies_answer_identical_to_one_at_a_time(guarded, trained, poster_bytes):
+    movies = [
+        MOVIE | {"overview": f"{MOVIE['overview']} Chapter {i}: a {word}."}
+        for i, word in enumerate(
+            [
+                "ghost haunts the saloon",
+                "love story blooms",
+                "bank robbery goes wrong",
+                "war breaks out",
+                "space ship lands",
+                "family comedy of errors",
+            ]
+        )
+    ]
+    rows = [movie | ({"poster": poster_bytes} if i % 2 else {}) for i, movie in enumerate(movies)]
+    headers = {"Authorization": f"Bearer {KEYS[0]}"}
+    calls_before = metric(guarded, "genre_model_batch_rows_count")
+    rows_before = metric(guarded, "genre_model_batch_rows_sum")
+
+    def ask(i: int) -> requests.Response:
+        if i % 2:
+            form = {k: str(v) for k, v in movies[i].items()}
+            return guarded.post("/predict", data=form, files={"poster": ("p.png", poster_bytes)}, headers=headers)
+        return guarded.post("/predict", json=movies[i], headers=headers)
+
+    with ThreadPoolExecutor(len(movies)) as pool:
+        answers = list(pool.map(ask, range(len(movies))))
+    assert [a.status_code for a in answers] == [200] * len(movies)
+    calls = metric(guarded, "genre_model_batch_rows_count") - calls_before
+    assert metric(guarded, "genre_model_batch_rows_sum") - rows_before == len(movies)
+    assert calls < len(movies)  # some requests shared a model call
+
+    predictor = champion(trained)
+    together = predictor.predict_rows(rows)
+    for i, row in enumerate(rows):
+        (alone,) = predictor.predict_rows([row])
+        assert together[i].scores == alone.scores  # exactly: a batch does not change a movie's answer
+        served = {s["genre"]: s["probability"] for s in answers[i].json()["scores"]}
+        assert served == {g: round(p, 4) for g, p, _ in alone.scores}, i
+
+
+def test_keys_are_required_and_limited_per_key(guarded):
+    missing = guarded.post("/predict", json=MOVIE)
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = guarded.post("/predict", json=MOVIE, headers={"X-API-Key": "x" * 30})
+    assert wrong.status_code == 401 and "not valid" in wrong.json()["error"]
+    assert guarded.get("/model").json()["api_key_required"] is True  # the page asks for a key
+    statuses = [guarded.post("/predict", json=MOVIE, headers={"X-API-Key": KEYS[1]}) for _ in range(12)]
+    limited = [answer for answer in statuses if answer.status_code == 429]
+    assert [a.status_code for a in statuses[:10]] == [200] * 10 and limited
+    assert all(int(answer.headers["Retry-After"]) >= 1 for answer in limited)
+    assert metric(guarded, "genre_rate_limited_requests_total") >= len(limited)
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_nothing_else_fails(trained, tmp_path, poster_bytes):
+    tiny = start_server(trained, tmp_path, "--max-batch", "1", "--max-queue", "1")
+    form = {k: str(v) for k, v in MOVIE.items()}
+
+    def ask(_) -> requests.Response:
+        return tiny.post("/predict", data=form, files={"poster": ("p.png", poster_bytes)})
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(ask, range(24)))
+        shed = metric(tiny, "genre_shed_requests_total", reason="queue_full")
+        after = tiny.post("/predict", json=MOVIE)
+    finally:
+        log = stop(tiny)
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
+    assert all(int(a.headers["Retry-After"]) >= 1 for a in answers if a.status_code == 503)
+    assert shed == statuses.count(503)
+    assert after.status_code == 200  # and it serves again as soon as the burst is over
+    assert "Traceback" not in log
+
+
+def test_a_serving_process_loads_no_torch_and_predicts_as_pytorch_does(server, trained, poster_bytes, tmp_path):
+    mapped = (Path("/proc") / str(server.process.pid) / "maps").read_text()
+    assert "libtorch" not in mapped  # the running server never loaded PyTorch
+
+    rows = [MOVIE, MOVIE | {"poster": base64.b64encode(poster_bytes).decode()}]
+    script = textwrap.dedent(f"""
+        import base64, json, sys
+        import pandas as pd
+        from genre_pipeline.models.predictor import GenrePredictor
+        predictor = GenrePredictor.from_registry({trained["stack_uri"]!r})
+        rows = json.load(sys.stdin)
+        rows = [r | ({{"poster": base64.b64decode(r["poster"])}} if "poster" in r else {{}}) for r in rows]
+        out = predictor.probabilities(predictor.predict_frame(pd.DataFrame(rows)))
+        print(json.dumps({{"torch": "torch" in sys.modules, "probabilities": out.tolist()}}))
+    """)
+    lean = subprocess.run([sys.executable, "-c", script], input=json.dumps(rows), capture_output=True, text=True)
+    assert lean.returncode == 0, lean.stderr[-2000:]
+    lean = json.loads(lean.stdout.strip().splitlines()[-1])
+    assert lean["torch"] is False
+
+    # The same classifier folder without its runtime records loads its encoders through PyTorch.
+    predictor = champion(trained)
+    folder = tmp_path / "classifier"
+    shutil.copytree(Path(predictor.model.unwrap_python_model().classifier_dir), folder)
+    shutil.rmtree(folder / "runtime")
+    classifier = GenreClassifier.load(folder)
+    encoders = load_encoders(classifier.encoders, folder)
+    assert not any(isinstance(e, (runtime.TextGraph, runtime.ImageGraph)) for e in encoders.values())
+    frame = pd.DataFrame([MOVIE, MOVIE | {"poster": poster_bytes}])
+    inputs, _, _ = encode_inputs(frame, classifier, encoders)
+    np.testing.assert_allclose(lean["probabilities"], classifier.probabilities(inputs), atol=1e-6)
+
+
+def test_the_page_asks_for_the_key_of_a_server_with_keys(guarded, chromium):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = phone_browser(chromium)
+    wait = WebDriverWait(driver, 120)
+    try:
+        driver.get(guarded.url)
+        key_field = driver.find_element(By.ID, "api-key")
+        wait.until(lambda _: key_field.is_displayed())  # /model says this server requires a key
+        driver.find_element(By.ID, "overview").send_keys(MOVIE["overview"])
+        driver.find_element(By.ID, "submit").click()
+        error = driver.find_element(By.ID, "error")
+        wait.until(lambda _: error.is_displayed())
+        assert "API key is required" in error.text
+        key_field.send_keys(KEYS[0])
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda _: driver.find_element(By.ID, "answer").is_displayed())
+        assert driver.find_elements(By.CSS_SELECTOR, "#bars li")
+        assert driver.execute_script("return sessionStorage.getItem('genre-pipeline-api-key')") == KEYS[0]
     finally:
         driver.quit()

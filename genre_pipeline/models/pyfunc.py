@@ -134,7 +134,7 @@ class GenreClassifierModel(mlflow.pyfunc.PythonModel):
     and ``decision:<genre>`` (above the genre's tuned threshold), and ``used_poster``."""
 
     def load_context(self, context) -> None:
-        root = Path(context.artifacts[ARTIFACT_KEY])
+        root = self.classifier_dir = Path(context.artifacts[ARTIFACT_KEY])
         self.classifier = GenreClassifier.load(root)
         self.encoders = load_encoders(self.classifier.encoders, root)
 

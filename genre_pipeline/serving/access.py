@@ -1,5 +1,6 @@
 """A request id on every answer, and one structured access-log line per request (JSON on stderr):
-method, path, status, duration, client and request id; never a body, so never an overview or poster."""
+method, path, status, duration, client, caller (an API key's hash when keys are on) and request id;
+never a body, so never an overview or poster. The same middleware counts each request for /metrics."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ class AccessLog:
     """ASGI middleware: the request id (the caller's X-Request-ID when it is a plain token) on the
     answer's headers and in ``request_id`` for what the request logs, and one access line."""
 
-    def __init__(self, app):
-        self.app, self.log = app, access_logger()
+    def __init__(self, app, observe=lambda route, method, status, seconds: None):
+        self.app, self.log, self.observe = app, access_logger(), observe
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -56,17 +57,28 @@ class AccessLog:
         try:
             await self.app(scope, receive, sending)
         finally:
+            seconds = time.perf_counter() - started
             client = scope.get("client") or ("-", 0)
-            self.log.info(
-                json.dumps(
-                    {
-                        "request_id": rid,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                        "client": client[0],
-                    }
-                )
-            )
+            line = {
+                "request_id": rid,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 1),
+                "client": client[0],
+            }
+            caller = getattr(scope.get("state", {}), "get", lambda key: None)("caller")
+            if caller and caller != client[0]:
+                line["caller"] = caller
+            self.log.info(json.dumps(line))
+            self.observe(route_of(scope), scope["method"], status, seconds)
             request_id.reset(token)
+
+
+def route_of(scope) -> str:
+    """The matched route's template (``/predict``), never the raw path: a metric label must not grow
+    with whatever paths clients try."""
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return route.path
+    return "/static" if scope["path"].startswith("/static") else "unmatched"

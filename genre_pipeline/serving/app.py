@@ -13,10 +13,12 @@ import datetime
 import logging
 from importlib import resources
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -25,8 +27,11 @@ from genre_pipeline.models import movie as model_input
 from genre_pipeline.models import registry
 from genre_pipeline.serving import inputs
 from genre_pipeline.serving.access import AccessLog, request_id
+from genre_pipeline.serving.auth import Gatekeeper
+from genre_pipeline.serving.batching import BatchingOptions, MicroBatcher, Overloaded
 from genre_pipeline.serving.champion import ChampionWatcher, ServedModel
 from genre_pipeline.serving.inputs import MAX_BODY_BYTES, MAX_POSTER_BYTES, Batch, InputError, Movie
+from genre_pipeline.serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 STATIC_DIR = resources.files("genre_pipeline.serving") / "static"
@@ -72,8 +77,15 @@ def _too_large(size: int, limit: int) -> str:
     return f"the request is {inputs.size_over(size, limit)} (or more) that this server accepts"
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class NotReady(Exception):
+    """No champion is loaded yet (the server has just started, or the registry has none)."""
+
+
+NOT_READY_RETRY_S = 5
 
 
 def model_summary(served: ServedModel) -> dict:
@@ -133,20 +145,64 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def create_app(watcher: ChampionWatcher) -> FastAPI:
+def create_app(
+    watcher: ChampionWatcher,
+    *,
+    batching: BatchingOptions | None = None,
+    gatekeeper: Gatekeeper | None = None,
+    metrics: ServingMetrics | None = None,
+) -> FastAPI:
+    """The API around ``watcher``'s champion. Prediction requests go through a MicroBatcher (one model
+    call for concurrent requests, a bounded queue); ``gatekeeper`` checks API keys and rate limits on
+    them (none: open, unlimited)."""
+    metrics = metrics or ServingMetrics()
+    gatekeeper = gatekeeper or Gatekeeper([])
+
+    def predict_current(rows: list[dict]) -> tuple[ServedModel, list]:
+        served = watcher.current  # kept for the whole call, whatever a reload does meanwhile
+        if served is None:
+            raise NotReady()
+        return served, served.predict_rows(rows)
+
+    batcher = MicroBatcher(
+        predict_current,
+        batching or BatchingOptions(),
+        observe=metrics.observe_batch,
+        on_queue=metrics.queue_depth.set,
+    )
+    watcher.on_load = lambda served: metrics.serving(served.version, served.predictor.info["model"])
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         watcher.start()
+        batcher.start()
         yield
+        await batcher.stop()
         watcher.stop()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with their assets served from the process (a PyPI package), not a CDN.
+    app = FastAPIOffline(
         title="genre_pipeline",
         summary="Movie genres from an overview, a tagline, TMDb metadata and a poster, by the registered champion.",
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    app.add_middleware(AccessLog)  # added last: outermost, so that every answer (a 413 too) gets its id
+    # Added last: outermost, so that every answer (a 413 too) gets its id and is counted.
+    app.add_middleware(AccessLog, observe=metrics.observe_request)
+
+    def current_model() -> ServedModel:
+        served = watcher.current
+        if served is None:
+            raise NotReady()
+        return served
+
+    async def admitted(request: Request) -> None:
+        caller, refusal = gatekeeper.check(request.headers, request.client.host if request.client else "-")
+        request.state.caller = caller
+        if refusal is not None:
+            if refusal.status == 429:
+                metrics.rate_limited.inc()
+            raise HTTPException(refusal.status, refusal.message, headers=refusal.headers)
 
     @app.exception_handler(InputError)
     async def refused(request: Request, error: InputError):
@@ -154,7 +210,17 @@ def create_app(watcher: ChampionWatcher) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return _error(error.status_code, str(error.detail))
+        return _error(error.status_code, str(error.detail), error.headers)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, error: Overloaded):
+        metrics.shed.labels(error.reason).inc()
+        return _error(503, f"{error}: retry after {error.retry_after_s} s", {"Retry-After": str(error.retry_after_s)})
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, error: NotReady):
+        reason = watcher.last_error or "the champion is loading"
+        return _error(503, f"no champion is loaded yet ({reason})", {"Retry-After": str(NOT_READY_RETRY_S)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
@@ -166,26 +232,50 @@ def create_app(watcher: ChampionWatcher) -> FastAPI:
         return _error(500, "the server failed to answer this request; its log says why")
 
     async def predict_rows(rows: list[dict]) -> tuple[ServedModel, list]:
-        served = watcher.current  # kept for the whole request, whatever a reload does meanwhile
+        current_model()  # refuse at once rather than queue while nothing can answer
         try:
-            return served, await run_in_threadpool(served.predict_rows, rows)
+            served, predictions = await batcher.submit(rows)
         except ValueError as error:  # the model's own input checks
             raise InputError(str(error)) from None
+        for prediction in predictions:
+            metrics.count_genres(prediction.genres)
+        return served, predictions
 
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(str(STATIC_DIR / "index.html"))
 
-    @app.get("/health", summary="Up, and which champion version answers")
-    async def health():
+    def readiness() -> JSONResponse:
         served = watcher.current
-        return {"status": "ok", "version": served.version, "reload_error": watcher.last_error}
+        if served is None:
+            reason = watcher.last_error or "the champion is loading"
+            return JSONResponse({"status": "not ready", "ready": False, "reason": reason}, status_code=503)
+        return JSONResponse(
+            {"status": "ok", "ready": True, "version": served.version, "reload_error": watcher.last_error}
+        )
+
+    @app.get("/health", summary="Ready: as /health/ready")
+    async def health():
+        return readiness()
+
+    @app.get("/health/ready", summary="200 while a champion is loaded and answering, else 503 with the reason")
+    async def ready():
+        return readiness()
+
+    @app.get("/health/live", summary="200 while the process answers at all (it may still be loading)")
+    async def live():
+        return {"status": "alive"}
+
+    @app.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=False)
+    async def prometheus_metrics():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/model", summary="The served champion: version, run, labels, thresholds, metrics")
     async def model():
-        served = watcher.current
+        served = current_model()
         predictor = served.predictor
         return model_summary(served) | {
+            "api_key_required": gatekeeper.requires_key,
             "alias": registry.CHAMPION_ALIAS,
             "kind": predictor.info["kind"],
             "label_set": predictor.info["label_set"],
@@ -207,6 +297,7 @@ def create_app(watcher: ChampionWatcher) -> FastAPI:
     @app.post(
         "/predict",
         summary="Genres for one movie: JSON, or a multipart form with a poster file",
+        dependencies=[Depends(admitted)],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -242,6 +333,7 @@ def create_app(watcher: ChampionWatcher) -> FastAPI:
     @app.post(
         "/predict/batch",
         summary=f"Genres for up to {inputs.MAX_BATCH} movies in one call (JSON)",
+        dependencies=[Depends(admitted)],
         openapi_extra={
             "requestBody": {
                 "required": True,

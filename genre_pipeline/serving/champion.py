@@ -42,19 +42,23 @@ class ServedModel:
 
 
 class ChampionWatcher:
-    """Holds the served champion and, in a daemon thread, polls the registry every ``poll_interval_s``
-    seconds; a moved alias loads the new version in that thread while requests keep being answered."""
+    """Holds the served champion. A daemon thread loads it after start-up (the server answers
+    ``/health/live`` meanwhile, and ``/health/ready`` says not yet), then polls the registry every
+    ``poll_interval_s`` seconds; a moved alias loads the new version in that thread while requests keep
+    being answered by the old one. ``on_load(served)`` is told each version that starts serving."""
 
     def __init__(
         self,
         tracking_uri: str,
         poll_interval_s: float = 10.0,
         load: Callable[[str, str | None], GenrePredictor] = GenrePredictor.from_registry,
+        on_load: Callable[[ServedModel], None] = lambda served: None,
     ):
         if poll_interval_s <= 0:
             raise ValueError(f"the poll interval must be positive, got {poll_interval_s}")
         self.tracking_uri, self.poll_interval_s, self._load = tracking_uri, poll_interval_s, load
-        self.current = self._loaded(None)  # NoChampion here stops the server from starting
+        self.on_load = on_load
+        self.current: ServedModel | None = None  # None until the first load succeeds
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,23 +70,28 @@ class ChampionWatcher:
         return served
 
     def check(self) -> bool:
-        """Load the champion if the alias moved; True when a new version is now served."""
+        """Load the champion if none is loaded or the alias moved; True when a new version is now served."""
         version = champion_version(MlflowClient(self.tracking_uri, self.tracking_uri), self.tracking_uri)
-        if version == self.current.version:
+        if self.current is not None and version == self.current.version:
             return False
-        log.info("champion moved from v%s to v%s: loading it", self.current.version, version)
+        if self.current is not None:
+            log.info("champion moved from v%s to v%s: loading it", self.current.version, version)
         self.current = self._loaded(version)
+        self.on_load(self.current)
         return True
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.poll_interval_s):
+        while True:
             try:
                 self.check()
                 self.last_error = None
             except (MlflowException, OSError, RuntimeError, ValueError) as error:
-                # Keep serving the loaded version; /health reports why the new one is not served.
+                # Keep serving the loaded version (if any); /health/ready reports why the new one is not served.
                 self.last_error = f"{type(error).__name__}: {error}"
-                log.warning("champion reload failed, still serving v%s: %s", self.current.version, error)
+                serving = f"still serving v{self.current.version}" if self.current else "no champion loaded yet"
+                log.warning("champion load failed, %s: %s", serving, error)
+            if self._stop.wait(self.poll_interval_s):
+                return
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._poll, name="champion-watcher", daemon=True)

@@ -10,6 +10,16 @@ const clearPoster = document.getElementById("clear-poster");
 const submit = document.getElementById("submit");
 const errorBox = document.getElementById("error");
 const answerBox = document.getElementById("answer");
+const keyRow = document.getElementById("key-row");
+const keyInput = document.getElementById("api-key");  // no name: FormData leaves it out of the form
+
+// A server with API keys: the key is asked for once and kept for this tab (sessionStorage), never in the form.
+keyInput.value = sessionStorage.getItem("genre-pipeline-api-key") || "";
+keyInput.addEventListener("change", () => sessionStorage.setItem("genre-pipeline-api-key", keyInput.value.trim()));
+function keyHeaders() {
+  const key = keyInput.value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
 
 function modelName(model) {
   return `${model.name} v${model.version} (${model.model}, run ${model.run_id.slice(0, 8)})`;
@@ -31,6 +41,7 @@ fetch("/model")
   .then((response) => response.json())
   .then((model) => {
     applyLimits(model.inputs);
+    keyRow.hidden = !model.api_key_required;
     const f1 = model.metrics.test.macro_f1;
     document.getElementById("model-line").textContent =
       `Answered by ${modelName(model)}` + (f1 == null ? "" : `, test macro-F1 ${f1.toFixed(3)}`);
@@ -114,7 +125,8 @@ form.addEventListener("submit", async (event) => {
   if (!form.overview.value.trim()) { showError("Write the movie's overview first."); return; }
   submit.disabled = true;
   try {
-    const response = await fetch("/predict", { method: "POST", body: new FormData(form) });
+    const response = await fetch("/predict", { method: "POST", body: new FormData(form), headers: keyHeaders() });
+    if (response.status === 401) { keyRow.hidden = false; keyInput.focus(); }
     const body = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
     if (response.ok) showAnswer(body); else showError(body.error || `the server answered ${response.status}`);
   } catch (failure) {
