@@ -100,6 +100,8 @@ def _load_resnet18() -> tuple[torch.nn.Module, int]:
 class ImageEncoder(onnx_backend.BackendChoice):
     """Pooled ImageNet features of posters; ``weights_file`` holds fine-tuned weights of the same network."""
 
+    memory_arena = False  # batches of posters would grow ONNX Runtime's arena for good (runtime.session)
+
     def __init__(
         self,
         name: str = DEFAULT_IMAGE_ENCODER,

@@ -237,17 +237,17 @@ def exported(
     return directory, True
 
 
-def load_graph(directory: Path, backend: str) -> OnnxEncoder:
+def load_graph(directory: Path, backend: str, memory_arena: bool = True) -> OnnxEncoder:
     """One backend's graph from an export folder; EncoderDrift if it failed the accuracy guard."""
     guard = Guard(**json.loads((directory / backend / GUARD_FILE).read_text()))
     if not guard.passed:
         raise EncoderDrift(f"{directory.name} on {backend}: {guard.describe()}")
     graph_file = directory / backend / GRAPH_FILE
-    return OnnxEncoder(backend, graph_file, guard, runtime.session(graph_file))
+    return OnnxEncoder(backend, graph_file, guard, runtime.session(graph_file, memory_arena=memory_arena))
 
 
 def fastest_available(
-    cache_name: str, module: torch.nn.Module, backend: str, device: torch.device, **graph
+    cache_name: str, module: torch.nn.Module, backend: str, device: torch.device, memory_arena: bool = True, **graph
 ) -> OnnxEncoder | None:
     """The graph to run for the configured ``backend``, or None for PyTorch.
 
@@ -276,7 +276,7 @@ def fastest_available(
             log.info("%s has no weights the %s recipe quantizes: it runs the fp32 graph", cache_name, candidate)
             continue
         try:
-            return load_graph(directory, candidate)
+            return load_graph(directory, candidate, memory_arena)
         except EncoderDrift as drift:
             log.log(drift_level, "not using %s: %s", candidate, drift)
     log.warning("%s runs on PyTorch fp32: no ONNX graph met the accuracy guard", cache_name)
@@ -289,6 +289,7 @@ class BackendChoice:
 
     requested_backend: str
     device: torch.device
+    memory_arena = True  # see runtime.session
     _graph: OnnxEncoder | None = None
     _graph_loaded = False
 
@@ -300,7 +301,9 @@ class BackendChoice:
     def _onnx_graph(self) -> OnnxEncoder | None:
         if not self._graph_loaded:
             cache_name, module, spec = self._export_spec()
-            self._graph = fastest_available(cache_name, module, self.requested_backend, self.device, **spec)
+            self._graph = fastest_available(
+                cache_name, module, self.requested_backend, self.device, self.memory_arena, **spec
+            )
             self._graph_loaded = True
         return self._graph
 
