@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -182,12 +183,11 @@ async def batch_throughput(url: str, movies: list[dict], batch_size: int) -> flo
 
 
 def in_process_p50(uri: str, rows: list[dict]) -> float:
-    """Single-movie predict latency in this process, with the server's thread settings."""
-    from threadpoolctl import threadpool_limits
-
+    """Single-movie predict latency in this process, with the server's process settings."""
     from genre_pipeline.models.predictor import GenrePredictor
+    from genre_pipeline.serving.process import configure_serving_process
 
-    threadpool_limits(1)
+    configure_serving_process(os.cpu_count() or 1)
     predictor = GenrePredictor.from_registry(uri)
     for row in rows[:10]:
         predictor.predict_rows([row])

@@ -188,12 +188,9 @@ def _serve(args: argparse.Namespace) -> int:
     # Checked before start-up, so that a missing champion is a clear error and not a server that is never ready.
     uri = args.tracking_uri or _default_tracking_uri()
     version = champion_version(MlflowClient(uri, uri), uri)
-    # The ONNX graphs get this process's share of the cores; BLAS and OpenMP (numpy, scikit-learn) one
-    # thread: their pools would otherwise spin on the cores the graphs need between calls.
-    os.environ.setdefault(settings.INFERENCE_THREADS_ENV, str(args.threads))
-    from threadpoolctl import threadpool_limits
+    from genre_pipeline.serving.process import configure_serving_process
 
-    threadpool_limits(1)
+    configure_serving_process(args.threads)
     import uvicorn
 
     from genre_pipeline.serving.app import create_app
