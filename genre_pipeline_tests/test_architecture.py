@@ -24,7 +24,7 @@ MAY_IMPORT = {
     "models": {"files", "images", "options", "tmdb", "settings", "store", "ingestion", "dataset"},
     "training": {"files", "options", "settings", "store", "ingestion", "dataset", "models"},
     "monitoring": {"options", "store", "ingestion", "dataset", "models"},
-    "serving": {"models", "images"},
+    "serving": {"models", "images", "settings"},
     "cluster": {"settings"},
     "cli": {"settings", "tmdb", "store", "models", "serving", "cluster"},
     "defs": {"files", "tmdb", "settings", "store", "ingestion", "dataset", "models", "training", "monitoring"},

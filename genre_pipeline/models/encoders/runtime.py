@@ -79,12 +79,14 @@ def _resize_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, i
 
 def _resize_axis(pixels: np.ndarray, size: int, axis: int) -> np.ndarray:
     index, weights, precision = _resize_taps(pixels.shape[axis], size)
-    gathered = np.take(pixels, index, axis=axis).astype(np.int64)
-    if axis == 1:  # (h, size, taps, c)
-        summed = (gathered * weights[None, :, :, None]).sum(axis=2)
-    else:  # (size, taps, w, c)
-        summed = (gathered * weights[:, :, None, None]).sum(axis=1)
-    return np.clip((summed + (1 << (precision - 1))) >> precision, 0, 255).astype(np.uint8)
+    # One gather and multiply-add per tap (a handful) in int32: every sum stays below 255 * 2**15 * 2.
+    shape = (1, size, 1) if axis == 1 else (size, 1, 1)
+    summed = np.full((*pixels.shape[:axis], size, *pixels.shape[axis + 1 :]), 1 << (precision - 1), dtype=np.int32)
+    for tap in range(index.shape[1]):
+        summed += np.take(pixels, index[:, tap], axis=axis).astype(np.int32) * weights[:, tap].astype(np.int32).reshape(
+            shape
+        )
+    return np.clip(summed >> precision, 0, 255).astype(np.uint8)
 
 
 def resize_rgb(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
