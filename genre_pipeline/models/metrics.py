@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported when a report draws (a quarter of a second that
+    predicting and serving, which draw nothing, do not pay)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 # The figures a comparison shows, in order.
 HEADLINE_KEYS = (
@@ -116,7 +124,7 @@ def write_plots(y_true, y_pred, probabilities, classes, per_genre: pd.DataFrame,
     paths = {}
     rows, columns = _grid(len(classes))
 
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.4 * rows), squeeze=False)
+    figure, axes = _pyplot().subplots(rows, columns, figsize=(2.6 * columns, 2.4 * rows), squeeze=False)
     for j, genre in enumerate(classes):
         axis = axes.flat[j]
         if 0 < y_true[:, j].sum() < len(y_true):
@@ -130,7 +138,7 @@ def write_plots(y_true, y_pred, probabilities, classes, per_genre: pd.DataFrame,
     figure.suptitle(f"{title}: ROC per genre (test)")
     paths["roc_curves"] = _save(figure, out_dir / "roc_curves.png")
 
-    figure, axis = plt.subplots(figsize=(7, 0.3 * len(classes) + 1.5))
+    figure, axis = _pyplot().subplots(figsize=(7, 0.3 * len(classes) + 1.5))
     ordered = per_genre.sort_values("f1")
     axis.barh(ordered["genre"], ordered["f1"], color="#4C72B0")
     axis.axvline(per_genre["f1"].mean(), color="black", linestyle="--", label=f"macro F1 {per_genre['f1'].mean():.3f}")
@@ -139,7 +147,7 @@ def write_plots(y_true, y_pred, probabilities, classes, per_genre: pd.DataFrame,
     axis.set_title(f"{title}: F1 per genre (test)")
     paths["f1_per_genre"] = _save(figure, out_dir / "f1_per_genre.png")
 
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows), squeeze=False)
+    figure, axes = _pyplot().subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows), squeeze=False)
     matrices = skm.multilabel_confusion_matrix(y_true, y_pred)
     for j, genre in enumerate(classes):
         axis = axes.flat[j]
@@ -154,7 +162,7 @@ def write_plots(y_true, y_pred, probabilities, classes, per_genre: pd.DataFrame,
     figure.suptitle(f"{title}: confusion matrix per genre (test)")
     paths["confusion_matrices"] = _save(figure, out_dir / "confusion_matrices.png")
 
-    figure, axis = plt.subplots(figsize=(9, 4))
+    figure, axis = _pyplot().subplots(figsize=(9, 4))
     positions = np.arange(len(classes))
     axis.bar(positions - 0.2, per_genre["support"], width=0.4, label="true positives in test")
     axis.bar(positions + 0.2, per_genre["predicted"], width=0.4, label="predicted positives")
@@ -168,5 +176,5 @@ def write_plots(y_true, y_pred, probabilities, classes, per_genre: pd.DataFrame,
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=80)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
