@@ -630,3 +630,53 @@ def test_the_page_asks_for_the_key_of_a_server_with_keys(guarded, chromium):
         assert driver.execute_script("return sessionStorage.getItem('genre-pipeline-api-key')") == KEYS[0]
     finally:
         driver.quit()
+
+
+def answers_with(url: str, status: int, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == status:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer {status} within {seconds} s")
+
+
+def test_ready_only_once_the_champion_has_loaded(trained):
+    """The app in this process on a real uvicorn server, with a champion load that waits for the test."""
+    import uvicorn
+
+    from genre_pipeline.serving.app import create_app
+    from genre_pipeline.serving.champion import ChampionWatcher
+
+    released = threading.Event()
+
+    def slow_load(uri: str, version: str | None) -> GenrePredictor:
+        released.wait(120)
+        return GenrePredictor.from_registry(uri, version)
+
+    watcher = ChampionWatcher(trained["stack_uri"], poll_interval_s=0.2, load=slow_load)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(watcher), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    running = Server(trained["stack_uri"], None, port)
+    try:
+        answers_with(running.url + "/health/live", 200)
+        ready = running.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert "loading" in ready.json()["reason"]
+        refused = running.post("/predict", json=MOVIE)
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+        assert metric(running, "genre_model_ready") == 0
+        released.set()
+        answers_with(running.url + "/health/ready", 200)
+        assert running.get("/health/ready").json()["version"] == champion(trained).info["version"]
+        assert running.post("/predict", json=MOVIE).status_code == 200
+        assert metric(running, "genre_model_ready") == 1
+    finally:
+        released.set()
+        server.should_exit = True
+        thread.join(30)
