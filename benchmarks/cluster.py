@@ -109,8 +109,13 @@ def storage_config(data_dir: Path) -> dict:
     return {"resources": {"storage": {"config": {"data_dir": str(data_dir), "source": SOURCE}}}}
 
 
+class FaultMissed(RuntimeError):
+    """The worker kill did not hit a running step: the run measured no recovery."""
+
+
 def kill_when_started(deployment: Deployment, run_id: str, step: str, timeout_s: float = 600) -> int:
-    """SIGKILL to the process executing ``step`` once the step has run for a few seconds."""
+    """SIGKILL to the process executing ``step`` one second after the step started; FaultMissed when the
+    step had already ended by then or its process was gone (a kill that hits nothing proves nothing)."""
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
@@ -119,11 +124,22 @@ def kill_when_started(deployment: Deployment, run_id: str, step: str, timeout_s:
         starts = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
         started = [entry for entry in starts if entry.step_key == step]
         if started:
-            time.sleep(5)  # mid-step: training has begun
+            time.sleep(1)  # mid-step: training has begun
+            ended = [
+                entry
+                for kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
+                for entry in instance.all_logs(run_id, of_type=kind)
+                if entry.step_key == step
+            ]
+            if ended:
+                raise FaultMissed(f"{step} ended within a second of starting: there was no running step to kill")
             pid = started[0].dagster_event.pid  # the Celery pool process executing the step
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                raise FaultMissed(f"the process {pid} that started {step} was gone before the kill") from None
             return pid
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise RuntimeError(f"{step} did not start in {run_id}")
 
 
@@ -184,6 +200,9 @@ def main() -> None:
         kill = {
             "killed_pid": killed_pid,
             "runs": [run["status"] for run in kill_chain],
+            # The fault happened only if the killed run failed and a retry ran: a SUCCESS alone means
+            # the kill hit no running step, and then nothing about recovery was measured.
+            "fault_happened": kill_chain[0]["status"] != "SUCCESS" and len(kill_chain) > 1,
             "retry_succeeded": kill_chain[-1]["status"] == "SUCCESS" and len(kill_chain) > 1,
             "report_written": report.is_file(),
             "other_files_unchanged": before == after,
@@ -214,6 +233,8 @@ def main() -> None:
             }
         )
     )
+    if not (kill["fault_happened"] and kill["retry_succeeded"]):
+        raise SystemExit(f"the worker kill measured no recovery: {kill}")
 
 
 if __name__ == "__main__":
