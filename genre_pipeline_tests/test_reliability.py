@@ -249,8 +249,13 @@ def test_a_bad_or_partial_launch_config_fails_at_once_naming_the_field(demo_dir,
 
 
 # --- the TMDb lock ----------------------------------------------------------------------------
+# A process that holds (or waits for) the lock. It starts with SIGTERM's default action and unblocked,
+# as a run's process does: an ignored or blocked SIGTERM is inherited across exec from the pytest worker
+# that spawns it, whatever libraries earlier tests ran there did to it (one CI run timed out on it).
 HOLD_THE_LOCK = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 from genre_pipeline.tmdb import lock
 with lock.exclusive(sys.argv[1], on_wait=lambda holder: print("waiting for", holder, flush=True)):
     print("holding", flush=True)
