@@ -54,6 +54,7 @@ def run_step(step: str, env: dict, years: str, config: dict) -> tuple[float, flo
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{step} failed:\n{stderr.decode()[-3000:]}")
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]  # the instance's yaml reads its folder from it
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     run = instance.get_runs(limit=1)[0]
     stats = instance.get_run_step_stats(run.run_id)
