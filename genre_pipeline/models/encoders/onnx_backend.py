@@ -172,15 +172,13 @@ def _quantize(fp32_file: Path, target: Path) -> bool:
 
 @dataclasses.dataclass
 class OnnxEncoder:
-    """A loaded graph of one encoder: ``run(inputs)`` gives what the PyTorch module's forward gives."""
+    """A loaded graph of one encoder, whose session gives what the PyTorch module's forward gives
+    (``runtime.TextGraph`` and ``runtime.ImageGraph`` run it)."""
 
     backend: str
     graph_file: Path
     guard: Guard
     session: object
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, inputs)[0]
 
 
 def _build(
