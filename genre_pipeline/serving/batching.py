@@ -3,8 +3,9 @@ queue cannot take is refused at once instead of waiting behind everyone else.
 
 A request is a job of one or more rows (a ``/predict/batch`` call is one job). One worker takes the
 oldest job, gathers more for up to ``max_wait_s`` or until ``max_rows``, runs the model once on all of
-their rows in a thread, and gives each caller its own rows' answers. Jobs still queued past their
-deadline are dropped unanswered by the model (the caller has a 503 by then). Every model member
+their rows in a thread, and gives each caller its own rows' answers. A job not started by its
+deadline is answered 503 and never run; a started one is waited for (a 256-movie batch with posters
+takes ten seconds here, and stopping to wait for it would only waste that work). Every model member
 predicts each row on its own, so a movie's answer does not depend on the movies batched with it (tested).
 """
 
@@ -33,7 +34,7 @@ class BatchingOptions:
     max_rows: int = 16  # rows in one model call, gathered from concurrent requests
     max_wait_s: float = 0.004  # how long the first job of a call waits for company
     max_queue: int = 64  # jobs waiting; one more is refused with 503 at once
-    deadline_s: float = 10.0  # a job not started by then is dropped with 503
+    deadline_s: float = 10.0  # a job not started by then is answered 503 and never run
 
     def __post_init__(self):
         if self.max_rows < 1 or self.max_queue < 1:
@@ -47,6 +48,7 @@ class _Job:
     rows: list[dict]
     deadline: float
     future: asyncio.Future
+    started: bool = False
 
 
 class MicroBatcher:
@@ -97,13 +99,13 @@ class MicroBatcher:
                 "queue_full",
             ) from None
         self.on_queue(self.depth)
-        try:
-            return await asyncio.wait_for(asyncio.shield(job.future), self.options.deadline_s)
-        except TimeoutError:
-            job.future.cancel()  # the worker skips it if it has not started it
+        done, _ = await asyncio.wait({job.future}, timeout=self.options.deadline_s)
+        if not done and not job.started:
+            job.future.cancel()  # the worker skips it
             raise Overloaded(
-                f"the request waited {self.options.deadline_s:g} s without an answer", self.retry_after_s(), "deadline"
-            ) from None
+                f"the request waited {self.options.deadline_s:g} s for the model", self.retry_after_s(), "deadline"
+            )
+        return await job.future
 
     async def _gather(self) -> list[_Job]:
         jobs = [await self._queue.get()]
@@ -123,7 +125,10 @@ class MicroBatcher:
             rows += len(jobs[-1].rows)
         self.on_queue(self.depth)
         now = time.monotonic()
-        return [job for job in jobs if not job.future.done() and job.deadline > now]
+        taken = [job for job in jobs if not job.future.done() and job.deadline > now]
+        for job in taken:
+            job.started = True
+        return taken
 
     async def _run(self) -> None:
         while True:
