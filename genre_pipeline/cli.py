@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=_at_least(1), default=16, help="movies per model call (batched requests)")
     serve.add_argument("--batch-wait-ms", type=float, default=4.0, help="how long a call waits to gather requests")
     serve.add_argument("--max-queue", type=_at_least(1), default=64, help="requests waiting; more get 503 at once")
-    serve.add_argument("--deadline", type=float, default=10.0, help="seconds a request may wait before a 503")
+    serve.add_argument("--deadline", type=float, default=10.0, help="seconds to wait for the model (then 503)")
     serve.add_argument(
         "--threads", type=_at_least(1), default=os.cpu_count() or 1, help="inference threads of this process"
     )
