@@ -129,7 +129,6 @@ class ImageEncoder(onnx_backend.BackendChoice):
         self.transform = image_transform()
         self.requested_backend = onnx_backend.check_backend(backend)
         self.forward_seconds = 0.0  # as TextEncoder.forward_seconds
-        self._image_graph: runtime.ImageGraph | None = None
 
     def save(self, weights_file: Path) -> None:
         """The (fine-tuned) network's weights, loadable again through ``weights_file=``."""
@@ -150,21 +149,15 @@ class ImageEncoder(onnx_backend.BackendChoice):
             },
         )
 
-    def _graph_encoder(self) -> runtime.ImageGraph | None:
-        graph = self._onnx_graph()
-        if graph is not None and self._image_graph is None:
-            self._image_graph = runtime.ImageGraph(graph.session, self.dim, graph.backend, self.batch_size)
-        return self._image_graph
+    def _runtime_on(self, graph: onnx_backend.OnnxEncoder) -> runtime.ImageGraph:
+        return runtime.ImageGraph(graph.session, self.dim, graph.backend, self.batch_size)
 
     @torch.inference_mode()
     def encode(self, sources: list, progress=None) -> np.ndarray:
         """Features of each image (a path, bytes or PIL image); decoding overlaps the forward passes."""
-        graph = self._graph_encoder()
-        if graph is not None:
-            before = graph.forward_seconds
-            result = graph.encode(sources, progress)
-            self.forward_seconds += graph.forward_seconds - before
-            return result
+        on_graph = self._encode_on_graph(sources, progress)
+        if on_graph is not None:
+            return on_graph
         result = np.zeros((len(sources), self.dim), dtype=np.float32)
         with ThreadPoolExecutor(max_workers=2) as pool:
             for start in range(0, len(sources), self.batch_size):

@@ -288,8 +288,10 @@ class BackendChoice:
     requested_backend: str
     device: torch.device
     memory_arena = True  # see runtime.session
+    forward_seconds: float
     _graph: OnnxEncoder | None = None
     _graph_loaded = False
+    _runtime: runtime.TextGraph | runtime.ImageGraph | None = None
 
     @property
     def backend(self) -> str:
@@ -309,15 +311,33 @@ class BackendChoice:
         """(cache name, the module to export, exported's keyword arguments)."""
         raise NotImplementedError
 
-    def _runtime_record(self) -> dict:
-        """What ``runtime.save_runtime`` needs beyond the graph: a text encoder's tokenizer and length."""
-        return {}
+    def _runtime_on(self, graph: OnnxEncoder) -> runtime.TextGraph | runtime.ImageGraph:
+        """The runtime encoder that runs ``graph``'s session (with a text encoder's tokenizer)."""
+        raise NotImplementedError
+
+    def runtime_encoder(self) -> runtime.TextGraph | runtime.ImageGraph | None:
+        """This encoder's ONNX graph as ``runtime`` runs it, as a served model does; None on PyTorch."""
+        graph = self._onnx_graph()
+        if graph is not None and self._runtime is None:
+            self._runtime = self._runtime_on(graph)
+        return self._runtime
+
+    def _encode_on_graph(self, items: list, progress) -> np.ndarray | None:
+        """``items`` encoded by the runtime encoder, its forward time added to ``forward_seconds``; None
+        on PyTorch."""
+        encoder = self.runtime_encoder()
+        if encoder is None:
+            return None
+        before = encoder.forward_seconds
+        result = encoder.encode(items, progress)
+        self.forward_seconds += encoder.forward_seconds - before
+        return result
 
     def save_runtime(self, key: str, root: Path) -> bool:
         """Record in classifier folder ``root`` the graph this encoder runs on, so that the model loads
         without PyTorch (``runtime.load_runtime``); False when it runs on PyTorch."""
-        graph = self._onnx_graph()
-        if graph is None:
+        encoder = self.runtime_encoder()
+        if encoder is None:
             return False
-        runtime.save_runtime(key, graph.graph_file, graph.backend, self.dim, root, **self._runtime_record())
+        runtime.save_runtime(key, self._graph.graph_file, encoder, root)
         return True

@@ -82,10 +82,9 @@ def _resize_axis(pixels: np.ndarray, size: int, axis: int) -> np.ndarray:
     # One gather and multiply-add per tap (a handful) in int32: every sum stays below 255 * 2**15 * 2.
     shape = (1, size, 1) if axis == 1 else (size, 1, 1)
     summed = np.full((*pixels.shape[:axis], size, *pixels.shape[axis + 1 :]), 1 << (precision - 1), dtype=np.int32)
+    weights = weights.astype(np.int32)
     for tap in range(index.shape[1]):
-        summed += np.take(pixels, index[:, tap], axis=axis).astype(np.int32) * weights[:, tap].astype(np.int32).reshape(
-            shape
-        )
+        summed += np.take(pixels, index[:, tap], axis=axis).astype(np.int32) * weights[:, tap].reshape(shape)
     return np.clip(summed >> precision, 0, 255).astype(np.uint8)
 
 
@@ -151,14 +150,12 @@ class TextGraph:
         The next text is tokenized while the current one runs."""
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
         with ThreadPoolExecutor(max_workers=1) as tokenizer_thread:
-            for done, (i, inputs) in enumerate(
-                zip(range(len(texts)), tokenizer_thread.map(self.inputs, texts)), start=1
-            ):
+            for i, inputs in enumerate(tokenizer_thread.map(self.inputs, texts)):
                 started = time.perf_counter()
                 result[i] = self.session.run(None, inputs)[0][0]
                 self.forward_seconds += time.perf_counter() - started
                 if progress:
-                    progress(done, len(texts))
+                    progress(i + 1, len(texts))
         return result
 
 
@@ -190,25 +187,17 @@ def _record_dir(root: Path, key: str) -> Path:
     return root / "runtime" / key.replace("/", "__").replace("@", "--")
 
 
-def save_runtime(
-    key: str,
-    graph_file: Path,
-    backend: str,
-    dim: int,
-    root: Path,
-    *,
-    tokenizer_json: str | None = None,
-    max_length: int | None = None,
-) -> None:
+def save_runtime(key: str, graph_file: Path, encoder: TextGraph | ImageGraph, root: Path) -> None:
     """Record in a classifier folder which exported graph encoder ``key`` runs on (its export folder in
     the encoder cache, by weights hash) and, for text, its tokenizer and length."""
     directory = _record_dir(root, key)
     directory.mkdir(parents=True, exist_ok=True)
     graph = graph_file.resolve().relative_to((settings.encoder_cache_dir() / "onnx").resolve())
-    record = {"graph": graph.as_posix(), "backend": backend, "dim": dim, "max_length": max_length}
+    record = {"graph": graph.as_posix(), "backend": encoder.backend, "dim": encoder.dim}
+    if isinstance(encoder, TextGraph):
+        record["max_length"] = encoder.max_length
+        (directory / TOKENIZER_FILE).write_text(encoder.tokenizer_json)
     (directory / RUNTIME_FILE).write_text(json.dumps(record))
-    if tokenizer_json is not None:
-        (directory / TOKENIZER_FILE).write_text(tokenizer_json)
 
 
 def load_runtime(key: str, root: Path) -> TextGraph | ImageGraph | None:

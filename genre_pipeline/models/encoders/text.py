@@ -102,7 +102,6 @@ class TextEncoder(onnx_backend.BackendChoice):
         self.model = model.to(self.device).eval()
         self.dim = int(model.config.hidden_size)
         self.requested_backend = onnx_backend.check_backend(backend)
-        self._text_graph: runtime.TextGraph | None = None
         # Time spent in the model's forward pass alone, so that a caller can tell what the
         # pipeline around it (tokenizing, decoding, copying) costs.
         self.forward_seconds = 0.0
@@ -146,17 +145,9 @@ class TextEncoder(onnx_backend.BackendChoice):
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         return {k: batch[k].astype(np.int64) for k in TEXT_GRAPH_INPUTS}
 
-    def _runtime_record(self) -> dict:
-        return {"tokenizer_json": self.tokenizer.backend_tokenizer.to_str(), "max_length": self.max_length}
-
-    def _graph_encoder(self) -> runtime.TextGraph | None:
-        """The ONNX graph with its tokenizer, as a served model runs it; None on PyTorch."""
-        graph = self._onnx_graph()
-        if graph is not None and self._text_graph is None:
-            self._text_graph = runtime.TextGraph(
-                graph.session, self.tokenizer.backend_tokenizer.to_str(), self.max_length, self.dim, graph.backend
-            )
-        return self._text_graph
+    def _runtime_on(self, graph: onnx_backend.OnnxEncoder) -> runtime.TextGraph:
+        tokenizer_json = self.tokenizer.backend_tokenizer.to_str()
+        return runtime.TextGraph(graph.session, tokenizer_json, self.max_length, self.dim, graph.backend)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], progress=None) -> np.ndarray:
@@ -164,12 +155,9 @@ class TextEncoder(onnx_backend.BackendChoice):
         pad little, and the next batch is tokenized while the current one runs."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        graph = self._graph_encoder()
-        if graph is not None:
-            before = graph.forward_seconds
-            result = graph.encode(texts, progress)
-            self.forward_seconds += graph.forward_seconds - before
-            return result
+        on_graph = self._encode_on_graph(texts, progress)
+        if on_graph is not None:
+            return on_graph
         order = np.argsort([len(t) for t in texts], kind="stable")
         batches = [order[start : start + self.batch_size] for start in range(0, len(texts), self.batch_size)]
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
