@@ -38,9 +38,9 @@ CELERY_BACKEND_ENV = "GENRE_PIPELINE_CELERY_BACKEND"
 TRACKING_URI_ENV = "GENRE_PIPELINE_TRACKING_URI"
 # Serve every model's encoders on this backend instead of the one each was trained with.
 ENCODER_BACKEND_ENV = "GENRE_PIPELINE_ENCODER_BACKEND"
+INFERENCE_THREADS_ENV = "GENRE_PIPELINE_INFERENCE_THREADS"
 # The date a replayed catalog stands at: its movies released by then, its changes until then, and the
 # release years and "today" of the refresh schedule follow it instead of the wall clock.
-INFERENCE_THREADS_ENV = "GENRE_PIPELINE_INFERENCE_THREADS"
 CATALOG_DATE_ENV = "GENRE_PIPELINE_CATALOG_DATE"
 FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
 

@@ -67,7 +67,7 @@ class AccessLog:
                 "duration_ms": round(seconds * 1000, 1),
                 "client": client[0],
             }
-            caller = getattr(scope.get("state", {}), "get", lambda key: None)("caller")
+            caller = scope.get("state", {}).get("caller")  # set by the app when it checked the key
             if caller and caller != client[0]:
                 line["caller"] = caller
             self.log.info(json.dumps(line))

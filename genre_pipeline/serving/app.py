@@ -158,10 +158,17 @@ def create_app(
     metrics = metrics or ServingMetrics()
     gatekeeper = gatekeeper or Gatekeeper([])
 
-    def predict_current(rows: list[dict]) -> tuple[ServedModel, list]:
-        served = watcher.current  # kept for the whole call, whatever a reload does meanwhile
+    def not_ready_reason() -> str:
+        return watcher.last_error or "the champion is loading"
+
+    def current_model() -> ServedModel:
+        served = watcher.current
         if served is None:
             raise NotReady()
+        return served
+
+    def predict_current(rows: list[dict]) -> tuple[ServedModel, list]:
+        served = current_model()  # kept for the whole call, whatever a reload does meanwhile
         return served, served.predict_rows(rows)
 
     batcher = MicroBatcher(
@@ -190,12 +197,6 @@ def create_app(
     # Added last: outermost, so that every answer (a 413 too) gets its id and is counted.
     app.add_middleware(AccessLog, observe=metrics.observe_request)
 
-    def current_model() -> ServedModel:
-        served = watcher.current
-        if served is None:
-            raise NotReady()
-        return served
-
     async def admitted(request: Request) -> None:
         caller, refusal = gatekeeper.check(request.headers, request.client.host if request.client else "-")
         request.state.caller = caller
@@ -219,8 +220,8 @@ def create_app(
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, error: NotReady):
-        reason = watcher.last_error or "the champion is loading"
-        return _error(503, f"no champion is loaded yet ({reason})", {"Retry-After": str(NOT_READY_RETRY_S)})
+        message = f"no champion is loaded yet ({not_ready_reason()})"
+        return _error(503, message, {"Retry-After": str(NOT_READY_RETRY_S)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
@@ -248,8 +249,7 @@ def create_app(
     def readiness() -> JSONResponse:
         served = watcher.current
         if served is None:
-            reason = watcher.last_error or "the champion is loading"
-            return JSONResponse({"status": "not ready", "ready": False, "reason": reason}, status_code=503)
+            return JSONResponse({"status": "not ready", "ready": False, "reason": not_ready_reason()}, status_code=503)
         return JSONResponse(
             {"status": "ok", "ready": True, "version": served.version, "reload_error": watcher.last_error}
         )

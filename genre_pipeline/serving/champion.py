@@ -24,40 +24,39 @@ WARM_UP_ROW = {"overview": "A detective hunts a killer through a rain-soaked cit
 
 
 class ServedModel:
-    """One loaded version. Predictions run one at a time: the encoders' runtimes already use every
-    core, and the pyfunc model is not documented as thread-safe."""
+    """One loaded version. The app's MicroBatcher is its only caller once it serves, from one worker
+    thread: predictions run one at a time (the encoders' runtimes already use every core, and the
+    pyfunc model is not documented as thread-safe)."""
 
     def __init__(self, predictor: GenrePredictor):
         self.predictor = predictor
         self.loaded_at = time.time()
-        self._lock = threading.Lock()
 
     @property
     def version(self) -> str:
         return self.predictor.info["version"]
 
     def predict_rows(self, rows: list[dict]):
-        with self._lock:
-            return self.predictor.predict_rows(rows)
+        return self.predictor.predict_rows(rows)
 
 
 class ChampionWatcher:
     """Holds the served champion. A daemon thread loads it after start-up (the server answers
     ``/health/live`` meanwhile, and ``/health/ready`` says not yet), then polls the registry every
     ``poll_interval_s`` seconds; a moved alias loads the new version in that thread while requests keep
-    being answered by the old one. ``on_load(served)`` is told each version that starts serving."""
+    being answered by the old one. ``on_load(served)`` is told each version that starts serving (the
+    app sets it to update its metrics)."""
 
     def __init__(
         self,
         tracking_uri: str,
         poll_interval_s: float = 10.0,
         load: Callable[[str, str | None], GenrePredictor] = GenrePredictor.from_registry,
-        on_load: Callable[[ServedModel], None] = lambda served: None,
     ):
         if poll_interval_s <= 0:
             raise ValueError(f"the poll interval must be positive, got {poll_interval_s}")
         self.tracking_uri, self.poll_interval_s, self._load = tracking_uri, poll_interval_s, load
-        self.on_load = on_load
+        self.on_load: Callable[[ServedModel], None] = lambda served: None
         self.current: ServedModel | None = None  # None until the first load succeeds
         self.last_error: str | None = None
         self._stop = threading.Event()
