@@ -264,10 +264,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
+def wait_for(url: str, server: subprocess.Popen | None, seconds: float = 180) -> None:
+    """Until ``url`` answers 200; fails at once if ``server`` (the process serving it, if any) exits."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if server.poll() is not None:
+        if server is not None and server.poll() is not None:
             raise AssertionError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
         try:
             if requests.get(url, timeout=2).status_code == 200:

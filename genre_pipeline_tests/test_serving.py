@@ -632,18 +632,6 @@ def test_the_page_asks_for_the_key_of_a_server_with_keys(guarded, chromium):
         driver.quit()
 
 
-def answers_with(url: str, status: int, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).status_code == status:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer {status} within {seconds} s")
-
-
 def test_ready_only_once_the_champion_has_loaded(trained):
     """The app in this process on a real uvicorn server, with a champion load that waits for the test."""
     import uvicorn
@@ -664,7 +652,7 @@ def test_ready_only_once_the_champion_has_loaded(trained):
     thread.start()
     running = Server(trained["stack_uri"], None, port)
     try:
-        answers_with(running.url + "/health/live", 200)
+        wait_for(running.url + "/health/live", None)
         ready = running.get("/health/ready")
         assert ready.status_code == 503 and ready.json()["ready"] is False
         assert "loading" in ready.json()["reason"]
@@ -672,7 +660,7 @@ def test_ready_only_once_the_champion_has_loaded(trained):
         assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
         assert metric(running, "genre_model_ready") == 0
         released.set()
-        answers_with(running.url + "/health/ready", 200)
+        wait_for(running.url + "/health/ready", None)
         assert running.get("/health/ready").json()["version"] == champion(trained).info["version"]
         assert running.post("/predict", json=MOVIE).status_code == 200
         assert metric(running, "genre_model_ready") == 1
