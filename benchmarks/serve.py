@@ -52,12 +52,17 @@ def movie_json(movie: dict) -> dict:
     return {k: v for k, v in (fields | metadata_fields(movie)).items() if v is not None}
 
 
+def p99_ms(ordered: list[float]) -> float | None:
+    """The 99th percentile (nearest rank) of sorted latencies in seconds, in milliseconds."""
+    return round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1) if ordered else None
+
+
 def summary(latencies: list[float], statuses: list[int], seconds: float) -> dict:
     ok = sorted(t for t, s in zip(latencies, statuses) if s == 200)
     return {
         "throughput_per_s": round(len(ok) / seconds, 1),
         "p50_ms": round(statistics.median(ok) * 1000, 1) if ok else None,
-        "p99_ms": round(ok[min(len(ok) - 1, int(0.99 * len(ok)))] * 1000, 1) if ok else None,
+        "p99_ms": p99_ms(ok),
         "errors_5xx": sum(s >= 500 for s in statuses),
         "requests": len(statuses),
     }
@@ -128,7 +133,7 @@ async def open_loop(url: str, requests: list[dict], rate_per_s: float, seconds: 
         "accepted": len(accepted),
         "shed_503": statuses.count(503),
         "other_5xx": sum(s >= 500 and s != 503 for s in statuses),
-        "accepted_p99_ms": round(accepted[int(0.99 * (len(accepted) - 1))] * 1000, 1) if accepted else None,
+        "accepted_p99_ms": p99_ms(accepted),
         "accepted_per_s": round(len(accepted) / seconds, 1),
     }
 
