@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genre_pipeline.models.members import MemberInputs
+from genre_pipeline.models.encoders import EncoderRef
+from genre_pipeline.models.members import MemberInputs, NeighboursMember
 from genre_pipeline.models.metadata import MetadataEncoder, clean, hide_at_random
 from genre_pipeline.models.stacker import CompiledTrees, Stacker, boosted_trees
 from genre_pipeline.training.stack import out_of_fold
@@ -25,6 +26,30 @@ def test_out_of_fold_never_predicts_a_row_with_a_model_fitted_on_it():
     np.testing.assert_array_equal(result[:, 0], rows)  # each row's prediction lands in its own place
     with pytest.raises(ValueError, match="at least 2 folds"):
         out_of_fold(fit_and_predict, rows, folds=1, seed=0)
+
+
+def test_the_neighbour_vote_remembers_at_most_its_cap_and_still_finds_near_movies():
+    rng = np.random.default_rng(0)
+    n, ref = 400, EncoderRef("text", "made-here")
+    # Two clusters of unit vectors; the genre says which cluster a movie is in.
+    labels = (np.arange(n) % 2)[:, None].repeat(2, axis=1).astype(np.uint8)
+    labels[:, 1] = 1 - labels[:, 0]
+    vectors = rng.normal(size=(n, 8)) * 0.1 + np.where(labels[:, :1] == 1, 1.0, -1.0)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    inputs = MemberInputs(
+        [""] * n, [""] * n, {ref.key: vectors}, {}, np.zeros(n, dtype=bool), pd.DataFrame(index=range(n))
+    )
+    capped = NeighboursMember.fit(inputs, labels, ref, max_reference=50, seed=1)
+    exact = NeighboursMember.fit(inputs, labels, ref, max_reference=n, seed=1)
+    assert len(capped.vectors) == 50 and len(exact.vectors) == n
+    # The sample is the seed's, each row kept with its own labels.
+    again = NeighboursMember.fit(inputs, labels, ref, max_reference=50, seed=1)
+    np.testing.assert_array_equal(again.vectors, capped.vectors)
+    rows = [int(np.flatnonzero((vectors == v).all(axis=1))[0]) for v in capped.vectors]
+    np.testing.assert_array_equal(capped.labels, labels[rows])
+    assert (capped.probabilities(inputs).argmax(axis=1) == labels.argmax(axis=1)).all()
+    with pytest.raises(ValueError, match="max_reference=0"):
+        NeighboursMember.fit(inputs, labels, ref, max_reference=0, seed=1)
 
 
 def test_metadata_is_cleaned_and_bad_values_are_named():

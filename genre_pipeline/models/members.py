@@ -144,7 +144,11 @@ class TfidfMember:
 
 class NeighboursMember:
     """The genres of the most similar training movies by text embedding (cosine), weighted by
-    softmax(similarity * ``sharpness``): a memory of the train split, unlike the trained heads."""
+    softmax(similarity * ``sharpness``): a memory of the train split, unlike the trained heads.
+
+    It remembers at most ``max_reference`` movies (a seeded sample of larger train splits): an exact
+    search over all of them costs time per movie in proportion to the train split, so without the cap
+    cross-fitting grows with its square, and the served model's size with the catalog."""
 
     kind = "neighbours"
 
@@ -156,10 +160,16 @@ class NeighboursMember:
         return (self.text,)
 
     @classmethod
-    def fit(cls, inputs: MemberInputs, labels: np.ndarray, text: EncoderRef) -> "NeighboursMember":
-        return cls(
-            text, np.ascontiguousarray(inputs.text_features[text.key], dtype=np.float32), labels.astype(np.uint8)
-        )
+    def fit(
+        cls, inputs: MemberInputs, labels: np.ndarray, text: EncoderRef, *, max_reference: int, seed: int
+    ) -> "NeighboursMember":
+        if max_reference < 1:
+            raise ValueError(f"the neighbour vote needs a reference movie or more, got max_reference={max_reference}")
+        rows = np.arange(len(labels))
+        if len(rows) > max_reference:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, max_reference, replace=False))
+        vectors = inputs.text_features[text.key][rows]
+        return cls(text, np.ascontiguousarray(vectors, dtype=np.float32), labels[rows].astype(np.uint8))
 
     def probabilities(self, inputs: MemberInputs) -> np.ndarray:
         queries = inputs.text_features[self.text.key].astype(np.float32)

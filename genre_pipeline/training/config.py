@@ -62,6 +62,9 @@ class StackConfig:
     hide_movies: float = described(0.10, "Stacker training: share of movies shown without any metadata.")
     hide_fields: float = described(0.05, "Stacker training: share of the other metadata values hidden one by one.")
     stacker_bags: int = described(5, "Stacker: bags of boosted trees, fitted with different seeds and averaged.")
+    neighbours_max_reference: int = described(
+        20_000, "Neighbour vote: most train movies it searches (a seeded sample beyond), bounding its time and size."
+    )
     seed: int = 42
 
 

@@ -57,7 +57,9 @@ def _member_fitters(data: TrainingData, head: TrainingConfig, stack: StackConfig
             data.rows("train"),
         )
         fitters[f"neighbours[{ref.name}]"] = (
-            lambda rows, ref=ref: NeighboursMember.fit(*on(rows), ref),
+            lambda rows, ref=ref: NeighboursMember.fit(
+                *on(rows), ref, max_reference=stack.neighbours_max_reference, seed=stack.seed
+            ),
             data.rows("train"),
         )
         fitters[f"linear[{ref.name}]"] = (
