@@ -39,6 +39,10 @@ TRACKING_URI_ENV = "GENRE_PIPELINE_TRACKING_URI"
 # Serve every model's encoders on this backend instead of the one each was trained with.
 ENCODER_BACKEND_ENV = "GENRE_PIPELINE_ENCODER_BACKEND"
 INFERENCE_THREADS_ENV = "GENRE_PIPELINE_INFERENCE_THREADS"
+# How many steps each embedding asset splits its new movies into: steps a Celery or Kubernetes
+# deployment gives to different workers.
+EMBEDDING_SHARDS_ENV = "GENRE_PIPELINE_EMBEDDING_SHARDS"
+DEFAULT_EMBEDDING_SHARDS = 4
 # The date a replayed catalog stands at: its movies released by then, its changes until then, and the
 # release years and "today" of the refresh schedule follow it instead of the wall clock.
 CATALOG_DATE_ENV = "GENRE_PIPELINE_CATALOG_DATE"
@@ -71,15 +75,25 @@ def encoder_backend_override(env: Mapping[str, str] = os.environ) -> str | None:
     return env.get(ENCODER_BACKEND_ENV) or None
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int | None, what: str) -> int | None:
+    value = env.get(name)
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive whole number of {what}")
+    return int(value)
+
+
+def embedding_shards(env: Mapping[str, str] = os.environ) -> int:
+    """``GENRE_PIPELINE_EMBEDDING_SHARDS``: steps per embedding asset (default 4). Read when the
+    definitions load: every process of a deployment must see the same value."""
+    return _positive_int(env, EMBEDDING_SHARDS_ENV, DEFAULT_EMBEDDING_SHARDS, "shards")
+
+
 def inference_threads(env: Mapping[str, str] = os.environ) -> int | None:
     """``GENRE_PIPELINE_INFERENCE_THREADS``: the threads an ONNX Runtime session uses; unset, its
     default (one per physical core). ``genre-pipeline serve`` sets it to each worker's share."""
-    value = env.get(INFERENCE_THREADS_ENV)
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{INFERENCE_THREADS_ENV}={value!r}: expected a positive whole number of threads")
-    return int(value)
+    return _positive_int(env, INFERENCE_THREADS_ENV, None, "threads")
 
 
 def catalog_date(env: Mapping[str, str] = os.environ) -> dt.date | None:

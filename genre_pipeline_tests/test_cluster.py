@@ -22,7 +22,8 @@ from genre_pipeline_tests.conftest import free_port
 
 REQUIRE_CLUSTER_ENV = "GENRE_PIPELINE_REQUIRE_CLUSTER"  # .ci/run sets it: there missing services fail
 TMDB_ASSETS = ["tmdb_configuration", "tmdb_genres", "raw_discover_pages", "movie_details", "posters"]
-GPU_ASSETS = {"text_embeddings", "poster_embeddings", "text_model", "image_model", "fusion_model", "stacked_model"}
+GPU_ASSETS = {"text_model", "image_model", "fusion_model", "stacked_model"}
+EMBEDDING_ASSETS = ("text_embeddings", "poster_embeddings")
 
 
 @pytest.mark.parametrize(
@@ -57,28 +58,32 @@ def test_an_unusable_executor_setting_is_refused(env, message):
         build_executor(env)
 
 
-def _assets_by_name():
+def _ops_by_name():
+    """Every op of the definitions by name (an embedding asset is a graph: its shards and their merge)."""
     from genre_pipeline.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    return {key.to_user_string(): graph.assets_def_for_key(key) for key in graph.get_all_asset_keys()}
+    assets = {graph.assets_def_for_key(key) for key in graph.get_all_asset_keys()}
+    return {op.name: op for asset in assets for op in asset.node_def.iterate_op_defs()}
 
 
 def test_gpu_steps_are_routed_and_sized_and_tmdb_steps_share_the_pool():
     # Imported here: the kubernetes client it brings quiets urllib3's logger for the whole session.
     from dagster_k8s.job import get_user_defined_k8s_config
 
-    assets = _assets_by_name()
-    gpu = {name for name, asset in assets.items() if asset.op.tags.get("dagster-celery/queue") == GPU_QUEUE}
-    assert gpu == GPU_ASSETS
-    for name in GPU_ASSETS:
+    ops = _ops_by_name()
+    shards = {f"{asset}_shard_{n}" for asset in EMBEDDING_ASSETS for n in range(settings.embedding_shards())}
+    gpu = {name for name, op in ops.items() if op.tags.get("dagster-celery/queue") == GPU_QUEUE}
+    assert gpu == GPU_ASSETS | shards
+    for name in gpu:
         # The tags as Dagster stores them (strings), parsed by dagster-k8s as its executor will.
-        tags = {key: v if isinstance(v, str) else json.dumps(v) for key, v in assets[name].op.tags.items()}
+        tags = {key: v if isinstance(v, str) else json.dumps(v) for key, v in ops[name].tags.items()}
         config = get_user_defined_k8s_config(tags)
         assert config.container_config["resources"]["limits"]["nvidia.com/gpu"] == "1", name
-    for name in set(assets) - GPU_ASSETS:
-        assert get_user_defined_k8s_config(dict(assets[name].op.tags)).container_config == {}, name
-    assert {name for name, asset in assets.items() if asset.op.pool == TMDB_POOL} == set(TMDB_ASSETS)
+    assert {f"{asset}_merge" for asset in EMBEDDING_ASSETS} <= set(ops) - gpu
+    for name in set(ops) - gpu:
+        assert get_user_defined_k8s_config(dict(ops[name].tags)).container_config == {}, name
+    assert {name for name, op in ops.items() if op.pool == TMDB_POOL} == set(TMDB_ASSETS)
 
 
 @pytest.mark.parametrize("executor", ["k8s", "celery"])

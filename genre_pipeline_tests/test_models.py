@@ -17,10 +17,12 @@ import requests
 from mlflow import MlflowClient
 
 from genre_pipeline.dataset.cleaning import metadata_fields
-from genre_pipeline.defs import models, predictions
+from genre_pipeline.defs import embeddings, models, predictions
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import registry, scoring
+from genre_pipeline.models.encoders import cache
+from genre_pipeline.models.encoders.cache import Embeddings
 from genre_pipeline.models.encoders.text import TextEncoder
 from genre_pipeline.models.movie import decision_column, example_frame, probability_column
 from genre_pipeline.models.predictor import GenrePredictor
@@ -242,6 +244,47 @@ def test_embeddings_are_cached_and_not_recomputed(trained):
         second = metadata(again, node)
         first = first_by_node[node]
         assert first["computed"] > 0 and second["computed"] == 0 and second["reused"] == first["computed"]
+
+
+def test_embeddings_in_shards_match_one_step_and_a_retried_shard_reuses_its_file(trained, tmp_path):
+    """Each shard encodes its own share of the movies the cache lacks; merged, the file is the one a
+    single step makes, bit for bit, and no shard file is left behind."""
+    files = {}
+    for shards in (1, 3):
+        data_dir = tmp_path / f"shards-{shards}"
+        shutil.copytree(trained["store"].root, data_dir / "test", ignore=shutil.ignore_patterns("embeddings", "ml*"))
+        res = {**trained["resources"], "storage": StorageResource(data_dir=str(data_dir), source="test")}
+        asset = embeddings.sharded_embedding_asset("text_embeddings", "text", embeddings.text_work, "", shards=shards)
+        figures = metadata(dg.materialize([asset], resources=res), "text_embeddings")
+        store = res["storage"].store
+        movies = len(store.read_table(store.movies_clean_file))
+        assert figures["computed"] == figures["embedded"] == movies and figures["reused"] == 0
+        assert figures["shards"].count(f"{MINILM} |") == shards  # a row per shard in the table
+        files[shards] = store.embeddings_file("text", MINILM, figures["backend"])
+        assert sorted(p.name for p in files[shards].parent.iterdir()) == [files[shards].name]
+    one, three = (Embeddings.load(files[n]) for n in (1, 3))
+    assert one.ids.tolist() == three.ids.tolist() and one.keys.tolist() == three.keys.tolist()
+    np.testing.assert_array_equal(three.vectors, one.vectors)  # the encoder's output does not hang on its batch
+
+    # A shard killed after writing its file: run again, it encodes nothing more.
+    shutil.rmtree(files[1].parent)
+    work = embeddings.text_work(res["storage"], trained["resources"]["training"], 16)[0]
+    again = [
+        cache.refresh_shard(
+            files[1],
+            work.ref,
+            shard=1,
+            shards=3,
+            worker="test",
+            device="cpu",
+            batch_size=16,
+            ids=work.ids,
+            keys=work.keys,
+            inputs=work.inputs,
+        )
+        for _ in range(2)
+    ]
+    assert again[0]["computed"] > 0 and again[1]["computed"] == 0 and again[1]["reused"] == again[0]["computed"]
 
 
 def test_mlflow_holds_each_run_with_params_metrics_artifacts_and_model(trained):

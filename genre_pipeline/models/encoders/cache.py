@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,13 +44,24 @@ class UpdateStats:
     reused: int
     seconds: float
 
-    @property
-    def per_second(self) -> float:
-        return self.computed / self.seconds if self.computed and self.seconds else 0.0
-
 
 def content_key(data: bytes | str) -> str:
     return hashlib.sha1(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def _cached_rows(sources: list[Embeddings]) -> dict[tuple[int, str], np.ndarray]:
+    """(id, content key) -> vector over ``sources``; a later source wins."""
+    return {(int(i), str(k)): v for e in sources for i, k, v in zip(e.ids, e.keys, e.vectors)}
+
+
+def _existing(paths) -> list[Embeddings]:
+    return [Embeddings.load(p) for p in paths if Path(p).is_file()]
+
+
+def pending(path: Path, ids: list[int], keys: list[str]) -> np.ndarray:
+    """Positions in ``ids`` whose (id, key) the embeddings file at ``path`` lacks: what needs encoding."""
+    cached = _cached_rows(_existing([path]))
+    return np.asarray([n for n, (i, k) in enumerate(zip(ids, keys)) if (int(i), k) not in cached], dtype=np.int64)
 
 
 def update_embeddings(
@@ -59,42 +71,52 @@ def update_embeddings(
     inputs: list,
     encode: Callable[[list], np.ndarray],
     dim: Callable[[], int],
+    also_from: tuple[Path, ...] = (),
 ) -> tuple[Embeddings, UpdateStats]:
-    """Embeddings for ``ids``, reusing rows of the file at ``path`` whose key still matches.
+    """Embeddings for ``ids``, reusing rows of the file at ``path`` (and of the files ``also_from``)
+    whose key still matches.
 
     ``encode`` is called once, on the inputs that need it; ``dim`` gives the width when
     nothing was cached before and nothing needs computing."""
-    previous = Embeddings.load(path) if Path(path).is_file() else None
-    cached = {}
-    if previous is not None:
-        cached = {(int(i), str(k)): row for row, (i, k) in enumerate(zip(previous.ids, previous.keys))}
+    cached = _cached_rows(_existing([path, *also_from]))
     todo = [n for n, (i, k) in enumerate(zip(ids, keys)) if (int(i), k) not in cached]
     started = time.perf_counter()
     fresh = encode([inputs[n] for n in todo]) if todo else None
     seconds = time.perf_counter() - started
-    width = fresh.shape[1] if fresh is not None else previous.vectors.shape[1] if previous is not None else dim()
+    width = fresh.shape[1] if fresh is not None else len(next(iter(cached.values()))) if cached else dim()
     vectors = np.zeros((len(ids), width), dtype=np.float32)
     fresh_rows = {n: r for r, n in enumerate(todo)}
     for n, (i, k) in enumerate(zip(ids, keys)):
-        vectors[n] = fresh[fresh_rows[n]] if n in fresh_rows else previous.vectors[cached[(int(i), k)]]
+        vectors[n] = fresh[fresh_rows[n]] if n in fresh_rows else cached[(int(i), k)]
     result = Embeddings(np.asarray(ids, dtype=np.int64), np.asarray(keys, dtype="U40"), vectors)
     result.save(path)
     return result, UpdateStats(len(todo), len(ids) - len(todo), seconds)
 
 
-def _throughput(stats: UpdateStats, encoder) -> dict:
-    """Embeddings per second beside the encoder's forward pass alone, both from this run."""
-    if not stats.computed or encoder is None or not encoder.forward_seconds:
-        return {}
-    raw = stats.computed / encoder.forward_seconds
-    return {"raw_forward_per_s": round(raw, 1), "throughput_ratio": round(stats.per_second / raw, 3)}
+def _rates(computed: int, encode_s: float, forward_s: float) -> dict:
+    """Embeddings per second, and beside it the encoder's forward pass alone, both from this update."""
+    rates = {"embeddings_per_s": round(computed / encode_s, 1) if computed and encode_s else 0.0}
+    if computed and forward_s:
+        raw = computed / forward_s
+        rates.update(raw_forward_per_s=round(raw, 1), throughput_ratio=round(rates["embeddings_per_s"] / raw, 3))
+    return rates
 
 
 def refresh(
-    path: Path, ref: EncoderRef, *, device: str, batch_size: int, ids: list, keys: list, inputs: list, progress=None
+    path: Path,
+    ref: EncoderRef,
+    *,
+    device: str,
+    batch_size: int,
+    ids: list,
+    keys: list,
+    inputs: list,
+    progress=None,
+    also_from: tuple[Path, ...] = (),
 ) -> dict:
     """The embeddings file of one encoder brought up to date for ``ids`` (``keys``: each input's content
-    key); the encoder loads only if something needs encoding. Returns the figures of the update."""
+    key), also reusing the rows of the files ``also_from``; the encoder loads only if something needs
+    encoding. Returns the figures of the update."""
     encoder = None
 
     def loaded():
@@ -103,8 +125,9 @@ def refresh(
         return encoder
 
     embeddings, stats = update_embeddings(
-        path, ids, keys, inputs, lambda batch: loaded().encode(batch, progress), lambda: loaded().dim
+        path, ids, keys, inputs, lambda batch: loaded().encode(batch, progress), lambda: loaded().dim, also_from
     )
+    forward_s = encoder.forward_seconds if encoder is not None else 0.0
     return {
         "encoder": ref.name,
         # The backend that encoded this run's new inputs (after any fallback), else the configured one.
@@ -114,7 +137,69 @@ def refresh(
         "computed": stats.computed,
         "reused": stats.reused,
         "encode_s": round(stats.seconds, 2),
-        "embeddings_per_s": round(stats.per_second, 1),
+        "forward_s": round(forward_s, 2),
+        **_rates(stats.computed, stats.seconds, forward_s),
         "keys": embeddings.keys,
-        **_throughput(stats, encoder),
     }
+
+
+def shard_file(path: Path, shard: int) -> Path:
+    """Where shard ``shard`` of an update of the embeddings file ``path`` keeps what it encoded."""
+    return path.with_name(f"{path.stem}.shard-{shard}.npz")
+
+
+def _shard_stats_file(path: Path, shard: int) -> Path:
+    return shard_file(path, shard).with_suffix(".json")
+
+
+def refresh_shard(
+    path: Path, ref: EncoderRef, *, shard: int, shards: int, worker: str, ids: list, keys: list, inputs: list, **options
+) -> dict:
+    """Shard ``shard`` of ``shards`` of an update of the embeddings file at ``path``: encodes its share
+    of the movies the file lacks into ``shard_file`` (whose rows an earlier attempt of the shard left
+    are reused), for ``merge_shards``. Every shard computes the same list of what is missing, so they
+    need nothing from each other and can run on different workers. ``options``: those of ``refresh``."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} of {shards}: expected 0 <= shard < shards")
+    mine = np.array_split(pending(path, ids, keys), shards)[shard]
+    if len(mine):
+        figures = refresh(
+            shard_file(path, shard),
+            ref,
+            ids=[ids[n] for n in mine],
+            keys=[keys[n] for n in mine],
+            inputs=[inputs[n] for n in mine],
+            **options,
+        )
+    else:  # nothing new for this shard: no encoder to load, no file to write
+        figures = {"backend": ref.backend, "embedded": 0, "computed": 0, "reused": 0, "encode_s": 0.0, "forward_s": 0.0}
+    kept = {k: v for k, v in figures.items() if k not in ("keys", "encoder", "dim")}
+    stats = {"shard": shard, "worker": worker, **kept}
+    atomic_write_bytes(_shard_stats_file(path, shard), json.dumps(stats).encode())
+    return stats
+
+
+def merge_shards(path: Path, ref: EncoderRef, *, shards: int, ids: list, keys: list, inputs: list, **options) -> dict:
+    """The embeddings file at ``path`` brought up to date for ``ids`` from the shards' files (anything
+    still missing is encoded here), which are then removed. Returns the figures of the whole update,
+    with each shard's under ``shards``."""
+    files = tuple(shard_file(path, n) for n in range(shards))
+    figures = refresh(path, ref, ids=ids, keys=keys, inputs=inputs, also_from=files, **options)
+    by_shard = [json.loads(p.read_text()) for n in range(shards) if (p := _shard_stats_file(path, n)).is_file()]
+    for n in range(shards):
+        shard_file(path, n).unlink(missing_ok=True)
+        _shard_stats_file(path, n).unlink(missing_ok=True)
+    parts = [figures, *by_shard]
+    computed, seconds, forward = (sum(p[k] for p in parts) for k in ("computed", "encode_s", "forward_s"))
+    for key in ("raw_forward_per_s", "throughput_ratio"):
+        figures.pop(key, None)
+    figures.update(
+        backend=next((p["backend"] for p in parts if p["computed"]), figures["backend"]),
+        computed=computed,
+        reused=len(ids) - computed,
+        encode_s=round(seconds, 2),
+        forward_s=round(forward, 2),
+        **_rates(computed, seconds, forward),
+        shards=by_shard,
+    )
+    return figures
