@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import joblib
@@ -31,12 +32,30 @@ from genre_pipeline.models.head_forward import head_probabilities
 SPEC_FILE = "member.json"
 
 
+class RowsOf(Mapping):
+    """Some rows of each feature matrix, copied out when read: a member fitted on part of the data
+    copies only the matrix it reads, and only while it reads it (at half a million movies each copy of
+    every encoder's features at once would be gigabytes)."""
+
+    def __init__(self, features: Mapping[str, np.ndarray], index: np.ndarray):
+        self._features, self._index = features, index
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._features[key][self._index]
+
+    def __iter__(self):
+        return iter(self._features)
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+
 @dataclasses.dataclass
 class MemberInputs:
     texts: list[str]  # the model text: overview and tagline
     titles: list[str]  # "" where unknown
-    text_features: dict[str, np.ndarray]  # by EncoderRef.key
-    poster_features: dict[str, np.ndarray]  # by EncoderRef.key; zeros where a movie has no usable poster
+    text_features: Mapping[str, np.ndarray]  # by EncoderRef.key
+    poster_features: Mapping[str, np.ndarray]  # by EncoderRef.key; zeros where a movie has no usable poster
     has_poster: np.ndarray  # bool per movie
     metadata: pd.DataFrame  # the metadata columns, None where unknown
 
@@ -48,8 +67,8 @@ class MemberInputs:
         return MemberInputs(
             [self.texts[i] for i in index],
             [self.titles[i] for i in index],
-            {k: v[index] for k, v in self.text_features.items()},
-            {k: v[index] for k, v in self.poster_features.items()},
+            RowsOf(self.text_features, index),
+            RowsOf(self.poster_features, index),
             self.has_poster[index],
             self.metadata.iloc[index].reset_index(drop=True),
         )
@@ -172,7 +191,7 @@ class NeighboursMember:
         return cls(text, np.ascontiguousarray(vectors, dtype=np.float32), labels[rows].astype(np.uint8))
 
     def probabilities(self, inputs: MemberInputs) -> np.ndarray:
-        queries = inputs.text_features[self.text.key].astype(np.float32)
+        queries = np.asarray(inputs.text_features[self.text.key], dtype=np.float32)
         k = min(self.k, len(self.vectors))
         result = np.zeros((len(queries), self.labels.shape[1]), dtype=np.float32)
         for start in range(0, len(queries), 1024):
