@@ -60,7 +60,10 @@ def _existing(paths) -> list[Embeddings]:
 
 def pending(path: Path, ids: list[int], keys: list[str]) -> np.ndarray:
     """Positions in ``ids`` whose (id, key) the embeddings file at ``path`` lacks: what needs encoding."""
-    cached = _cached_rows(_existing([path]))
+    cached = set()
+    if Path(path).is_file():
+        with np.load(path, allow_pickle=False) as data:  # the ids and keys only, not the vectors
+            cached = {(int(i), str(k)) for i, k in zip(data["ids"], data["keys"])}
     return np.asarray([n for n, (i, k) in enumerate(zip(ids, keys)) if (int(i), k) not in cached], dtype=np.int64)
 
 
