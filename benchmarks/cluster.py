@@ -4,8 +4,9 @@ daemon and webserver) against the embedded default; two workers against one; a w
     python benchmarks/cluster.py [--root /var/tmp/genre-cluster-bench]
 
 1. Embedded: `dagster asset materialize --select '*' --partition-range ...` in one process (sqlite).
-2. Cluster, two workers: the same selection queued through the webserver; the worker of each step.
-   The label matrix, the split and every model's test metrics are compared with the embedded run's.
+2. Cluster, two workers: the same selection queued through the webserver; the worker of each step,
+   and of each embedding shard (it fails unless the shards ran on both workers). The label matrix,
+   the split, the embeddings and every model's test metrics are compared with the embedded run's.
 3. One worker: worker-2 stopped; the embedding and model steps again, on a copy of the data folder
    without embeddings and models (run config points the storage resource at it). Their wall time
    (first start to last end) against the same steps of step 2.
@@ -26,11 +27,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from genre_pipeline import settings
 from genre_pipeline.cluster import local
 from genre_pipeline.cluster.runs import Deployment
+from genre_pipeline.models.encoders.cache import Embeddings
 from genre_pipeline.store import DataStore
 
 MODELS = ("baseline_model", "text_model", "image_model", "fusion_model", "stacked_model")
@@ -72,10 +75,24 @@ def embedded_run(folder: Path, years: tuple[str, str]) -> float:
     return time.monotonic() - started
 
 
+def same_embeddings(embedded: DataStore, cluster: DataStore) -> bool:
+    """Every embeddings file of one folder in the other, with the same movies, keys and vectors, bit for bit."""
+    names = sorted(p.name for p in embedded.embeddings_dir.glob("*.npz"))
+    if not names or names != sorted(p.name for p in cluster.embeddings_dir.glob("*.npz")):
+        return False
+    pairs = [(Embeddings.load(embedded.embeddings_dir / n), Embeddings.load(cluster.embeddings_dir / n)) for n in names]
+    return all(
+        np.array_equal(a.ids, b.ids) and np.array_equal(a.keys, b.keys) and np.array_equal(a.vectors, b.vectors)
+        for a, b in pairs
+    )
+
+
 def compare(embedded: DataStore, cluster: DataStore) -> dict:
-    """The same label matrix and split exactly; every model's test and validation figures to 1e-6."""
+    """The same label matrix, split and embeddings exactly; every model's test and validation figures
+    to 1e-6."""
     labels = pd.read_parquet(embedded.labels_file("full")).equals(pd.read_parquet(cluster.labels_file("full")))
     splits = pd.read_parquet(embedded.splits_file).equals(pd.read_parquet(cluster.splits_file))
+    embeddings = same_embeddings(embedded, cluster)
     differences = {}
     for model in MODELS:
         a, b = (json.loads(store.model_report_file(model).read_text()) for store in (embedded, cluster))
@@ -86,14 +103,30 @@ def compare(embedded: DataStore, cluster: DataStore) -> dict:
     return {
         "same_label_matrix": bool(labels),
         "same_split": bool(splits),
+        "same_embeddings": embeddings,
         "max_metric_difference": max(differences.values()),
         "metric_difference_per_model": differences,
-        "identical": bool(labels and splits and max(differences.values()) <= 1e-6),
+        "identical": bool(labels and splits and embeddings and max(differences.values()) <= 1e-6),
+    }
+
+
+def asset_of(step_key: str) -> str:
+    """The asset a step materializes: an embedding asset's steps are ``<asset>.<asset>_shard_<n>`` and
+    ``<asset>.<asset>_merge``."""
+    return step_key.split(".")[0]
+
+
+def shard_workers(steps) -> dict[str, list[str]]:
+    """The workers that ran each embedding asset's shards."""
+    shards = [step for step in steps if "_shard_" in step.step]
+    return {
+        a: sorted({s.worker for s in shards if asset_of(s.step) == a})
+        for a in sorted({asset_of(s.step) for s in shards})
     }
 
 
 def span(steps, names) -> float:
-    chosen = [step for step in steps if step.step in names]
+    chosen = [step for step in steps if asset_of(step.step) in names]
     return round(max(step.ended for step in chosen) - min(step.started for step in chosen), 1)
 
 
@@ -172,7 +205,8 @@ def main() -> None:
             print(f"  {step.step:<44} {step.worker:<14} {step.seconds:>7.1f} s", flush=True)
         cluster_store = DataStore(layout.data_dir / SOURCE)
         identity = compare(DataStore(root / "embedded" / "data" / SOURCE), cluster_store)
-        print(f"cluster whole chain: {cluster_s:.1f} s; {identity}", flush=True)
+        shards = shard_workers(two_workers)
+        print(f"cluster whole chain: {cluster_s:.1f} s; {identity}; embedding shards on {shards}", flush=True)
 
         # One worker, same steps, on a copy of the data folder without embeddings and models.
         single = root / "single-worker"
@@ -225,6 +259,7 @@ def main() -> None:
                 "steps_per_worker": {
                     w: sum(s.worker == w for s in two_workers) for w in sorted({s.worker for s in two_workers})
                 },
+                "embedding_shard_workers": shards,
                 **{k: v for k, v in identity.items() if k != "metric_difference_per_model"},
                 "embedding_and_model_steps_two_workers_s": two_s,
                 "embedding_and_model_steps_one_worker_s": one_s,
@@ -235,6 +270,10 @@ def main() -> None:
     )
     if not (kill["fault_happened"] and kill["retry_succeeded"]):
         raise SystemExit(f"the worker kill measured no recovery: {kill}")
+    if not shards or any(len(workers) < 2 for workers in shards.values()):
+        raise SystemExit(f"the embedding shards did not run on both workers: {shards}")
+    if not identity["identical"]:
+        raise SystemExit(f"the cluster's results differ from the embedded run's: {identity}")
 
 
 if __name__ == "__main__":

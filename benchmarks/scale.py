@@ -13,10 +13,14 @@ dependency order, default settings, as `make run` trains) runs as its own
 `dagster asset materialize` process:
 - wall: the step's own time from Dagster's step stats (start to end, without process start-up);
 - peak RSS: the largest process of the step's process tree (``os.wait4``'s ``ru_maxrss``), which
-  under the multiprocess executor is the step's worker.
+  under the multiprocess executor is the step's worker;
+and the data folder's size once the chain has run.
 Per step, the exponent k of wall ∝ N^k (least squares on log-log over the sizes), and the same for
-memory; projected to 500k movies from the largest size; with W workers, steps that split by movie
-(embeddings) divide by W. The last line is one JSON object.
+memory. Projected to 500k movies from the largest size, each figure is the larger of that power law
+and the straight line through the two largest sizes: fixed costs make k small at small sizes, and a
+power law with such a k would promise too little. With W workers, the steps that split by movie
+(the embedding shards) divide by W; ingestion does not: every worker shares one TMDb quota. The
+last line is one JSON object.
 """
 
 import argparse
@@ -31,7 +35,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 TARGET_MOVIES = 500_000
-SPLITS_BY_MOVIE = {"text_embeddings", "poster_embeddings", "movie_details", "posters"}
+SPLITS_BY_MOVIE = {"text_embeddings", "poster_embeddings"}
 PARTITIONED = {"raw_discover_pages"}
 
 
@@ -71,7 +75,22 @@ def exponent(sizes: list[int], values: list[float]) -> float | None:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
 
 
-def measure_size(n_movies: int, root: Path, steps: list[str]) -> dict[str, tuple[float, float]]:
+def project(sizes: list[int], values: list[float], k: float | None) -> float:
+    """``values`` at TARGET_MOVIES: the larger of the power law of exponent ``k`` from the largest size
+    and the straight line through the two largest sizes (never below the largest size's figure)."""
+    power = values[-1] * (TARGET_MOVIES / sizes[-1]) ** max(k or 0.0, 0.0)
+    if len(sizes) < 2:
+        return power
+    slope = (values[-1] - values[-2]) / (sizes[-1] - sizes[-2])
+    return max(power, values[-1] + max(slope, 0.0) * (TARGET_MOVIES - sizes[-1]))
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def measure_size(n_movies: int, root: Path, steps: list[str]) -> tuple[dict[str, tuple[float, float]], float]:
+    """Each step's (wall seconds, peak RSS MB) at ``n_movies``, and the data folder's size in MB after."""
     from genre_pipeline.tmdb import demo_catalog
 
     folder = root / f"movies-{n_movies}"
@@ -96,7 +115,7 @@ def measure_size(n_movies: int, root: Path, steps: list[str]) -> dict[str, tuple
     for step in steps:
         measured[step] = run_step(step, env, years, config)
         print(f"{n_movies:>7} movies  {step:<24} {measured[step][0]:>8.1f} s  {measured[step][1]:>7.0f} MB", flush=True)
-    return measured
+    return measured, folder_mb(folder / "data")
 
 
 def main() -> None:
@@ -108,16 +127,16 @@ def main() -> None:
     sizes = sorted(int(size) for size in args.sizes.split(","))
     steps = chain()
     started = time.monotonic()
-    results = {size: measure_size(size, args.root.resolve(), steps) for size in sizes}
+    measured = {size: measure_size(size, args.root.resolve(), steps) for size in sizes}
+    results = {size: steps_at_size for size, (steps_at_size, _) in measured.items()}
+    data_mb = [measured[size][1] for size in sizes]
     largest = sizes[-1]
     rows = []
     for step in steps:
         walls = [results[size][step][0] for size in sizes]
         memory = [results[size][step][1] for size in sizes]
         time_k, memory_k = exponent(sizes, walls), exponent(sizes, memory)
-        scale = TARGET_MOVIES / largest
-        projected_s = walls[-1] * scale ** max(time_k or 1.0, 0.0)
-        projected_mb = memory[-1] * scale ** max(memory_k or 0.0, 0.0)
+        projected_s, projected_mb = project(sizes, walls, time_k), project(sizes, memory, memory_k)
         rows.append(
             {
                 "step": step,
@@ -148,12 +167,14 @@ def main() -> None:
                 "machine_cores": os.cpu_count(),
                 "sizes": sizes,
                 "steps": rows,
+                "data_folder_mb": {str(size): round(mb) for size, mb in zip(sizes, data_mb)},
                 "projection_500k": {
                     "movies": TARGET_MOVIES,
                     "from_size": largest,
                     "one_machine_s": round(one_machine),
                     f"on_{args.workers}_workers_s": round(on_workers),
                     "peak_rss_mb": max(row["projected_500k_rss_mb"] for row in rows),
+                    "data_folder_gb": round(project(sizes, data_mb, exponent(sizes, data_mb)) / 1024, 1),
                     "worst_step_exponent": max(exponents, default=None),
                 },
                 "wall_s": round(time.monotonic() - started, 1),
