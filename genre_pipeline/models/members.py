@@ -184,11 +184,11 @@ class NeighboursMember:
     ) -> "NeighboursMember":
         if max_reference < 1:
             raise ValueError(f"the neighbour vote needs a reference movie or more, got max_reference={max_reference}")
-        rows = np.arange(len(labels))
-        if len(rows) > max_reference:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, max_reference, replace=False))
-        vectors = inputs.text_features[text.key][rows]
-        return cls(text, np.ascontiguousarray(vectors, dtype=np.float32), labels[rows].astype(np.uint8))
+        vectors = inputs.text_features[text.key]
+        if len(labels) > max_reference:
+            rows = np.sort(np.random.default_rng(seed).choice(len(labels), max_reference, replace=False))
+            vectors, labels = vectors[rows], labels[rows]
+        return cls(text, np.ascontiguousarray(vectors, dtype=np.float32), labels.astype(np.uint8))
 
     def probabilities(self, inputs: MemberInputs) -> np.ndarray:
         queries = np.asarray(inputs.text_features[self.text.key], dtype=np.float32)

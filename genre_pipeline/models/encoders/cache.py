@@ -58,13 +58,18 @@ def _existing(paths) -> list[Embeddings]:
     return [Embeddings.load(p) for p in paths if Path(p).is_file()]
 
 
+def _missing(ids: list[int], keys: list[str], known) -> list[int]:
+    """Positions in ``ids`` whose (id, content key) is not in ``known``."""
+    return [n for n, (i, k) in enumerate(zip(ids, keys)) if (int(i), k) not in known]
+
+
 def pending(path: Path, ids: list[int], keys: list[str]) -> np.ndarray:
     """Positions in ``ids`` whose (id, key) the embeddings file at ``path`` lacks: what needs encoding."""
     cached = set()
     if Path(path).is_file():
         with np.load(path, allow_pickle=False) as data:  # the ids and keys only, not the vectors
             cached = {(int(i), str(k)) for i, k in zip(data["ids"], data["keys"])}
-    return np.asarray([n for n, (i, k) in enumerate(zip(ids, keys)) if (int(i), k) not in cached], dtype=np.int64)
+    return np.asarray(_missing(ids, keys, cached), dtype=np.int64)
 
 
 def update_embeddings(
@@ -82,7 +87,7 @@ def update_embeddings(
     ``encode`` is called once, on the inputs that need it; ``dim`` gives the width when
     nothing was cached before and nothing needs computing."""
     cached = _cached_rows(_existing([path, *also_from]))
-    todo = [n for n, (i, k) in enumerate(zip(ids, keys)) if (int(i), k) not in cached]
+    todo = _missing(ids, keys, cached)
     started = time.perf_counter()
     fresh = encode([inputs[n] for n in todo]) if todo else None
     seconds = time.perf_counter() - started
