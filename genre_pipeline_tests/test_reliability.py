@@ -21,11 +21,11 @@ from genre_pipeline.files import atomic_write_bytes
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import lock
-from genre_pipeline.tmdb.client import ClientPolicy, ResponseCache, TMDbClient, TMDbUnavailable
+from genre_pipeline.tmdb.client import ClientPolicy, ResponseCache, TMDbClient, TMDbUnavailable, TMDbUnreachable
 from genre_pipeline.tmdb.replay import Faults, serve_snapshot
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
-from .conftest import BIN, TOKEN, make_client
+from .conftest import BIN, TOKEN, free_port, make_client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,46 @@ def test_bad_client_settings_are_refused_naming_the_setting(replay, setting):
         TMDbClient(replay.api_url, token=TOKEN, policy=ClientPolicy(**setting))
     with pytest.raises(ValueError, match=name):
         TMDbResource(source="snapshot", snapshot_dir="x", **setting)
+
+
+def test_a_host_that_cannot_be_reached_fails_in_seconds_naming_host_and_cause():
+    port = free_port()  # nothing listens there: every connection is refused
+    with TMDbClient(f"http://127.0.0.1:{port}/3", token=TOKEN) as client:
+        started = time.monotonic()
+        with pytest.raises(TMDbUnreachable, match="cannot reach TMDb at 127.0.0.1: the connection was refused"):
+            client.get_json("/configuration")
+        assert time.monotonic() - started < 10
+    # A name that never resolves (RFC 6761's .invalid) fails the same way, naming DNS.
+    with TMDbClient("http://tmdb.invalid/3", token=TOKEN) as client:
+        with pytest.raises(TMDbUnreachable, match="tmdb.invalid: its name does not resolve"):
+            client.get_json("/configuration")
+
+
+def test_an_unreachable_tmdb_fails_the_first_step_once_without_dagster_retries(tmp_path):
+    """As a user runs it: a credential, an address nothing answers at; the run ends in well under a minute
+    with the sentence, not after Dagster's retries (30 s apart) of the full HTTP retry schedule."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TMDB_", "GENRE_PIPELINE_"))} | {
+        "TMDB_API_READ_ACCESS_TOKEN": TOKEN,
+        "TMDB_BASE_URL": f"http://127.0.0.1:{free_port()}/3",
+        "GENRE_PIPELINE_DATA": str(tmp_path / "data"),
+        "GENRE_PIPELINE_YEARS": "2020-2021",
+        "DAGSTER_HOME": str(tmp_path),
+    }
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    started = time.monotonic()
+    result = subprocess.run(
+        [BIN / "dagster", "asset", "materialize", "-m", "genre_pipeline.definitions", "--select", "tmdb_configuration"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "cannot reach TMDb at 127.0.0.1: the connection was refused" in output
+    assert "STEP_UP_FOR_RETRY" not in output and TOKEN not in output
+    assert time.monotonic() - started < 90
 
 
 def test_a_base_url_without_a_credential_is_an_error_not_the_demo_catalog(tmp_path):

@@ -12,13 +12,15 @@ import hashlib
 import json
 import logging
 import random
+import socket
+import ssl
 import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pydantic
 import requests
@@ -55,6 +57,39 @@ class TMDbUnavailable(TMDbError):
     def __init__(self, message: str, kind: str):
         super().__init__(message)
         self.kind = kind
+
+
+class TMDbUnreachable(TMDbError):
+    """A connection to TMDb could not even start (the name did not resolve, the port refused, the TLS
+    handshake failed): no retry schedule of minutes fixes that, so it is raised after a few seconds."""
+
+
+# Attempts, a second apart, before a connection that cannot start is given up: rides out a blip, and
+# fails the step within seconds instead of the minutes of the full retry schedule.
+UNREACHABLE_ATTEMPTS = 3
+
+
+def _cannot_connect(error: BaseException) -> str:
+    """Why a connection could not start, in words ("" when it did start and broke later)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.SSLError | ssl.SSLError):
+            return "the TLS handshake failed (a proxy or a clock that intercepts or breaks HTTPS?)"
+        if isinstance(seen, urllib3.exceptions.NameResolutionError | socket.gaierror):
+            return "its name does not resolve (DNS)"
+        if isinstance(seen, ConnectionRefusedError):
+            return "the connection was refused"
+        if isinstance(seen, urllib3.exceptions.NewConnectionError) and "refused" in str(seen).lower():
+            return "the connection was refused"
+        if isinstance(seen, urllib3.exceptions.MaxRetryError):
+            seen = seen.reason
+            continue
+        seen = (
+            seen.__cause__
+            or seen.__context__
+            or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+        )
+    return ""
 
 
 class RateLimiter:
@@ -329,6 +364,19 @@ class TMDbClient:
                 urllib3.exceptions.HTTPError,
             ) as error:
                 kind, last_problem = "connection", f"connection failed ({type(error).__name__})"
+                cause = _cannot_connect(error)
+                if cause:
+                    if attempt + 1 < UNREACHABLE_ATTEMPTS:
+                        self._retry("unreachable")
+                        time.sleep(1.0)
+                        continue
+                    self._fail("unreachable")
+                    host = urlsplit(url).hostname
+                    raise TMDbUnreachable(
+                        f"cannot reach TMDb at {host}: {cause}, {UNREACHABLE_ATTEMPTS} attempts. Check this "
+                        "machine's network, DNS and proxy settings, and the address in TMDB_BASE_URL if set; offline, "
+                        "use a snapshot folder (GENRE_PIPELINE_SNAPSHOT) or the demo catalog (no credential)."
+                    ) from None
             else:
                 self._count(bytes_received=len(body))
                 status = response.status_code
