@@ -69,15 +69,17 @@ def genre_predictions(
         "path": str(store.genre_predictions_file),
         "dagster/row_count": len(table),
     }
-    check = (table["scored_as"] == LABELLED_CHECK).to_numpy()
+    known = {g["name"] for g in store.read_json(store.tmdb_genres_file, {}).get("genres", [])}
+    check = (table["scored_as"] == LABELLED_CHECK).to_numpy().copy()
+    y_true = np.zeros((len(table), len(predictor.classes)), dtype=np.uint8)
+    for row in np.flatnonzero(check):
+        y_true[row] = labels_for(list(table["tmdb_genres"].iloc[row]), predictor.classes, known)
+    check &= y_true.any(axis=1)  # a movie whose genres all fall outside the label set cannot be scored
     if check.any():
-        known = {g["name"] for g in store.read_json(store.tmdb_genres_file, {}).get("genres", [])}
-        y_true = np.stack([labels_for(list(g), predictor.classes, known) for g in table.loc[check, "tmdb_genres"]])
-        labelled = y_true.any(axis=1)  # a movie whose genres all fall outside the label set cannot be scored
         report = metrics.evaluate(
-            y_true[labelled],
-            apply_thresholds(probabilities[check][labelled], predictor.thresholds),
-            probabilities[check][labelled],
+            y_true[check],
+            apply_thresholds(probabilities[check], predictor.thresholds),
+            probabilities[check],
             predictor.classes,
         )
         metadata |= {f"check_{k}": float(report["summary"][k]) for k in ("macro_f1", "micro_f1", "samples_f1")}

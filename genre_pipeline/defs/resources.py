@@ -22,7 +22,15 @@ from genre_pipeline.monitoring.drift import DriftThresholds
 from genre_pipeline.monitoring.retraining import RetrainRules
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog, lock
-from genre_pipeline.tmdb.client import API_KEY_ENV, TMDB_API_URL, TOKEN_ENV, ClientPolicy, TMDbAuthError, TMDbClient
+from genre_pipeline.tmdb.client import (
+    API_KEY_ENV,
+    TMDB_API_URL,
+    TOKEN_ENV,
+    ClientPolicy,
+    TMDbAuthError,
+    TMDbClient,
+    TMDbUnreachable,
+)
 from genre_pipeline.tmdb.replay import serve_snapshot
 from genre_pipeline.training.config import ModelSetup
 
@@ -111,8 +119,9 @@ class TMDbResource(dg.ConfigurableResource, ClientPolicy):
         try:
             with self._client(cache_dir) as client:
                 yield client
-        except TMDbAuthError as error:
-            # Retrying cannot fix a refused credential: fail now, with the variable to set.
+        except (TMDbAuthError, TMDbUnreachable) as error:
+            # Retrying cannot fix a refused credential or a host this machine cannot reach: fail now, with
+            # what to check. Rate limits and server errors keep the step's retries.
             raise dg.Failure(str(error), allow_retries=False) from None
 
     @contextlib.contextmanager
@@ -222,6 +231,17 @@ class TrainingResource(dg.ConfigurableResource):
         description="Each model is trained a second time on the movies released before the newest this many "
         "release years and scored on those years (a temporal split, what to expect on new movies); 0: skip.",
     )
+    temporal_min_movies: int = Field(
+        default=100,
+        ge=1,
+        description="The temporal figure is reported as not measured, with the reason, when fewer movies than "
+        "this remain on either side (the movies a model can score: the image model's need a poster).",
+    )
+    retrain: bool = Field(
+        default=False,
+        description="Train every model again. Unset, a model whose training data, config, setup and training code "
+        "are unchanged keeps its trained model and MLflow run (its asset says 'reused').",
+    )
 
     @field_validator("encoder_backend")
     @classmethod
@@ -261,6 +281,8 @@ class TrainingResource(dg.ConfigurableResource):
             tracking_uri=self.tracking_uri_for(store),
             experiment=self.experiment,
             temporal_test_years=self.temporal_test_years,
+            temporal_min_movies=self.temporal_min_movies,
+            retrain=self.retrain,
         )
 
 

@@ -36,12 +36,33 @@ HEADLINE_KEYS = (
 )
 
 
+# Fewer scored movies than this: a figure is "not measured", with the reason, instead of a number that
+# a handful of movies decides (or an error on none).
+MIN_MEASURED_MOVIES = 100
+
+
+def not_measured(n_movies: int, minimum: int = MIN_MEASURED_MOVIES) -> str:
+    """Why a figure over ``n_movies`` is not measured ("" when it is)."""
+    if n_movies >= minimum:
+        return ""
+    return f"not measured: {n_movies} movies to score, fewer than {minimum}"
+
+
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
-    """Summary metrics and a per-genre table from one set of predictions."""
+    """Summary metrics and a per-genre table from one set of predictions. Macro averages are over the
+    genres at least one of these movies has (``genres_without_positive`` names the others): a genre none
+    of them has has no recall to measure, and counting it as F1 0 would pull the average down for the
+    slice, not for the model. Raises ValueError on no movies."""
     y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    if len(y_true) == 0:
+        raise ValueError("no movies to evaluate")
+    present = y_true.sum(axis=0) > 0
     summary = {}
     for average in ("macro", "micro", "weighted", "samples"):
-        precision, recall, f1, _ = skm.precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        labels = np.flatnonzero(present) if average == "macro" else None
+        precision, recall, f1, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=average, zero_division=0
+        )
         summary[f"{average}_f1"] = float(f1)
         summary[f"{average}_precision"] = float(precision)
         summary[f"{average}_recall"] = float(recall)
@@ -72,6 +93,7 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, probabilities: np.ndarray, 
         }
     )
     summary["n_movies"] = int(len(y_true))
+    summary["genres_without_positive"] = [c for c, p in zip(classes, present) if not p]
     return {"summary": summary, "per_genre": per_genre}
 
 
@@ -79,10 +101,13 @@ def bootstrap_macro_f1(
     y_true: np.ndarray, y_pred: np.ndarray, *, resamples: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
     """A percentile bootstrap interval of macro-F1 over movies (resampled with replacement), each
-    resample's macro-F1 computed as ``evaluate`` does (a genre with no true or predicted movie counts 0)."""
+    resample's macro-F1 over the genres ``evaluate`` averages (those with a positive in ``y_true``; one
+    missing from a resample counts 0 there)."""
     y_true, y_pred = np.asarray(y_true, dtype=bool), np.asarray(y_pred, dtype=bool)
     if len(y_true) == 0:
         return float("nan"), float("nan")
+    present = y_true.any(axis=0)
+    y_true, y_pred = y_true[:, present], y_pred[:, present]
     rng = np.random.default_rng(seed)
     scores = np.empty(resamples)
     for n in range(resamples):

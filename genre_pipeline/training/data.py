@@ -15,6 +15,7 @@ from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models.encoders import EncoderRef
 from genre_pipeline.models.encoders.cache import Embeddings
 from genre_pipeline.models.members import MemberInputs
+from genre_pipeline.models.metrics import MIN_MEASURED_MOVIES
 from genre_pipeline.store import DataStore, frame_fingerprint
 
 
@@ -48,25 +49,45 @@ class TrainingData:
         return everything if rows is None else everything.take(rows)
 
 
-MIN_TEMPORAL_MOVIES = 20  # fewer recent (or older) movies than this: no temporal figure
+@dataclasses.dataclass(frozen=True)
+class TemporalSplit:
+    """The same movies split by time (see ``temporal_split``): ``data`` to train and score on, or None
+    with ``reason`` when a model cannot be measured that way."""
+
+    years: str  # e.g. "2021-2022"
+    data: TrainingData | None
+    reason: str = ""
 
 
-def temporal_split(data: TrainingData, recent_years: int) -> tuple[TrainingData, str] | None:
+def temporal_split(
+    data: TrainingData, recent_years: int, *, posters_only: bool = False, min_movies: int = MIN_MEASURED_MOVIES
+) -> TemporalSplit | None:
     """The same movies split by time: the newest ``recent_years`` release years are the test split, the
     older movies keep their train and validation splits (their test movies are left out, so that the
-    model trains on no more than the random split's does). With the years, as "2021-2022"; None when
-    either side would have too few movies."""
+    model trains on no more than the random split's does). ``posters_only``: the model scores only
+    movies with a poster, so only those count. Not measured (``data`` None, with the reason) when fewer
+    than ``min_movies`` recent movies or older train movies remain; None when there is no temporal
+    evaluation at all (``recent_years`` 0 or no release year known)."""
     years = pd.to_numeric(data.metadata["release_year"], errors="coerce").to_numpy()
     if recent_years <= 0 or np.isnan(years).all():
         return None
     newest = int(np.nanmax(years))
     first_recent = newest - recent_years + 1
+    span = f"{first_recent}-{newest}"
     recent = years >= first_recent  # an unknown year is never recent
     older = ~recent & np.isin(data.split, ["train", "validation"])
-    if recent.sum() < MIN_TEMPORAL_MOVIES or (older & (data.split == "train")).sum() < MIN_TEMPORAL_MOVIES:
-        return None
+    scorable = data.has_poster if posters_only else np.ones(len(years), dtype=bool)
+    which = " with a poster" if posters_only else ""
+    for n, side in (
+        (int((recent & scorable).sum()), f"of {span}"),
+        (int((older & scorable & (data.split == "train")).sum()), f"before {first_recent} to train on"),
+    ):
+        if n < min_movies:
+            return TemporalSplit(
+                span, None, f"not measured: {n} labelled movies{which} {side}, fewer than {min_movies}"
+            )
     split = np.where(recent, "test", np.where(older, data.split, "unused"))
-    return dataclasses.replace(data, split=split), f"{first_recent}-{newest}"
+    return TemporalSplit(span, dataclasses.replace(data, split=split))
 
 
 def _matrix_by_id(embeddings: Embeddings, ids: np.ndarray, needed: np.ndarray, modality: str) -> np.ndarray:

@@ -127,6 +127,23 @@ def _without_posters(data: TrainingData, outcome: ModelOutcome, test_scores: dic
     return metrics.evaluate(data.labels[rows], predictions, probabilities, data.classes)["summary"]["macro_f1"]
 
 
+def _member_alone(name: str, member, data: TrainingData, scored: dict) -> dict:
+    """A member's own figures on the movies it can score (a poster member: those with a poster); NaN
+    with 0 test movies when a split has none of them (the newest years of a temporal split)."""
+    posters_only = _reads_posters(member)
+    rows_for = lambda split: data.rows(split, posters_only=posters_only)  # noqa: E731
+    if not (rows_for("validation").any() and rows_for("test").any()):
+        return {"validation_macro_f1": float("nan"), "test_macro_f1": float("nan"), "test_movies": 0}
+    scores = {split: by_member[name] for split, by_member in scored.items()}
+    alone = evaluate(name, member.kind, None, data, from_split_scores(data, scores), rows_for)
+    return {
+        "validation_macro_f1": alone.validation_macro_f1,
+        "test_macro_f1": alone.test["summary"]["macro_f1"],
+        "test_movies": len(alone.test_ids),
+        **{f"test_{k}_macro_f1": v["macro_f1"] for k, v in alone.test_subsets.items()},
+    }
+
+
 def train_stack(
     data: TrainingData,
     head: TrainingConfig,
@@ -153,23 +170,9 @@ def train_stack(
         members[name] = fit(fit_rows)
         for split, by_member in scored.items():
             by_member[name] = members[name].probabilities(data.inputs(data.rows(split)))
-        posters_only = _reads_posters(members[name])
-        alone = evaluate(
-            name,
-            members[name].kind,
-            None,
-            data,
-            from_split_scores(data, {split: by_member[name] for split, by_member in scored.items()}),
-            lambda split, posters_only=posters_only: data.rows(split, posters_only=posters_only),
-        )
-        member_scores[name] = {
-            "validation_macro_f1": alone.validation_macro_f1,
-            "test_macro_f1": alone.test["summary"]["macro_f1"],
-            "test_movies": len(alone.test_ids),
-            **{f"test_{k}_macro_f1": v["macro_f1"] for k, v in alone.test_subsets.items()},
-        }
+        member_scores[name] = _member_alone(name, members[name], data, scored)
         if progress:
-            progress(f"member {name}: validation macro-F1 {alone.validation_macro_f1:.4f}")
+            progress(f"member {name}: validation macro-F1 {member_scores[name]['validation_macro_f1']:.4f}")
     poster_members = [name for name, member in members.items() if _reads_posters(member)]
     variant = dict(data=data, members=members, oof=oof, scored=scored, poster_members=poster_members, stack=stack)
     without_metadata = _stack_variant("stacked_model", use_metadata=False, **variant)
