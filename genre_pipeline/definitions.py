@@ -18,6 +18,15 @@ defs = dg.Definitions(
     ),
     asset_checks=dg.load_asset_checks_from_modules([ingestion, dataset, embeddings, monitoring, models, predictions]),
     schedules=[tmdb_refresh_schedule],
+    # Declarative automation carries a refresh downstream: on from the start, so that turning on the
+    # schedule (off until a user does) is all a daily refresh needs.
+    sensors=[
+        dg.AutomationConditionSensorDefinition(
+            "default_automation_condition_sensor",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        )
+    ],
     resources=build_resources(settings.configured_source()),
     # In the run's process by default; on workers where the deployment says so (defs/execution.py).
     executor=build_executor(),

@@ -25,7 +25,7 @@ def test_definitions_load():
     assert {"baseline_model", "stacked_model", "model_comparison", "champion_model"} <= keys
     assert {"champion_on_new_movies", "retraining_decision"} <= keys
     checks = {key.name for key in graph.asset_check_keys}
-    assert len(checks) == 14 and "challenger_at_least_as_good" in checks
+    assert len(checks) == 14 and "challenger_beats_champion" in checks
     assert {name for name in checks if name.startswith("drift_")} == {
         "drift_genre_rate_shift",
         "drift_text_length_ks",
@@ -35,6 +35,10 @@ def test_definitions_load():
         "drift_predicted_rate_shift",
     }
     assert defs.resolve_schedule_def("tmdb_refresh_schedule")
+    # As README says: the schedule waits for a user to turn it on, the automation that follows it is on.
+    assert defs.resolve_schedule_def("tmdb_refresh_schedule").default_status == dg.DefaultScheduleStatus.STOPPED
+    sensor = defs.resolve_sensor_def("default_automation_condition_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert graph.get(dg.AssetKey("movie_details")).automation_condition is not None
     # What lets one `dagster asset materialize --select '*' --partition-range` build the whole graph.
     assert {graph.get(key).backfill_policy for key in graph.get_all_asset_keys()} == {dg.BackfillPolicy.single_run()}

@@ -3,9 +3,11 @@ comparison of the best candidate with the champion, and the champion.
 
 Every training asset logs one MLflow run with a deployable pyfunc model (the image-only model
 excepted: it cannot predict without a poster). They retrain when retraining_decision says it pays, not
-on every refreshed movie. model_comparison registers the best candidate on validation as
+on every refreshed movie; a model whose data, config, setup and training code are those of its last
+training is reused ("reused" in its metadata, no new MLflow run) unless the training resource says
+retrain. model_comparison registers the best candidate on validation as
 genre-classifier@challenger with its and the champion's figures on the same movies; the blocking check
-challenger_at_least_as_good and champion_model decide whether @champion moves. The assets only wire:
+challenger_beats_champion and champion_model decide whether @champion moves. The assets only wire:
 config in, one call into ``genre_pipeline.training`` or ``genre_pipeline.models``, metadata out.
 """
 
@@ -32,6 +34,16 @@ from genre_pipeline.models import metrics, promotion, registry
 from genre_pipeline.training import runs
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, StackConfig, TrainingConfig
 
+# What a model's metadata says of its temporal evaluation besides the figures: which years, how many
+# movies, which genres had none, or why it was not measured.
+TEMPORAL_DESCRIPTION = (
+    "temporal_test_years",
+    "temporal_test_movies",
+    "temporal_test_genres_without_positive",
+    "temporal_test_not_measured",
+)
+# The report's figures beside the test split's: the temporal split's, the stack's variants'.
+EXTRA_FIGURES = ("temporal_", "test_macro_f1_", "validation_macro_f1_")
 MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model", "stacked_model")
 WHEN_RETRAINING_PAYS = when_dep_data_changes(retraining_decision.key.to_user_string(), "when_retraining_pays")
 
@@ -52,33 +64,38 @@ def _mlflow_run_url(experiment_id: str, run_id: str) -> dg.MetadataValue:
 
 
 def _model_result(trained: runs.TrainedModel, **more) -> dg.MaterializeResult:
-    """A trained model's asset metadata: its MLflow run, test figures, per-genre table and plots."""
-    outcome, report, files = trained.outcome, trained.report, trained.files
-    summary = outcome.test["summary"]
-    per_genre = outcome.test["per_genre"][["genre", "support", "predicted", "precision", "recall", "f1", "roc_auc"]]
+    """A trained model's asset metadata, from its report: its MLflow run, test figures, per-genre table
+    and plots, and whether it was reused. Its data version is its MLflow run: a reused model's does not
+    change, so nothing downstream reruns for it."""
+    report, files = trained.report, trained.files
+    summary = report["test"]
+    per_genre = trained.per_genre[["genre", "support", "predicted", "precision", "recall", "f1", "roc_auc"]]
     plots = markdown_images({"F1 per genre (test)": files["f1_per_genre"], "ROC per genre (test)": files["roc_curves"]})
+    figures = {k: v for k, v in report.items() if k.startswith(EXTRA_FIGURES) and isinstance(v, float)}
     return dg.MaterializeResult(
         metadata={
+            "reused": trained.reused or "no: trained now",
             "mlflow_run_id": report["run_id"],
             "mlflow_run": _mlflow_run_url(report["experiment_id"], report["run_id"]),
             "label_set": trained.label_set,
-            registry.VALIDATION_METRIC: round(outcome.validation_macro_f1, 4),
-            **{f"test_{k}": round(v, 4) for k, v in summary.items() if k != "n_movies"},
+            registry.VALIDATION_METRIC: round(report["validation_macro_f1"], 4),
+            **{f"test_{k}": round(v, 4) for k, v in summary.items() if isinstance(v, float)},
             "test_movies": summary["n_movies"],
-            "test_top3_rule_macro_f1": round(outcome.test_top3_rule["summary"]["macro_f1"], 4),
+            "test_top3_rule_macro_f1": round(report["test_top3_rule"]["macro_f1"], 4),
             # A subset figure that does not apply (the poster model has no movie without a poster) is left out.
             **{
                 f"test_{s}_macro_f1": round(v["macro_f1"], 4)
-                for s, v in outcome.test_subsets.items()
+                for s, v in report["test_subsets"].items()
                 if not math.isnan(v["macro_f1"])
             },
-            **{k: round(v, 4) for k, v in outcome.extra.items() if isinstance(v, float)},
-            **{k: outcome.extra[k] for k in ("temporal_test_years", "temporal_test_movies") if k in outcome.extra},
-            "best_epoch": outcome.best_epoch or 0,
+            **{k: round(v, 4) for k, v in figures.items()},
+            **{k: report[k] for k in TEMPORAL_DESCRIPTION if k in report},
+            **({"best_epoch": report["best_epoch"]} if report.get("best_epoch") else {}),
             "per_genre": markdown_table(per_genre, None),
             "plots": plots,
             **more,
-        }
+        },
+        data_version=dg.DataVersion(report["run_id"]),
     )
 
 
@@ -150,9 +167,11 @@ def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.
                 _epoch_logger(context),
             )
         )
-        if kind == "fusion":
-            scores = trained.outcome.extra["fusion_validation_macro_f1"]
-            context.log.info(f"fusion heads on validation: {scores}; kept {trained.outcome.kind}")
+        if trained.reused:
+            context.log.info(f"reused: {trained.reused}")
+        elif kind == "fusion":
+            scores = trained.report["fusion_validation_macro_f1"]
+            context.log.info(f"fusion heads on validation: {scores}; kept {trained.report['kind']}")
         return _model_result(trained)
 
     return head_model
@@ -201,7 +220,7 @@ def stacked_model(
         _run_tags(context),
         progress=context.log.info,
     )
-    members = pd.DataFrame([{"member": name, **scores} for name, scores in trained.outcome.extra["members"].items()])
+    members = pd.DataFrame([{"member": name, **scores} for name, scores in trained.report["members"].items()])
     return _model_result(trained, members=markdown_table(members, None))
 
 
@@ -217,7 +236,7 @@ def model_comparison(
     """Every model's test metrics side by side; the candidate with the best validation macro-F1 and the
     current genre-classifier@champion both scored now on the current validation split (and on the test
     split's movies the champion never saw); the candidate registered as @challenger with both figures.
-    Whether it becomes the champion is the blocking check challenger_at_least_as_good's verdict."""
+    Whether it becomes the champion is the blocking check challenger_beats_champion's verdict."""
     store = storage.store
     reports = {name: json.loads(store.model_report_file(name).read_text()) for name in MODEL_ASSETS}
     rows = []
@@ -282,16 +301,19 @@ def model_comparison(
 @dg.asset_check(
     asset=model_comparison,
     blocking=True,
-    description="The challenger scored at least the champion's macro-F1 plus the margin, both measured now on "
-    "the same validation movies: only then may champion_model move @champion.",
+    description="The challenger scored more than the champion's macro-F1 plus the margin, both measured now on "
+    "the same validation movies. A challenger that lost is a warning (the champion is kept, champion_model and "
+    "the predictions run); a comparison with a champion that has moved since is an error that stops the run.",
 )
-def challenger_at_least_as_good(storage: StorageResource, training: TrainingResource) -> dg.AssetCheckResult:
+def challenger_beats_champion(storage: StorageResource, training: TrainingResource) -> dg.AssetCheckResult:
     registry.use_store(training.tracking_uri_for(storage.store))
-    challenger, passed, decision = promotion.challenger_verdict(MlflowClient())
+    verdict = promotion.challenger_verdict(MlflowClient())
+    challenger = verdict.challenger
     return dg.AssetCheckResult(
-        passed=passed,
-        description=decision,
-        metadata={"challenger": f"v{challenger['version']}" if challenger else "none", "decision": decision},
+        passed=verdict.promote or challenger is None,
+        severity=dg.AssetCheckSeverity.ERROR if verdict.failure else dg.AssetCheckSeverity.WARN,
+        description=verdict.decision,
+        metadata={"challenger": f"v{challenger['version']}" if challenger else "none", "decision": verdict.decision},
     )
 
 
@@ -303,7 +325,8 @@ def challenger_at_least_as_good(storage: StorageResource, training: TrainingReso
 )
 def champion_model(storage: StorageResource, training: TrainingResource) -> dg.MaterializeResult:
     """genre-classifier@champion, the model `genre-pipeline serve`, `predict` and genre_predictions use:
-    moved to the challenger only when the promotion rule allows it (the check before it says so too)."""
+    moved to the challenger only when the promotion rule allows it (the check before it says so too).
+    A kept champion is a success: "kept vN" with both figures; @challenger is removed either way."""
     registry.use_store(training.tracking_uri_for(storage.store))
     client = MlflowClient()
     promoted, decision = promotion.promote_challenger(client)
@@ -311,8 +334,10 @@ def champion_model(storage: StorageResource, training: TrainingResource) -> dg.M
     if champion is None:
         raise dg.Failure(f"no {registry.REGISTERED_MODEL}@{registry.CHAMPION_ALIAS}: {decision}", allow_retries=False)
     run = client.get_run(champion["run_id"])
+    outcome = "promoted" if promoted else "kept"
     return dg.MaterializeResult(
         metadata={
+            "outcome": f"{outcome} v{champion['version']}",
             "champion": f"{registry.REGISTERED_MODEL} v{champion['version']} ({champion['tags'].get('model')})",
             "champion_version": int(champion["version"]),
             "promoted": promoted,

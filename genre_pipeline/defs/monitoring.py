@@ -16,7 +16,7 @@ from genre_pipeline.monitoring import champion as champion_watch
 from genre_pipeline.monitoring import retraining
 from genre_pipeline.monitoring.drift import DriftThresholds
 from genre_pipeline.store import content_fingerprint
-from genre_pipeline.training.runs import training_code_fingerprint
+from genre_pipeline.training.fingerprint import training_code_fingerprint
 
 DRIFT_FIGURES = tuple(name for name in DriftThresholds.__dataclass_fields__ if name != "min_new_movies")
 
@@ -64,7 +64,13 @@ def champion_on_new_movies(
     )
     store.write_json(store.prequential_file, watch.record())
     name = f"{registry.REGISTERED_MODEL} v{champion['version']} ({predictor.info['model']})"
-    metadata = {"champion": name, "champion_version": int(champion["version"]), "new_movies": len(watch.new_ids)}
+    metadata = {
+        "champion": name,
+        "champion_version": int(champion["version"]),
+        # This asset runs before any model trains on the new movies, so before champion_model.
+        "scored": "the champion serving when this ran, before this run's promotion (if any)",
+        "new_movies": len(watch.new_ids),
+    }
     if watch.score is not None:
         summary = watch.score.summary()
         metadata |= {

@@ -13,7 +13,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from genre_pipeline.dataset.labels import OTHERS
-from genre_pipeline.models import registry, scoring
+from genre_pipeline.models import metrics, registry, scoring
 from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.options import described
 from genre_pipeline.store import DataStore
@@ -24,7 +24,7 @@ class PromotionRules:
     """When a candidate replaces the champion; model_comparison's run config is made from these fields."""
 
     margin: float = described(
-        0.0, "The candidate must score at least the champion's validation macro-F1 plus this, both measured now."
+        0.0, "The candidate must score more than the champion's validation macro-F1 plus this, both measured now."
     )
 
 
@@ -95,9 +95,10 @@ class Comparison:
                 f"{self.champion_name()} predicts other classes than the current label set, so it cannot be "
                 f"scored on {self.data}; candidate {self.candidate} {self.candidate_f1:.4f} replaces it{inputs}"
             )
-        if self.candidate_f1 >= self.champion_f1 + self.margin:
+        # Strictly better: a tie keeps the serving model (the same figures would only churn the registry).
+        if self.candidate_f1 > self.champion_f1 + self.margin:
             return True, f"candidate wins: {self.figures()} (margin {self.margin:g}){inputs}"
-        return False, f"champion kept: {self.figures()}; the candidate needs at least champion + {self.margin:g}"
+        return False, f"champion kept: {self.figures()}; the candidate needs more than champion + {self.margin:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +124,9 @@ def challenge_champion(store: DataStore, name: str, report: dict, label_set: str
     before = registry.current_champion(client)
     if before is not None and before["run_id"] == report["run_id"]:
         return Challenge(None, None, f"champion v{before['version']} ({name}) is this run's model already: kept")
+    compared = _compared_already(client, report["run_id"], before)
+    if compared is not None:
+        return compared
     validation = scoring.split_movies(store, label_set, "validation")
     data = validation.describe("validation")
     candidate = GenrePredictor.from_model_uri(report["model_uri"])
@@ -173,6 +177,18 @@ def challenge_champion(store: DataStore, name: str, report: dict, label_set: str
     return Challenge(comparison, str(version.version), decision)
 
 
+def _compared_already(client: MlflowClient, run_id: str, champion: dict | None) -> Challenge | None:
+    """The challenge of a version of the same run already compared with the same champion (a rerun with
+    unchanged models): its verdict stands and nothing is registered again."""
+    held = str(champion["version"]) if champion else None
+    for version in client.search_model_versions(f"name='{registry.REGISTERED_MODEL}' and run_id='{run_id}'"):
+        comparison = Comparison.from_tags(dict(version.tags))
+        if comparison is not None and comparison.champion_version == held:
+            decision = dict(version.tags).get("decision", comparison.verdict()[1])
+            return Challenge(None, None, f"v{version.version} of this run was compared already: {decision}")
+    return None
+
+
 def _shared_classes(candidate: GenrePredictor, champion: GenrePredictor) -> tuple[list[str], str]:
     """The genres both predict, and "" when they predict the same ones or else what changed. Others is
     left out when the genres differ: it then stands for different genres in each."""
@@ -198,6 +214,9 @@ def _on_new_test_movies(store: DataStore, label_set: str, classes: list[str], ca
     movies = scoring.in_classes(store, fresh, classes)
     if len(movies.ids) == 0:
         return {}
+    too_few = metrics.not_measured(len(movies.ids))
+    if too_few:  # a handful of movies would decide the figure: recorded as not measured
+        return dict(new_movies=f"the test split's movies newer than the champion's data: {too_few}")
     return dict(
         new_movies=f"the test split's {len(movies.ids):,} movies newer than the champion's data",
         candidate_new_f1=scoring.macro_f1_on(candidate, movies),
@@ -205,42 +224,53 @@ def _on_new_test_movies(store: DataStore, label_set: str, classes: list[str], ca
     )
 
 
-def challenger_verdict(client: MlflowClient) -> tuple[dict | None, bool, str]:
-    """The challenger (current_champion's answer for @challenger, None when there is none), whether it
-    may become the champion, and why. It may not when the champion moved since it was compared."""
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What the promotion rule says of the challenger. ``promote`` False with ``failure`` False is a kept
+    champion, an outcome; ``failure`` is a comparison that cannot be trusted (the champion moved since)."""
+
+    challenger: dict | None  # current_champion's answer for @challenger; None when there is none
+    promote: bool
+    decision: str
+    failure: bool = False
+
+
+def challenger_verdict(client: MlflowClient) -> Verdict:
+    """The promotion rule applied to the challenger: it may not become the champion when it lost, nor
+    when the champion moved since it was compared (a failure: compare again)."""
     challenger = registry.current_champion(client, registry.CHALLENGER_ALIAS)
     if challenger is None:
-        return None, True, "no challenger: nothing to promote"
+        return Verdict(None, False, "no challenger: nothing to promote")
     comparison = Comparison.from_tags(challenger["tags"])
     if comparison is None:
-        return challenger, False, f"challenger v{challenger['version']} carries no comparison: compare it again"
+        return Verdict(challenger, False, f"challenger v{challenger['version']} carries no comparison", failure=True)
     champion = registry.current_champion(client)
     now = str(champion["version"]) if champion else None
     if now != comparison.champion_version:
-        return (
+        return Verdict(
             challenger,
             False,
-            (
-                f"challenger v{challenger['version']} was compared with champion v{comparison.champion_version}, "
-                f"but the champion is v{now} now: compare again"
-            ),
+            f"challenger v{challenger['version']} was compared with champion v{comparison.champion_version}, "
+            f"but the champion is v{now} now: compare again",
+            failure=True,
         )
     passed, decision = comparison.verdict()
-    return challenger, passed, f"challenger v{challenger['version']}: {decision}"
+    return Verdict(challenger, passed, f"challenger v{challenger['version']}: {decision}")
 
 
 def promote_challenger(client: MlflowClient) -> tuple[bool, str]:
     """Move @champion to the challenger when its verdict allows it; the challenger alias is removed
-    either way, and the decision is kept as a tag of its version. Returns whether it moved, and why."""
-    challenger, passed, decision = challenger_verdict(client)
-    if challenger is None:
+    either way, and the decision is kept as tags of its version (``promoted`` true or false). Returns
+    whether it moved, and why."""
+    verdict = challenger_verdict(client)
+    if verdict.challenger is None:
         champion = registry.current_champion(client)
         held = f"v{champion['version']} ({champion['tags'].get('model')})" if champion else "none"
-        return False, f"champion {held} kept: {decision}"
-    version = str(challenger["version"])
-    client.set_model_version_tag(registry.REGISTERED_MODEL, version, "promoted", str(passed).lower())
-    client.set_model_version_tag(registry.REGISTERED_MODEL, version, "decision", decision)
-    if passed:
+        return False, f"champion {held} kept: {verdict.decision}"
+    version = str(verdict.challenger["version"])
+    client.set_model_version_tag(registry.REGISTERED_MODEL, version, "promoted", str(verdict.promote).lower())
+    client.set_model_version_tag(registry.REGISTERED_MODEL, version, "decision", verdict.decision)
+    if verdict.promote:
         client.set_registered_model_alias(registry.REGISTERED_MODEL, registry.CHAMPION_ALIAS, version)
     client.delete_registered_model_alias(registry.REGISTERED_MODEL, registry.CHALLENGER_ALIAS)
-    return passed, decision
+    return verdict.promote, verdict.decision

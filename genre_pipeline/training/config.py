@@ -82,6 +82,8 @@ class ModelSetup:
     tracking_uri: str
     experiment: str
     temporal_test_years: int = 2  # 0: no temporal evaluation
+    temporal_min_movies: int = 100  # fewer scorable movies on either side: the temporal figure is not measured
+    retrain: bool = False  # train even when the data, config and code are those of the model trained last
 
     def head_encoders(self, kind: str) -> tuple[EncoderRef | None, EncoderRef | None]:
         """The encoders a head of this kind reads: the first text encoder unless it is the image head,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import subprocess
 import tempfile
@@ -14,15 +13,19 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
+from genre_pipeline.files import atomic_write_bytes
 from genre_pipeline.models import movie
 from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.encoders import save_runtimes
 from genre_pipeline.models.pyfunc import ARTIFACT_KEY, PYFUNC_ENTRY
 from genre_pipeline.models.registry import TRAINING_MOVIES_ARTIFACT, VALIDATION_METRIC, use_tracking
-from genre_pipeline.store import DataStore
+from genre_pipeline.store import DataStore, content_fingerprint
 from genre_pipeline.training import data as training_data
-from genre_pipeline.training import finetune, stack, trainers
+from genre_pipeline.training import finetune, fingerprint, stack, trainers
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, ModelSetup, StackConfig, TrainingConfig
 from genre_pipeline.training.data import TrainingData
 from genre_pipeline.training.evaluation import ModelOutcome
@@ -68,17 +71,6 @@ def code_version() -> str:
         return metadata.version("genre_pipeline")
 
 
-def training_code_fingerprint() -> str:
-    """A hash of the model and training code's sources: it changes when what trains a model changes,
-    not with every commit."""
-    package = Path(__file__).resolve().parents[1]
-    sources = sorted([*(package / "models").rglob("*.py"), *(package / "training").rglob("*.py")])
-    digest = hashlib.sha256()
-    for path in sources:
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def pip_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in _PINNED]
 
@@ -99,7 +91,8 @@ def log_history(history: list[dict], prefix: str = "") -> None:
 
 
 def log_test_metrics(summary: dict, prefix: str = "test_") -> None:
-    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in summary.items() if v == v})  # drop NaN
+    numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v == v}  # drop NaN and lists
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in numbers.items()})
 
 
 def log_classifier(classifier: GenreClassifier, fine_tuned=None, name: str = "model"):
@@ -131,6 +124,7 @@ def log_training_run(
     experiment: str,
     artifact_root: Path,
     tags: dict,
+    training_key: str = "",
 ) -> tuple[dict, dict[str, Path]]:
     """One MLflow run for a trained model: params, per-epoch history, test metrics, the report files
     and, for a deployable model, the pyfunc model. Returns the report with the run's ids, and the
@@ -152,40 +146,98 @@ def log_training_run(
         )
         model_info = log_classifier(outcome.classifier, outcome.fine_tuned) if outcome.classifier else None
     report = json.loads(paths["report"].read_text())
+    # The training key goes in last: a report without it (a run killed while logging) is never reused.
     report.update(
         model_uri=model_info.model_uri if model_info else None,
         experiment_id=experiment_id,
         tracking_uri=tracking_uri,
+        training_key=training_key,
     )
-    paths["report"].write_text(json.dumps(report, indent=2, default=float))
+    atomic_write_bytes(paths["report"], json.dumps(report, indent=2, default=float).encode())
     return report, paths
+
+
+# The files of a model's report folder that are not figures of the report itself.
+_REPORT_FILES = {"report": "report.json", "per_genre": "per_genre.csv"}
 
 
 @dataclasses.dataclass
 class TrainedModel:
-    outcome: ModelOutcome
-    report: dict  # report.json, with the MLflow run's ids and the model's URI
-    files: dict[str, Path]  # the report's files by name
+    report: dict  # report.json, with the MLflow run's ids, the model's URI and its training key
+    files: dict[str, Path]  # the report's files by name (plots by their file's stem)
     label_set: str
+    reused: str = ""  # why no training ran ("" when it trained now)
+
+    @property
+    def per_genre(self) -> pd.DataFrame:
+        return pd.read_csv(self.files["per_genre"])
+
+
+def _training_key(name: str, data: TrainingData, setup: ModelSetup, config: dict) -> str:
+    """What decides ``name``'s trained model: its data, configuration, setup (the device aside: a CPU and
+    a GPU worker train the same model) and the code that trains it."""
+    params = {k: v for k, v in setup.run_params().items() if k != "device"}
+    temporal = {"years": setup.temporal_test_years, "min_movies": setup.temporal_min_movies}
+    return content_fingerprint(
+        {
+            "data": fingerprint.data_fingerprint(data),
+            "config": config,
+            "setup": params,
+            "temporal": temporal,
+            "fine_tune": setup.fine_tune,
+            "code": fingerprint.model_code_fingerprint(name),
+        }
+    )
+
+
+def reusable(store: DataStore, name: str, key: str, tracking_uri: str, label_set: str) -> TrainedModel | None:
+    """The model trained last, when it was trained from ``key`` and its MLflow run (with its model) is in
+    the tracking store; else None."""
+    folder = store.model_dir(name)
+    report_file = folder / _REPORT_FILES["report"]
+    try:
+        report = json.loads(report_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("training_key") != key:
+        return None
+    try:
+        run = MlflowClient(tracking_uri).get_run(report["run_id"])
+    except MlflowException:
+        return None  # another tracking store, or the run was deleted
+    if run.info.status != "FINISHED" or run.info.lifecycle_stage != "active":
+        return None
+    files = {path.stem: path for path in folder.iterdir() if path.is_file()}
+    files |= {name: folder / file for name, file in _REPORT_FILES.items()}
+    return TrainedModel(report, files, label_set, reused=f"unchanged inputs: MLflow run {report['run_id']}")
 
 
 def _train_and_log(
     store: DataStore,
     setup: ModelSetup,
+    name: str,
     train,
     *,
     text: bool,
     image: bool,
     config: dict,
     tags: dict,
+    posters_only: bool = False,
 ) -> TrainedModel:
     """Load the training data (with the cached embeddings of the modalities asked for), ``train(data)``
-    into a ModelOutcome, and log it as one MLflow run with its report files."""
-    data, fingerprint = training_data.load(
+    into a ModelOutcome, and log it as one MLflow run with its report files. When the data, config,
+    setup and training code are those of the model trained last (and ``setup.retrain`` is False), that
+    model is returned instead, untrained and unlogged."""
+    data, fingerprint_of_labels = training_data.load(
         store, setup.label_set, list(setup.text_encoders) if text else [], [setup.image_encoder] if image else []
     )
+    key = _training_key(name, data, setup, config)
+    if not setup.retrain:
+        previous = reusable(store, name, key, setup.tracking_uri, setup.label_set)
+        if previous is not None:
+            return previous
     outcome = train(data)
-    outcome.extra |= temporal_figures(data, train, setup.temporal_test_years)
+    outcome.extra |= temporal_figures(data, train, setup, posters_only=posters_only)
     params = {
         **config,
         **setup.run_params(),
@@ -193,7 +245,8 @@ def _train_and_log(
         "kind": outcome.kind,
         "labels": data.classes,
         "fine_tuned_encoders": ",".join(finetune.modalities(outcome.fine_tuned)),
-        "data_fingerprint": fingerprint,
+        "data_fingerprint": fingerprint_of_labels,
+        "training_key": key,
         "code_version": code_version(),
         "n_train": int(data.rows("train").sum()),
     }
@@ -206,25 +259,33 @@ def _train_and_log(
         experiment=setup.experiment,
         artifact_root=store.mlflow_artifacts_dir,
         tags=tags,
+        training_key=key,
     )
-    return TrainedModel(outcome, report, files, setup.label_set)
+    return TrainedModel(report, files, setup.label_set)
 
 
-def temporal_figures(data: TrainingData, train, recent_years: int) -> dict:
+def temporal_figures(data: TrainingData, train, setup: ModelSetup, *, posters_only: bool) -> dict:
     """What to expect on new movies: the same training on the movies released before the newest
-    ``recent_years`` years, scored on those years, beside the random split's figure (which, with movies
-    of every year in train, flatters)."""
-    split = training_data.temporal_split(data, recent_years)
+    ``setup.temporal_test_years`` years, scored on those of these years the model can score (with a
+    poster for ``posters_only``), beside the random split's figure (which, with movies of every year in
+    train, flatters). Too few movies on either side: "not measured" with the reason, never an error."""
+    split = training_data.temporal_split(
+        data, setup.temporal_test_years, posters_only=posters_only, min_movies=setup.temporal_min_movies
+    )
     if split is None:
         return {}
-    temporal, years = split
-    summary = train(temporal).test["summary"]
-    return {
-        "temporal_test_years": years,
+    if split.data is None:
+        return {"temporal_test_years": split.years, "temporal_test_not_measured": split.reason}
+    summary = train(split.data).test["summary"]
+    figures = {
+        "temporal_test_years": split.years,
         "temporal_test_movies": summary["n_movies"],
         "temporal_test_macro_f1": summary["macro_f1"],
         "temporal_test_micro_f1": summary["micro_f1"],
     }
+    if summary["genres_without_positive"]:
+        figures["temporal_test_genres_without_positive"] = ", ".join(summary["genres_without_positive"])
+    return figures
 
 
 def baseline_model(store: DataStore, setup: ModelSetup, config: BaselineConfig, tags: dict) -> TrainedModel:
@@ -232,6 +293,7 @@ def baseline_model(store: DataStore, setup: ModelSetup, config: BaselineConfig, 
     return _train_and_log(
         store,
         setup,
+        "baseline_model",
         lambda data: trainers.train_baseline(data, config),
         text=False,
         image=False,
@@ -255,9 +317,11 @@ def head_model(
     return _train_and_log(
         store,
         setup,
+        name,
         lambda data: trainers.train_head_model(name, kind, data, setup, head, fine_tuning, on_epoch),
         text=kind != "image" and not setup.fine_tune,
         image=kind != "text" and not setup.fine_tune,
+        posters_only=kind == "image",
         config={**dataclasses.asdict(head), "fine_tuning": dataclasses.asdict(fine_tuning)},
         tags=tags,
     )
@@ -270,6 +334,7 @@ def stacked_model(
     return _train_and_log(
         store,
         setup,
+        "stacked_model",
         lambda data: stack.train_stack(
             data, heads, config, list(setup.text_encoders), setup.image_encoder, progress=progress
         ),
