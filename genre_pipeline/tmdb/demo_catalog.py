@@ -17,10 +17,27 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from genre_pipeline.files import atomic_write_bytes
 
-CATALOG_VERSION = "2"
+CATALOG_VERSION = "3"
 DEMO_LABEL = "demo catalog (synthetic data)"
 FIRST_YEAR, LAST_YEAR = 2015, 2024
 DEFAULT_MOVIES = 360
+
+# Like the real snapshot, the newest release years have few posters and taglines (TMDb's data sets
+# were gathered before those movies had them): a model or evaluation that needs a poster meets years
+# without one here first, not on real data.
+POSTER_SHARE = {2021: 0.6, 2022: 0.3, 2023: 0.05, 2024: 0.0}  # other years: 0.95
+TAGLINE_SHARE = {2021: 0.2, 2022: 0.1, 2023: 0.0, 2024: 0.0}  # other years: 0.5
+# Non-English movies: most described in English, some in their own language with no genre word a
+# model trained on English reads.
+LANGUAGES = {"fr": 0.04, "es": 0.04, "ja": 0.03, "ko": 0.02, "de": 0.02}
+OWN_LANGUAGE_SHARE = 0.3
+OWN_LANGUAGE_OVERVIEWS = {
+    "fr": "Une histoire inoubliable, entre les souvenirs d'une famille et les secrets de {title}.",
+    "es": "Una historia inolvidable sobre los recuerdos de una familia y los secretos de {title}.",
+    "ja": "ある家族の記憶と「{title}」の秘密をめぐる、忘れられない物語。",
+    "ko": "한 가족의 기억과 {title}의 비밀을 둘러싼 잊을 수 없는 이야기.",
+    "de": "Eine unvergessliche Geschichte über die Erinnerungen einer Familie und die Geheimnisse von {title}.",
+}
 
 # TMDb's own genre list (GET /3/genre/movie/list).
 TMDB_GENRES = [
@@ -278,6 +295,15 @@ def _pick_genres(rng: random.Random) -> list[int]:
     return [primary] + companions
 
 
+def _language(rng: random.Random) -> str:
+    draw, total = rng.random(), 0.0
+    for language, share in LANGUAGES.items():
+        total += share
+        if draw < total:
+            return language
+    return "en"
+
+
 def _overview(rng: random.Random, genres: list[int]) -> str:
     phrases = [rng.choice(WORDS[g]) for g in genres for _ in range(2 if g == genres[0] else 1)]
     rng.shuffle(phrases)
@@ -323,16 +349,20 @@ def generate(root: Path | str, *, n_movies: int = DEFAULT_MOVIES, seed: int = 7)
         genres = _pick_genres(rng)
         year = FIRST_YEAR + index % (LAST_YEAR - FIRST_YEAR + 1)
         title = f"{rng.choice(TITLE_WORDS)} of the {rng.choice(TITLE_WORDS)} {rng.choice(TITLE_WORDS)}"
-        has_poster = rng.random() < 0.85
+        has_poster = rng.random() < POSTER_SHARE.get(year, 0.95)
+        language = _language(rng)
+        overview = _overview(rng, genres)
+        if language != "en" and rng.random() < OWN_LANGUAGE_SHARE:
+            overview = OWN_LANGUAGE_OVERVIEWS[language].format(title=title)
         movie = {
             "id": movie_id,
             "title": title,
             "original_title": title,
-            "overview": _overview(rng, genres),
-            "tagline": TAGLINES[genres[0]] if rng.random() < 0.6 else None,
+            "overview": overview,
+            "tagline": TAGLINES[genres[0]] if rng.random() < TAGLINE_SHARE.get(year, 0.5) else None,
             "genres": [{"id": g, "name": GENRE_NAMES[g]} for g in genres],
             "release_date": f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-            "original_language": "en",
+            "original_language": language,
             "popularity": round(rng.uniform(1, 100), 3),
             "vote_average": round(rng.uniform(3, 9), 1),
             "vote_count": rng.randint(0, 5000),
