@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from genre_pipeline.tmdb.replay import serve_snapshot
-from genre_pipeline.tmdb.snapshot import SnapshotLayoutError, load_snapshot, normalize_release_date
+from genre_pipeline.tmdb.snapshot import SnapshotLayoutError, load_snapshot, normalize_release_date, write_slice
 
 from .conftest import API_KEY, TOKEN
 
@@ -119,3 +119,18 @@ def test_a_folder_in_the_wrong_layout_is_refused(tmp_path):
     (tmp_path / "movies.jsonl").write_text("{}\n")
     with pytest.raises(SnapshotLayoutError, match="genres.json"):
         load_snapshot(tmp_path)
+
+
+def test_a_slice_of_a_snapshot_keeps_its_layout_its_newest_years_and_their_posters(demo_dir, tmp_path):
+    """The real-data gate's slice, on the demo catalog: the sample holds the share of the newest years it
+    was asked for, every poster its movies name, the genre list and configuration, and lines unchanged."""
+    target = write_slice(demo_dir, tmp_path / "slice", movies=60, recent_years=2, recent_share=0.25, seed=3)
+    source, sliced = load_snapshot(demo_dir), load_snapshot(target)
+    assert len(sliced.movies) == 60 and set(sliced.movies) <= set(source.movies)
+    recent = [m for m in sliced.movies.values() if int(m["release_date"][:4]) >= 2023]
+    assert len(recent) == 15
+    posters = {m["poster_path"].lstrip("/") for m in sliced.movies.values() if m.get("poster_path")}
+    assert posters and posters == {p.name for p in (target / "posters").iterdir()}
+    assert sliced.genres == source.genres and sliced.configuration == source.configuration
+    original = {json.loads(line)["id"]: line for line in (demo_dir / "movies.jsonl").read_text().splitlines()}
+    assert all(original[json.loads(line)["id"]] == line for line in (target / "movies.jsonl").read_text().splitlines())

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import random
 import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -164,3 +166,42 @@ def snapshot_years(root: Path | str, record_file: Path | str | None = None) -> t
     if record_file is not None:
         atomic_write_bytes(record_file, json.dumps({"of": fingerprint, "first": years[0], "last": years[-1]}).encode())
     return years[0], years[-1]
+
+
+def write_slice(
+    source: Path | str,
+    target: Path | str,
+    *,
+    movies: int,
+    recent_years: int = 4,
+    recent_share: float = 0.3,
+    seed: int = 0,
+) -> Path:
+    """A smaller snapshot folder at ``target``: ``movies`` movies of ``source`` with a release date, a
+    seeded sample in which the newest ``recent_years`` years hold ``recent_share`` of the movies (so that a
+    temporal evaluation and a refresh a year later have real movies to work on) and the older years the
+    rest; their posters, the genre list and the configuration as they are. Lines are copied unchanged."""
+    snapshot = load_snapshot(source)
+    newest = snapshot.years()[-1]
+    dated = sorted(snapshot.by_year().items())
+    recent = [m for year, group in dated if year > newest - recent_years for m in group]
+    older = [m for year, group in dated if year <= newest - recent_years for m in group]
+    rng = random.Random(seed)
+    n_recent = min(len(recent), round(movies * recent_share))
+    chosen = {m["id"] for m in rng.sample(recent, n_recent) + rng.sample(older, min(len(older), movies - n_recent))}
+    target = Path(target)
+    (target / "posters").mkdir(parents=True, exist_ok=True)
+    lines = []
+    with open(snapshot.root / "movies.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            movie_id = json.loads(line)["id"] if line.strip() else None
+            if movie_id not in chosen:
+                continue
+            lines.append(line if line.endswith("\n") else line + "\n")
+            poster = (snapshot.movies[movie_id].get("poster_path") or "").lstrip("/")
+            if poster and (snapshot.posters_dir / poster).is_file():
+                shutil.copyfile(snapshot.posters_dir / poster, target / "posters" / poster)
+    atomic_write_bytes(target / "movies.jsonl", "".join(lines).encode())
+    for name in ("genres.json", "configuration.json"):
+        shutil.copyfile(snapshot.root / name, target / name)
+    return target
