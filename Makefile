@@ -1,6 +1,7 @@
 # make run: set up and materialize every asset on the selected TMDb source (the demo catalog by default).
 # make test: set up and run the test suite.  make dev: the Dagster UI.  make mlflow: the MLflow UI.
 # make serve: the champion's HTTP API and web page on http://127.0.0.1:8000.
+# dev, mlflow and serve take another port as PORT=... (defaults 3000, 5000, 8000).
 # make cluster / cluster-down: a local scale-out deployment (PostgreSQL, Redis, Celery workers) under .cluster/.
 PYTHON ?= python3
 VENV := .venv
@@ -26,21 +27,26 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
+# The year range first, so that a bad GENRE_PIPELINE_YEARS stops here with its own message.
 run: setup
-	$(DAGSTER) --select '*' --partition-range "$$($(BIN)/genre-pipeline years)"
+	@years="$$($(BIN)/genre-pipeline years)" && $(DAGSTER) --select '*' --partition-range "$$years"
 
 test: setup
 	$(BIN)/python -m pytest
 
+# From DAGSTER_HOME, so that dagster dev finds no second dagster.yaml in its folder (it warns of one); the
+# data folder and a relative snapshot path stay the project's.
 dev: setup
-	$(BIN)/dagster dev -w workspace.yaml
+	@snapshot="$${GENRE_PIPELINE_SNAPSHOT:+$$(realpath "$$GENRE_PIPELINE_SNAPSHOT")}"; \
+	cd "$(DAGSTER_HOME)" && GENRE_PIPELINE_SNAPSHOT="$$snapshot" GENRE_PIPELINE_DATA="$${GENRE_PIPELINE_DATA:-$(CURDIR)/data}" \
+	  "$(CURDIR)/$(BIN)/dagster" dev -w "$(CURDIR)/workspace.yaml" --port $(or $(PORT),3000)
 
 mlflow: setup
-	@echo "training runs: http://127.0.0.1:5000/#/?workflowType=machine_learning (MLflow 3 opens on GenAI otherwise)"
-	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/genre-pipeline tracking-uri)" --host 127.0.0.1 --port 5000
+	@echo "training runs: http://127.0.0.1:$(or $(PORT),5000)/#/?workflowType=machine_learning (MLflow 3 opens on GenAI otherwise)"
+	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/genre-pipeline tracking-uri)" --host 127.0.0.1 --port $(or $(PORT),5000)
 
 serve: setup
-	$(BIN)/genre-pipeline serve --host 127.0.0.1 --port 8000
+	$(BIN)/genre-pipeline serve --host 127.0.0.1 --port $(or $(PORT),8000)
 
 cluster: setup
 	$(BIN)/genre-pipeline cluster up
