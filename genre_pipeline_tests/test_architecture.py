@@ -3,11 +3,12 @@ below it, only the Dagster wiring imports Dagster, and what serves the model (th
 predict and evaluate, the registry) imports no training code. The last tests break a copy of the tree
 on purpose and show that each rule then fails."""
 
-import ast
 import shutil
 from pathlib import Path
 
 import pytest
+
+from genre_pipeline.training.fingerprint import imported_modules
 
 PACKAGE = Path(__file__).resolve().parents[1] / "genre_pipeline"
 
@@ -45,18 +46,6 @@ def unit_of(module: str) -> str:
 def module_of(path: Path, package: Path) -> str:
     parts = path.relative_to(package).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, at the top or inside a function."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
 
 
 def project_imports(package: Path) -> dict[str, set[str]]:
