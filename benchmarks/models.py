@@ -147,6 +147,10 @@ def main() -> None:
             "macro_f1_top3_rule": round(report["test_top3_rule"]["macro_f1"], 4),
             "macro_f1_with_poster": report["test_subsets"].get("with_poster", {}).get("macro_f1"),
             "test_movies": report["n_test"],
+            # Trained before the newest years, scored on them; or why there is no such figure.
+            "temporal_years": report.get("temporal_test_years"),
+            "temporal_macro_f1": report.get("temporal_test_macro_f1") and round(report["temporal_test_macro_f1"], 4),
+            "temporal_not_measured": report.get("temporal_test_not_measured"),
         }
         print(name, results[name], flush=True)
     stack = json.loads(store.model_report_file("stacked_model").read_text())

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -106,6 +107,29 @@ def test_predict_lists_every_decided_genre_against_its_threshold_and_prints_noth
     assert "genre-classifier v" in lines[-1]
     # No progress bars, warnings or log lines: stderr is empty when nothing needs saying.
     assert result.stderr == ""
+
+
+FOOTER = re.compile(
+    r"predicted (with|without) a poster; model: \w+ \(\w+\), genre-classifier v\d+, label set (full|merged)"
+)
+
+
+def test_readmes_predict_example_is_what_the_command_prints(trained):
+    """README's first-hour example, run as printed. The session trains a smaller demo than `make run`
+    (120 movies, MiniLM), so its champion's figures differ from the printed ones: the lines that do not
+    depend on them must be the command's own, and the others must have the command's form."""
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"( *)```text\n *\$ \.venv/bin/genre-pipeline (predict [^\n]*)\n(.*?) *```", readme, re.S)
+    printed = [line.removeprefix(example[1]) for line in example[3].rstrip("\n").splitlines()]
+    lines = cli(shlex.split(example[2]), trained).stdout.splitlines()
+    assert printed[1:3] == lines[1:3]  # what a threshold means, and the table's header
+    rows = [ROW.match(line) for line in printed[3:-1]]
+    assert rows and all(rows)
+    assert printed[0] == "decided genres: " + ", ".join(r["genre"] for r in rows if r["decided"] == "yes")
+    for row in rows:
+        assert (row["rel"] == ">=") == (row["decided"] == "yes") == (float(row["p"]) >= float(row["t"]))
+    assert FOOTER.fullmatch(printed[-1]) and FOOTER.fullmatch(lines[-1])
+    assert FOOTER.fullmatch(printed[-1])[1] == FOOTER.fullmatch(lines[-1])[1]  # with or without a poster
 
 
 def test_predict_json_carries_every_note_and_the_decided_genres(trained, tmp_path):

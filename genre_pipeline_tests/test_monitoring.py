@@ -71,6 +71,7 @@ def test_drift_figures_stay_quiet_on_the_same_data_and_name_what_moved():
     few = drift.drift_figures(reference, sample(rng, 10, shift=3.0), None, classes, thresholds)
     assert not any(f.judged for f in few) and all(f.passed for f in few) and "not judged" in few[0].detail
     assert drift.drift_figures(reference, sample(rng, 0), None, classes, thresholds) == []
+    assert drift.drift_figures(sample(rng, 0), sample(rng, 40), None, classes, thresholds) == []  # no reference left
 
 
 def test_the_bootstrap_interval_holds_the_macro_f1_of_the_same_predictions():
@@ -81,6 +82,22 @@ def test_the_bootstrap_interval_holds_the_macro_f1_of_the_same_predictions():
     low, high = metrics.bootstrap_macro_f1(truth, decided, resamples=500)
     assert low < point < high and high - low < 0.15
     assert metrics.bootstrap_macro_f1(truth[:0], decided[:0]) != metrics.bootstrap_macro_f1(truth, decided)
+
+
+def test_macro_figures_average_the_genres_the_movies_have_and_name_the_others():
+    """A slice without a genre (the newest years without Documentary) measures the genres it has: a genre
+    with nothing to find would count as F1 0 against the model. Its false positives still count in micro."""
+    truth = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 0]])
+    decided = truth.copy()
+    decided[0, 2] = 1  # "c" predicted where no movie has it
+    summary = metrics.evaluate(truth, decided, decided.astype(float), ["a", "b", "c"])["summary"]
+    assert summary["macro_f1"] == 1.0 and summary["genres_without_positive"] == ["c"]
+    assert summary["micro_f1"] == pytest.approx(2 * 5 / (2 * 5 + 1))
+    with pytest.raises(ValueError, match="no movies to evaluate"):
+        metrics.evaluate(truth[:0], decided[:0], decided[:0].astype(float), ["a", "b", "c"])
+    assert metrics.not_measured(99) == "not measured: 99 movies to score, fewer than 100" and not metrics.not_measured(
+        100
+    )
 
 
 def comparison(**options):
@@ -104,8 +121,9 @@ def comparison(**options):
     ("options", "promoted", "said"),
     [
         ({}, False, "champion kept: validation macro-F1 on the current validation split (100 movies)"),
-        ({"candidate_f1": 0.62}, True, "candidate wins"),
-        ({"candidate_f1": 0.63, "margin": 0.02}, False, "needs at least champion + 0.02"),
+        ({"candidate_f1": 0.62}, False, "needs more than champion + 0"),  # a tie keeps the champion
+        ({"candidate_f1": 0.621}, True, "candidate wins"),
+        ({"candidate_f1": 0.63, "margin": 0.02}, False, "needs more than champion + 0.02"),
         ({"champion_version": None}, True, "there was no champion"),
         ({"champion_label_set": "merged"}, True, "label set changes from 'merged'"),
         ({"candidate_f1": 0.7, "inputs_change": "inputs change from text to text+poster"}, True, "text+poster"),

@@ -110,8 +110,9 @@ def drift_figures(
     thresholds: DriftThresholds,
 ) -> list[DriftFigure]:
     """Each drift figure of ``new`` against ``reference`` (the champion's training movies); none when
-    there is no new movie."""
-    if len(new.labels) == 0:
+    either side has no movie (no new movie; or none of the champion's training movies is left in the
+    data folder to compare with)."""
+    if len(new.labels) == 0 or len(reference.labels) == 0:
         return []
     enough = len(new.labels) >= max(thresholds.min_new_movies, 2)
     few = "" if enough else f" (only {len(new.labels)} new movies: not judged)"

@@ -86,11 +86,12 @@ def training_code_fingerprint() -> str:
 
 def data_fingerprint(data: TrainingData) -> str:
     """A hash of everything a model trains and is scored on: the movies, their splits, labels, texts,
-    titles, metadata, posters and cached embeddings."""
+    titles, metadata, poster files and cached embeddings."""
     digest = hashlib.sha256()
     for array in (data.ids, data.labels, data.has_poster):  # numbers: their bytes (not the split's pointers)
         digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(json.dumps([data.split.tolist(), data.classes, data.texts, data.titles]).encode())
+    posters = [path.name if path else None for path in data.poster_files]  # what fine-tuning reads
+    digest.update(json.dumps([data.split.tolist(), data.classes, data.texts, data.titles, posters]).encode())
     digest.update(pd.util.hash_pandas_object(data.metadata, index=False).to_numpy().tobytes())
     for features in (data.text_features, data.poster_features):
         for name in sorted(features):
