@@ -211,3 +211,12 @@ def test_no_champion_is_a_clear_error(tmp_path):
         timeout=300,
     )
     assert result.returncode == 2 and "no genre-classifier@champion" in result.stderr
+
+
+def test_a_refresh_without_dagster_home_says_what_to_set():
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    result = subprocess.run(
+        [sys.executable, "-m", "genre_pipeline.refresh"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "DAGSTER_HOME is not set: set it to the folder" in result.stderr
+    assert "Traceback" not in result.stderr
