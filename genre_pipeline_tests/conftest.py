@@ -98,6 +98,7 @@ DATASET_CHECKS = [
     dataset.poster_ok_rate,
     dataset.label_matrices_consistent,
     dataset.splits_disjoint_and_covering,
+    dataset.every_genre_in_every_split,
 ]
 
 

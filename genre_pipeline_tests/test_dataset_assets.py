@@ -6,11 +6,12 @@ import dagster as dg
 import pandas as pd
 from PIL import Image
 
+from genre_pipeline.defs import dataset
 from genre_pipeline.defs.resources import DataQualityResource
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import DataStore
 
-from .conftest import ASSETS, materialize_all, materialize_dataset, pipeline_resources
+from .conftest import ASSETS, DATASET_ASSETS, DATASET_CHECKS, materialize_all, materialize_dataset, pipeline_resources
 
 
 def checks_by_name(result):
@@ -27,9 +28,28 @@ def test_the_dataset_assets_materialize_and_their_checks_pass(catalog_copy, tmp_
     materialize_all(res, instance)
     result = materialize_dataset(res, instance)
     checks = checks_by_name(result)
-    assert len(checks) == 5 and all(c.passed for c in checks.values()), {n: c.metadata for n, c in checks.items()}
+    assert len(checks) == 6 and all(c.passed for c in checks.values()), {n: c.metadata for n, c in checks.items()}
 
     store = DataStore(tmp_path / "data" / "test")
+    # A genre without validation movies (as a refresh that newly labels a genre can leave it) only warns.
+    splits_frame, full = pd.read_parquet(store.splits_file), pd.read_parquet(store.labels_file("full"))
+    genre = full.columns[1]
+    emptied = splits_frame["id"].isin(full.loc[full[genre] == 1, "id"]) & (splits_frame["split"] == "validation")
+    store.write_table(store.splits_file, splits_frame.assign(split=splits_frame["split"].mask(emptied, "train")))
+    warned = checks_by_name(
+        dg.materialize(
+            ASSETS + DATASET_ASSETS + DATASET_CHECKS,
+            selection=dg.AssetSelection.checks_for_assets(dataset.dataset_splits),
+            resources=res,
+            instance=instance,
+        )
+    )
+    assert warned["splits_disjoint_and_covering"].passed
+    gap = warned["every_genre_in_every_split"]
+    assert not gap.passed and gap.severity == dg.AssetCheckSeverity.WARN
+    assert f"{genre} (validation)" in gap.metadata["missing"].value["full"]
+    store.write_table(store.splits_file, splits_frame)
+
     movies = pd.read_parquet(store.movies_clean_file)
     clean = metadata(result, "movies_clean")
     assert clean["rows_kept"] == len(movies) and clean["rows_in"] == len(store.read_details())

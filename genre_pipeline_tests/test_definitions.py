@@ -25,7 +25,7 @@ def test_definitions_load():
     assert {"baseline_model", "stacked_model", "model_comparison", "champion_model"} <= keys
     assert {"champion_on_new_movies", "retraining_decision"} <= keys
     checks = {key.name for key in graph.asset_check_keys}
-    assert len(checks) == 14 and "challenger_beats_champion" in checks
+    assert len(checks) == 15 and "challenger_beats_champion" in checks
     assert {name for name in checks if name.startswith("drift_")} == {
         "drift_genre_rate_shift",
         "drift_text_length_ks",

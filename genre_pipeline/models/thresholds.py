@@ -10,9 +10,12 @@ TOP3_RULE = {"k": 3, "minimum": 0.3}
 
 
 def tune_thresholds(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per genre, the threshold on the grid with the best F1 on these (validation) predictions."""
+    """Per genre, the threshold on the grid with the best F1 on these (validation) predictions; 0.5 for a
+    genre none of them has (every threshold scores F1 0 there, and the grid's lowest would be chosen)."""
     thresholds = np.full(labels.shape[1], 0.5)
     for j in range(labels.shape[1]):
+        if not labels[:, j].any():
+            continue
         scores = [f1_score(labels[:, j], probabilities[:, j] >= t, zero_division=0) for t in THRESHOLD_GRID]
         thresholds[j] = THRESHOLD_GRID[int(np.argmax(scores))]
     return thresholds
