@@ -22,7 +22,7 @@ from pathlib import Path
 import dagster as dg
 from common import materialize_ingestion, select_snapshot
 
-from genre_pipeline import settings
+from genre_pipeline import settings, tracking
 from genre_pipeline.dataset.cleaning import metadata_fields
 from genre_pipeline.tmdb.snapshot import load_snapshot, snapshot_years
 
@@ -49,7 +49,7 @@ TARGETS = {"champion_test_macro_f1": 0.64, "margin_over_members": 0.02, "chain_w
 def predict_latency(tracking_uri: str, snapshot_dir: Path, n: int = 60) -> dict:
     """Warm latency of GenrePredictor.predict through the pyfunc model, poster and metadata included
     (what `genre-pipeline predict` runs after loading)."""
-    from genre_pipeline.models.predictor import GenrePredictor
+    from genre_pipeline.champion.predictor import GenrePredictor
 
     started = time.monotonic()
     predictor = GenrePredictor.from_registry(tracking_uri)
@@ -90,7 +90,6 @@ def main() -> None:
     select_snapshot(args.snapshot)
     from genre_pipeline.defs import dataset, embeddings, ingestion, models, monitoring
     from genre_pipeline.defs.resources import TMDbResource, TrainingResource, build_resources
-    from genre_pipeline.models import registry
     from genre_pipeline.models.metrics import HEADLINE_KEYS
 
     resources = build_resources(settings.configured_source())
@@ -161,7 +160,7 @@ def main() -> None:
         "without_posters": round(stack["test_macro_f1_without_posters"], 4),
         "on_movies_with_posters": round(stack["test_subsets"]["with_poster"]["macro_f1"], 4),
     }
-    latency = predict_latency(registry.sqlite_uri(store.mlflow_db), args.snapshot)
+    latency = predict_latency(tracking.sqlite_uri(store.mlflow_db), args.snapshot)
     champion = metadata["model_comparison"]["candidate"]
     champion_f1 = results[champion]["macro_f1"]
     best_single = max(

@@ -29,10 +29,10 @@ import dagster as dg
 import numpy as np
 from mlflow import MlflowClient
 
-from genre_pipeline import settings
-from genre_pipeline.models import registry
-from genre_pipeline.models.predictor import GenrePredictor
-from genre_pipeline.models.scoring import evaluate_snapshot
+from genre_pipeline import settings, tracking
+from genre_pipeline.champion import registry
+from genre_pipeline.champion.predictor import GenrePredictor
+from genre_pipeline.champion.scoring import evaluate_snapshot
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
@@ -90,7 +90,7 @@ def cycle_figures(instance, store: DataStore, since: float, newest: Path, refres
     need = discover.get("pages", 0) + details.get("fetched", 0) + posters.get("status_downloaded", 0)
     preq = meta["champion_on_new_movies"] or {}
     champion_model = meta["champion_model"] or {}
-    uri = registry.sqlite_uri(store.mlflow_db)
+    uri = tracking.sqlite_uri(store.mlflow_db)
     champion = GenrePredictor.from_registry(uri)
     on_newest = evaluate_snapshot(champion, newest)
     drift = store.read_json(store.prequential_file, {}).get("drift", [])
@@ -182,7 +182,7 @@ def main() -> None:
 
     os.environ["DAGSTER_HOME"] = str(home)  # the instance's yaml reads its folder from DAGSTER_HOME
     instance = dg.DagsterInstance.from_config(str(home))
-    client = MlflowClient(registry.sqlite_uri(store.mlflow_db), registry.sqlite_uri(store.mlflow_db))
+    client = MlflowClient(tracking.sqlite_uri(store.mlflow_db), tracking.sqlite_uri(store.mlflow_db))
     cycles = []
     refresh = [BIN / "python", "-m", "genre_pipeline.refresh", "--config-json", args.cycle_config_json]
     for year in cycle_years:

@@ -189,7 +189,7 @@ async def batch_throughput(url: str, movies: list[dict], batch_size: int) -> flo
 
 def in_process_p50(uri: str, rows: list[dict]) -> float:
     """Single-movie predict latency in this process, with the server's process settings."""
-    from genre_pipeline.models.predictor import GenrePredictor
+    from genre_pipeline.champion.predictor import GenrePredictor
     from genre_pipeline.serving.process import configure_serving_process
 
     configure_serving_process(os.cpu_count() or 1)

@@ -64,7 +64,7 @@ def _years(args: argparse.Namespace) -> int:
 
 
 def _default_tracking_uri() -> str:
-    from genre_pipeline.models.registry import default_tracking_uri
+    from genre_pipeline.champion.registry import default_tracking_uri
     from genre_pipeline.store import DataStore
 
     return default_tracking_uri(DataStore(settings.default_data_dir() / settings.configured_source().slug))
@@ -76,7 +76,7 @@ def _tracking_uri(args: argparse.Namespace) -> int:
 
 
 def _champion(args: argparse.Namespace):
-    from genre_pipeline.models.predictor import GenrePredictor
+    from genre_pipeline.champion.predictor import GenrePredictor
 
     return GenrePredictor.from_registry(args.tracking_uri or _default_tracking_uri())
 
@@ -137,8 +137,8 @@ SKIPPED_REASONS = {"no_overview": "without an overview", "no_label_in_set": "wit
 def _evaluate(args: argparse.Namespace) -> int:
     import mlflow
 
+    from genre_pipeline.champion.scoring import evaluate_snapshot
     from genre_pipeline.models.metrics import HEADLINE_KEYS
-    from genre_pipeline.models.scoring import evaluate_snapshot
     from genre_pipeline.tmdb.snapshot import check_layout
 
     check_layout(Path(args.snapshot))
@@ -175,7 +175,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
-    from genre_pipeline.models.registry import champion_version
+    from genre_pipeline.champion.registry import champion_version
     from genre_pipeline.serving import auth
     from genre_pipeline.serving.batching import BatchingOptions
 
@@ -183,7 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not keys and not args.open and not auth.is_loopback(args.host):
         raise ValueError(
             f"refusing to listen on {args.host} without API keys: anyone who reaches it could use it. Give keys "
-            f"(--api-keys-file FILE or {auth.API_KEYS_ENV}), or pass --open to say it is meant to be open."
+            f"(--api-keys-file FILE or {settings.API_KEYS_ENV}), or pass --open to say it is meant to be open."
         )
     # Checked before start-up, so that a missing champion is a clear error and not a server that is never ready.
     uri = args.tracking_uri or _default_tracking_uri()
@@ -194,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from genre_pipeline.serving.app import create_app
-    from genre_pipeline.serving.champion import ChampionWatcher
+    from genre_pipeline.serving.reloader import ChampionReloader
 
     batching = BatchingOptions(
         max_rows=args.max_batch,
@@ -203,7 +203,8 @@ def _serve(args: argparse.Namespace) -> int:
         deadline_s=args.deadline,
     )
     gatekeeper = auth.Gatekeeper(keys, rate_per_s=args.rate_limit, burst=args.rate_burst)
-    app = create_app(ChampionWatcher(uri, poll_interval_s=args.poll_interval), batching=batching, gatekeeper=gatekeeper)
+    reloader = ChampionReloader(uri, poll_interval_s=args.poll_interval)
+    app = create_app(reloader, batching=batching, gatekeeper=gatekeeper)
     access = f"{len(keys)} API key(s)" if keys else "open, no API key"
     print(f"serving genre-classifier v{version} on http://{args.host}:{args.port} ({access}); loading it", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
@@ -346,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name, value in QUIET_LIBRARIES.items():
         os.environ.setdefault(name, value)
+    from genre_pipeline.champion.registry import NoChampion
     from genre_pipeline.cluster.local import ClusterError
-    from genre_pipeline.models.registry import NoChampion
 
     try:
         return args.handler(args)

@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import dagster as dg
 from dagster._serdes import deserialize_value, serialize_value  # the daemon's own cursor format
 
+from genre_pipeline import settings
 from genre_pipeline.files import atomic_write_bytes
 
 MAX_ROUNDS = 40  # a chain of about twenty steps, each requested once: more would be a loop
@@ -143,7 +143,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m genre_pipeline.refresh", description=__doc__.split("\n")[0])
     parser.add_argument("--config-json", default="{}", help="run config for every run, as dagster's own option")
     args = parser.parse_args()
-    if not os.environ.get("DAGSTER_HOME"):
+    if not settings.dagster_home():
         print(
             "DAGSTER_HOME is not set: set it to the folder of the Dagster instance to refresh "
             "(make run and make dev use .dagster_home in the project: export DAGSTER_HOME=$PWD/.dagster_home)",

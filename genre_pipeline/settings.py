@@ -46,6 +46,8 @@ DEFAULT_EMBEDDING_SHARDS = 4
 # The date a replayed catalog stands at: its movies released by then, its changes until then, and the
 # release years and "today" of the refresh schedule follow it instead of the wall clock.
 CATALOG_DATE_ENV = "GENRE_PIPELINE_CATALOG_DATE"
+# API keys `genre-pipeline serve` accepts, comma-separated (beside its --api-keys-file).
+API_KEYS_ENV = "GENRE_PIPELINE_API_KEYS"
 FIRST_API_YEAR = 1990  # default start of the release-year range on the real API
 
 
@@ -96,15 +98,33 @@ def inference_threads(env: Mapping[str, str] = os.environ) -> int | None:
     return _positive_int(env, INFERENCE_THREADS_ENV, None, "threads")
 
 
-def catalog_date(env: Mapping[str, str] = os.environ) -> dt.date | None:
-    """``GENRE_PIPELINE_CATALOG_DATE`` as a date, or None when unset."""
-    value = env.get(CATALOG_DATE_ENV)
+def parse_catalog_date(value: str | None) -> dt.date | None:
+    """A catalog date as the environment or a resource's config gives it (YYYY-MM-DD), or None when unset."""
     if not value:
         return None
     try:
         return dt.date.fromisoformat(value.strip())
     except ValueError:
         raise ValueError(f"{CATALOG_DATE_ENV}={value!r}: expected a date as YYYY-MM-DD") from None
+
+
+def catalog_date(env: Mapping[str, str] = os.environ) -> dt.date | None:
+    """``GENRE_PIPELINE_CATALOG_DATE`` as a date, or None when unset."""
+    return parse_catalog_date(env.get(CATALOG_DATE_ENV))
+
+
+def serving_api_keys(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The API keys ``GENRE_PIPELINE_API_KEYS`` gives (comma-separated)."""
+    return [key.strip() for key in env.get(API_KEYS_ENV, "").split(",") if key.strip()]
+
+
+def tmdb_credential_variables(env: Mapping[str, str] = os.environ) -> list[str]:
+    """Which of the TMDb credential and base-URL variables are set (their names, never their values)."""
+    return [name for name in (TOKEN_ENV, API_KEY_ENV, BASE_URL_ENV) if env.get(name)]
+
+
+def dagster_home(env: Mapping[str, str] = os.environ) -> str | None:
+    return env.get("DAGSTER_HOME") or None
 
 
 def encoder_cache_dir(env: Mapping[str, str] = os.environ) -> Path:

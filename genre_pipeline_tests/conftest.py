@@ -25,7 +25,8 @@ import requests
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlflow import MlflowClient
 
-from genre_pipeline import settings
+from genre_pipeline import settings, tracking
+from genre_pipeline.champion import registry
 from genre_pipeline.defs import dataset, ingestion, models, monitoring
 from genre_pipeline.defs.resources import (
     DataQualityResource,
@@ -34,7 +35,6 @@ from genre_pipeline.defs.resources import (
     TMDbResource,
     TrainingResource,
 )
-from genre_pipeline.models import registry
 from genre_pipeline.models.encoders import MINILM_NAMES
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
@@ -214,7 +214,7 @@ def trained(demo_dir, tmp_path_factory):
     res["training"] = TrainingResource(text_encoders=[MINILM])
     return {
         "store": store,
-        "uri": registry.sqlite_uri(store.mlflow_db),
+        "uri": tracking.sqlite_uri(store.mlflow_db),
         "stack_uri": stack_champion_store(store, root / "stack-champion"),
         "data_dir": root / "data",
         "resources": res,
@@ -232,7 +232,7 @@ def stack_champion_store(store: DataStore, folder: Path) -> str:
     (often the TF-IDF baseline, which reads text only)."""
     folder.mkdir()
     shutil.copy(store.mlflow_db, folder / "mlflow.db")
-    uri = registry.sqlite_uri(folder / "mlflow.db")
+    uri = tracking.sqlite_uri(folder / "mlflow.db")
     make_champion(uri, json.loads(store.model_report_file("stacked_model").read_text()))
     return uri
 
@@ -240,7 +240,7 @@ def stack_champion_store(store: DataStore, folder: Path) -> str:
 def make_champion(uri: str, report: dict) -> str:
     """Register the model of a training report in the store at ``uri`` and point @champion at it, as a
     promotion would; returns the new version."""
-    registry.use_store(uri)  # MLflow resolves the logged model's models:/ URI through the process's store
+    tracking.use_store(uri)  # MLflow resolves the logged model's models:/ URI through the process's store
     client = MlflowClient(uri, uri)
     version = client.create_model_version(registry.REGISTERED_MODEL, report["model_uri"], run_id=report["run_id"])
     client.set_registered_model_alias(registry.REGISTERED_MODEL, registry.CHAMPION_ALIAS, version.version)

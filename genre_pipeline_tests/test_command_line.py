@@ -14,7 +14,7 @@ import pytest
 import requests
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from genre_pipeline.models import registry
+from genre_pipeline import tracking
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
 from .conftest import best_constant_macro_f1
@@ -203,7 +203,7 @@ def test_evaluate_command(trained, demo_dir, tmp_path):
 
 
 def test_no_champion_is_a_clear_error(tmp_path):
-    uri = registry.sqlite_uri(tmp_path / "empty.db")
+    uri = tracking.sqlite_uri(tmp_path / "empty.db")
     result = subprocess.run(
         [BIN / "genre-pipeline", "predict", "--overview", "A story.", "--tracking-uri", uri],
         capture_output=True,

@@ -16,16 +16,17 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from genre_pipeline import tracking
+from genre_pipeline.champion import registry, scoring
+from genre_pipeline.champion.predictor import GenrePredictor
 from genre_pipeline.dataset.cleaning import metadata_fields
 from genre_pipeline.defs import embeddings, models, predictions
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
-from genre_pipeline.models import registry, scoring
 from genre_pipeline.models.encoders import cache
 from genre_pipeline.models.encoders.cache import Embeddings
 from genre_pipeline.models.encoders.text import TextEncoder
 from genre_pipeline.models.movie import decision_column, example_frame, probability_column
-from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.store import DataStore
 from genre_pipeline.training import data as training_data
 from genre_pipeline.training import fingerprint
@@ -474,7 +475,7 @@ def fine_tuned(trained, tmp_path_factory):
         run_config={"ops": {name: {"config": config} for name, config in ops.items()}},
     )
     store = DataStore(data_dir / "test")
-    return {"result": result, "store": store, "uri": registry.sqlite_uri(store.mlflow_db)}
+    return {"result": result, "store": store, "uri": tracking.sqlite_uri(store.mlflow_db)}
 
 
 def test_fine_tuning_trains_the_encoders_and_logs_them(fine_tuned):
@@ -583,7 +584,7 @@ def test_a_rerun_with_nothing_changed_retrains_nothing_and_registers_nothing(tra
     """The same `dagster asset materialize --select '*'` again: every model is reused (same MLflow run,
     same data version, no new run), the champion is kept and no version is registered."""
     client = MlflowClient(trained["uri"], trained["uri"])
-    experiment = client.get_experiment_by_name(registry.DEFAULT_EXPERIMENT)
+    experiment = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
     runs_before = {r.info.run_id for r in client.search_runs([experiment.experiment_id])}
     versions_before = len(client.search_model_versions(f"name='{registry.REGISTERED_MODEL}'"))
     champion = registry.current_champion(client)

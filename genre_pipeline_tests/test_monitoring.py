@@ -4,8 +4,8 @@ and the promotion rule that moves @champion."""
 import numpy as np
 import pytest
 
+from genre_pipeline.champion.promotion import Comparison
 from genre_pipeline.models import metrics
-from genre_pipeline.models.promotion import Comparison
 from genre_pipeline.models.thresholds import tune_thresholds
 from genre_pipeline.monitoring import drift, retraining
 

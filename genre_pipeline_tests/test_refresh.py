@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from genre_pipeline import settings
+from genre_pipeline import settings, tracking
+from genre_pipeline.champion import registry
+from genre_pipeline.champion.seen import training_movies
 from genre_pipeline.defs import dataset, embeddings, ingestion, models, monitoring, predictions
 from genre_pipeline.defs.resources import MonitoringResource, RetrainingConfig, TrainingResource
 from genre_pipeline.defs.schedules import tmdb_refresh_schedule
-from genre_pipeline.models import registry
 from genre_pipeline.refresh import run_refresh
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
@@ -83,13 +84,13 @@ def moved(tmp_path_factory):
 
 
 def champion_of(store: DataStore) -> dict:
-    uri = registry.sqlite_uri(store.mlflow_db)
+    uri = tracking.sqlite_uri(store.mlflow_db)
     return registry.current_champion(MlflowClient(uri, uri))
 
 
 def training_ids(store: DataStore, run_id: str) -> set[int]:
-    registry.use_store(registry.sqlite_uri(store.mlflow_db))
-    return registry.seen_ids(registry.training_movies(run_id))
+    tracking.use_store(tracking.sqlite_uri(store.mlflow_db))
+    return training_movies(run_id).ids
 
 
 def released_between(store: DataStore, after: str, until: str) -> set[int]:
@@ -118,10 +119,10 @@ def test_the_champion_is_scored_on_the_new_movies_and_never_on_one_it_saw(moved)
     }
     assert not any(f["judged"] for f in mid["prequential"]["drift"])
     # Logged to MLflow against the champion's version, one run per refresh that scored it.
-    uri = registry.sqlite_uri(store.mlflow_db)
+    uri = tracking.sqlite_uri(store.mlflow_db)
     client = MlflowClient(uri, uri)
     runs = client.search_runs(
-        [client.get_experiment_by_name(registry.DEFAULT_EXPERIMENT + "-monitoring").experiment_id],
+        [client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT + "-monitoring").experiment_id],
         filter_string=f"tags.model_version = '{champion['version']}'",
     )
     assert len(new) in {run.data.metrics["prequential_movies"] for run in runs}

@@ -21,10 +21,11 @@ import requests
 from mlflow import MlflowClient
 from PIL import Image
 
-from genre_pipeline.models import registry
+from genre_pipeline import tracking
+from genre_pipeline.champion import registry
+from genre_pipeline.champion.predictor import GenrePredictor
 from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.encoders import runtime
-from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.models.pyfunc import encode_inputs, load_encoders
 
 from .conftest import BIN, free_port, make_champion, wait_for
@@ -54,7 +55,7 @@ def start_server(trained, tmp_path, *options: str) -> Server:
     changes nothing for other tests (the copy's model versions point at the same artifacts)."""
     db = tmp_path / "mlflow.db"
     shutil.copy(trained["stack_uri"].removeprefix("sqlite:///"), db)
-    uri, port = registry.sqlite_uri(db), free_port()
+    uri, port = tracking.sqlite_uri(db), free_port()
     process = subprocess.Popen(
         [
             BIN / "genre-pipeline",
@@ -583,7 +584,7 @@ def test_a_serving_process_loads_no_torch_and_predicts_as_pytorch_does(server, t
     script = textwrap.dedent(f"""
         import base64, json, sys
         import pandas as pd
-        from genre_pipeline.models.predictor import GenrePredictor
+        from genre_pipeline.champion.predictor import GenrePredictor
         predictor = GenrePredictor.from_registry({trained["stack_uri"]!r})
         rows = json.load(sys.stdin)
         rows = [r | ({{"poster": base64.b64decode(r["poster"])}} if "poster" in r else {{}}) for r in rows]
@@ -637,7 +638,7 @@ def test_ready_only_once_the_champion_has_loaded(trained):
     import uvicorn
 
     from genre_pipeline.serving.app import create_app
-    from genre_pipeline.serving.champion import ChampionWatcher
+    from genre_pipeline.serving.reloader import ChampionReloader
 
     released = threading.Event()
 
@@ -645,9 +646,9 @@ def test_ready_only_once_the_champion_has_loaded(trained):
         released.wait(120)
         return GenrePredictor.from_registry(uri, version)
 
-    watcher = ChampionWatcher(trained["stack_uri"], poll_interval_s=0.2, load=slow_load)
+    reloader = ChampionReloader(trained["stack_uri"], poll_interval_s=0.2, load=slow_load)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(watcher), port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(reloader), port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     running = Server(trained["stack_uri"], None, port)

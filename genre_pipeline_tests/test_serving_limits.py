@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from genre_pipeline import settings
 from genre_pipeline.serving import auth
 from genre_pipeline.serving.batching import BatchingOptions, MicroBatcher, Overloaded
 
@@ -144,10 +145,10 @@ def test_open_servers_limit_per_address():
 def test_keys_come_from_a_file_and_the_environment_and_short_ones_are_refused(tmp_path):
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"# the web team\n{KEY}\n\n  {OTHER_KEY}  \n")
-    env = {auth.API_KEYS_ENV: "e" * 24 + ", " + "f" * 24}
-    assert auth.load_keys(keys_file, env) == [KEY, OTHER_KEY, "e" * 24, "f" * 24]
+    env_keys = settings.serving_api_keys({settings.API_KEYS_ENV: "e" * 24 + ", " + "f" * 24})
+    assert auth.load_keys(keys_file, env_keys) == [KEY, OTHER_KEY, "e" * 24, "f" * 24]
     with pytest.raises(auth.ApiKeysError, match="shorter than 16"):
-        auth.load_keys(None, {auth.API_KEYS_ENV: "short"})
+        auth.load_keys(None, ["short"])
     with pytest.raises(auth.ApiKeysError, match="cannot read"):
-        auth.load_keys(tmp_path / "missing", {})
+        auth.load_keys(tmp_path / "missing", [])
     assert auth.is_loopback("127.0.0.1") and auth.is_loopback("::1") and not auth.is_loopback("0.0.0.0")

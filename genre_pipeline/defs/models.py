@@ -18,6 +18,8 @@ import dagster as dg
 import pandas as pd
 from mlflow import MlflowClient
 
+from genre_pipeline import tracking
+from genre_pipeline.champion import promotion, registry
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, when_dep_data_changes
 from genre_pipeline.defs.common import (
     config_from_dataclass,
@@ -30,7 +32,7 @@ from genre_pipeline.defs.embeddings import failing_clearly, poster_embeddings, t
 from genre_pipeline.defs.execution import GPU_STEP_TAGS
 from genre_pipeline.defs.monitoring import retraining_decision
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
-from genre_pipeline.models import metrics, promotion, registry
+from genre_pipeline.models import metrics
 from genre_pipeline.training import runs
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, StackConfig, TrainingConfig
 
@@ -78,7 +80,7 @@ def _model_result(trained: runs.TrainedModel, **more) -> dg.MaterializeResult:
             "mlflow_run_id": report["run_id"],
             "mlflow_run": _mlflow_run_url(report["experiment_id"], report["run_id"]),
             "label_set": trained.label_set,
-            registry.VALIDATION_METRIC: round(report["validation_macro_f1"], 4),
+            tracking.VALIDATION_METRIC: round(report["validation_macro_f1"], 4),
             **{f"test_{k}": round(v, 4) for k, v in summary.items() if isinstance(v, float)},
             "test_movies": summary["n_movies"],
             "test_top3_rule_macro_f1": round(report["test_top3_rule"]["macro_f1"], 4),
@@ -250,7 +252,7 @@ def model_comparison(
                 "model": name,
                 "kind": report["kind"],
                 "candidate": name in registry.CHAMPION_CANDIDATES,
-                registry.VALIDATION_METRIC: report["validation_macro_f1"],
+                tracking.VALIDATION_METRIC: report["validation_macro_f1"],
                 **{k: test[k] for k in metrics.HEADLINE_KEYS},
                 "macro_f1_top3_rule": report["test_top3_rule"]["macro_f1"],
                 # Trained on the older movies, scored on the newest years: what to expect on new movies.
@@ -263,7 +265,7 @@ def model_comparison(
     table.to_csv(store.model_comparison_file, index=False)
     name = registry.choose_candidate({n: report["validation_macro_f1"] for n, report in reports.items()})
     chosen = reports[name]
-    registry.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)
+    tracking.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)
     challenge = promotion.challenge_champion(
         store, name, chosen, training.label_set, to_dataclass(promotion.PromotionRules, config)
     )
@@ -300,13 +302,14 @@ def model_comparison(
 
 @dg.asset_check(
     asset=model_comparison,
+    name=promotion.PROMOTION_CHECK,
     blocking=True,
     description="The challenger scored more than the champion's macro-F1 plus the margin, both measured now on "
     "the same validation movies. A challenger that lost is a warning (the champion is kept, champion_model and "
     "the predictions run); a comparison with a champion that has moved since is an error that stops the run.",
 )
 def challenger_beats_champion(storage: StorageResource, training: TrainingResource) -> dg.AssetCheckResult:
-    registry.use_store(training.tracking_uri_for(storage.store))
+    tracking.use_store(training.tracking_uri_for(storage.store))
     verdict = promotion.challenger_verdict(MlflowClient())
     challenger = verdict.challenger
     return dg.AssetCheckResult(
@@ -327,7 +330,7 @@ def champion_model(storage: StorageResource, training: TrainingResource) -> dg.M
     """genre-classifier@champion, the model `genre-pipeline serve`, `predict` and genre_predictions use:
     moved to the challenger only when the promotion rule allows it (the check before it says so too).
     A kept champion is a success: "kept vN" with both figures; @challenger is removed either way."""
-    registry.use_store(training.tracking_uri_for(storage.store))
+    tracking.use_store(training.tracking_uri_for(storage.store))
     client = MlflowClient()
     promoted, decision = promotion.promote_challenger(client)
     champion = registry.current_champion(client)

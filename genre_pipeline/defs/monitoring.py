@@ -5,15 +5,16 @@ import dagster as dg
 import pandas as pd
 from mlflow import MlflowClient
 
+from genre_pipeline import tracking
+from genre_pipeline.champion import registry
+from genre_pipeline.champion.predictor import GenrePredictor
+from genre_pipeline.champion.seen import training_movies
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_table
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
 from genre_pipeline.defs.embeddings import text_embeddings
 from genre_pipeline.defs.resources import MonitoringResource, StorageResource, TrainingResource
-from genre_pipeline.models import registry
-from genre_pipeline.models.predictor import GenrePredictor
-from genre_pipeline.monitoring import champion as champion_watch
-from genre_pipeline.monitoring import retraining
+from genre_pipeline.monitoring import new_movies, retraining
 from genre_pipeline.monitoring.drift import DriftThresholds
 from genre_pipeline.store import content_fingerprint
 from genre_pipeline.training.fingerprint import training_code_fingerprint
@@ -39,22 +40,22 @@ def champion_on_new_movies(
     movies and its training movies, which the drift checks judge."""
     store = storage.store
     uri = training.tracking_uri_for(store)
-    registry.use_store(uri)
+    tracking.use_store(uri)
     champion = registry.current_champion(MlflowClient())
-    seen = registry.training_movies(champion["run_id"]) if champion else None
+    seen = training_movies(champion["run_id"]) if champion else None
     if seen is None:
         why = (
             "no champion yet"
             if champion is None
             else f"champion v{champion['version']} has no recorded training movies"
         )
-        store.write_json(store.prequential_file, {"new_movies": 0, "drift": [], "not_scored": why})
+        new_movies.NewMoviesRecord.unscored(why).save(store)
         return dg.MaterializeResult(
             metadata={"champion": why, "new_movies": 0}, data_version=dg.DataVersion(content_fingerprint(why))
         )
     predictor = GenrePredictor.from_registry(uri, champion["version"])
     text_ref = training.encoder_refs()[0][0]
-    watch = champion_watch.watch(
+    report = new_movies.report_new_movies(
         store,
         predictor,
         seen,
@@ -62,35 +63,35 @@ def champion_on_new_movies(
         monitoring.thresholds(),
         resamples=monitoring.bootstrap_resamples,
     )
-    store.write_json(store.prequential_file, watch.record())
+    report.record().save(store)
     name = f"{registry.REGISTERED_MODEL} v{champion['version']} ({predictor.info['model']})"
     metadata = {
         "champion": name,
         "champion_version": int(champion["version"]),
         # This asset runs before any model trains on the new movies, so before champion_model.
         "scored": "the champion serving when this ran, before this run's promotion (if any)",
-        "new_movies": len(watch.new_ids),
+        "new_movies": len(report.new_ids),
     }
-    if watch.score is not None:
-        summary = watch.score.summary()
+    if report.score is not None:
+        summary = report.score.summary()
         metadata |= {
             "prequential_macro_f1": summary["macro_f1"],
             "prequential_macro_f1_low": summary["macro_f1_low"],
             "prequential_macro_f1_high": summary["macro_f1_high"],
             "prequential_micro_f1": summary["micro_f1"],
-            "per_genre": markdown_table(watch.score.per_genre, None),
-            "drift": markdown_table(pd.DataFrame([f.as_dict() for f in watch.drift]), None),
-            "mlflow_run_id": champion_watch.log_watch(
-                watch, predictor, training.experiment, {"dagster_run_id": context.run.run_id}
+            "per_genre": markdown_table(report.score.per_genre, None),
+            "drift": markdown_table(pd.DataFrame([f.as_dict() for f in report.drift]), None),
+            "mlflow_run_id": new_movies.log_report(
+                report, predictor, training.experiment, {"dagster_run_id": context.run.run_id}
             ),
         }
         context.log.info(
-            f"{name} on {len(watch.new_ids)} new movies: macro-F1 {summary['macro_f1']:.4f} "
+            f"{name} on {len(report.new_ids)} new movies: macro-F1 {summary['macro_f1']:.4f} "
             f"[{summary['macro_f1_low']:.4f}, {summary['macro_f1_high']:.4f}]"
         )
     return dg.MaterializeResult(
         metadata=metadata,
-        data_version=dg.DataVersion(content_fingerprint([champion["version"], watch.new_ids.tolist()])),
+        data_version=dg.DataVersion(content_fingerprint([champion["version"], report.new_ids.tolist()])),
     )
 
 
@@ -104,8 +105,8 @@ def champion_on_new_movies(
 def drift_checks(storage: StorageResource):
     """Each drift figure of the champion's new movies against its threshold (MonitoringResource.drift): a
     warning, never a stop; README's "Refresh" section says what each means and what to do."""
-    record = storage.store.read_json(storage.store.prequential_file, {})
-    figures = {figure["name"]: figure for figure in record.get("drift", [])}
+    record = new_movies.NewMoviesRecord.load(storage.store)
+    figures = {figure.name: figure for figure in record.drift}
     for name in DRIFT_FIGURES:
         figure = figures.get(name)
         if figure is None:
@@ -113,18 +114,18 @@ def drift_checks(storage: StorageResource):
                 check_name=f"drift_{name}",
                 passed=True,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"judged": False, "detail": record.get("not_scored") or "no new movies to compare"},
+                metadata={"judged": False, "detail": record.not_scored or "no new movies to compare"},
             )
             continue
         yield dg.AssetCheckResult(
             check_name=f"drift_{name}",
-            passed=figure["passed"],
+            passed=figure.passed,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
-                "value": figure["value"] if figure["judged"] else dg.MetadataValue.text("not judged"),
-                "threshold": figure["threshold"],
-                "judged": figure["judged"],
-                "detail": figure["detail"],
+                "value": figure.value if figure.judged else dg.MetadataValue.text("not judged"),
+                "threshold": figure.threshold,
+                "judged": figure.judged,
+                "detail": figure.detail,
             },
         )
 
@@ -145,34 +146,16 @@ def retraining_decision(
     trained, a drift check newly failed, or a change of the training setup or code. Its data version
     changes only when they retrain, so that the model assets follow it and nothing else."""
     store = storage.store
-    state = store.read_json(store.retraining_state_file, None)
     labelled = set(store.read_table(store.labels_file(training.label_set))["id"].astype(int).tolist())
-    # The device is left out: the same setup trains on a CPU or a GPU worker.
-    params = {k: v for k, v in training.setup(store).run_params().items() if k != "device"}
-    setup = content_fingerprint({**params, "code": training_code_fingerprint()})
-    failed = [f["name"] for f in store.read_json(store.prequential_file, {}).get("drift", []) if not f["passed"]]
-    known = set(state["ids"]) if state else set()
-    new_labelled = len(labelled - known)
-    failing_then = set(state.get("failed_drift", [])) if state else set()
-    decision = retraining.decide(
-        new_labelled=new_labelled,
-        trained_on=len(known) if state else None,
-        failed_drift=sorted(set(failed) - failing_then),
-        still_failing=sorted(set(failed) & failing_then),
-        setup_changed=bool(state) and state["setup"] != setup,
-        rules=monitoring.rules(),
-    )
-    if decision.retrain:
-        ids = sorted(labelled)
-        state = {"ids": ids, "setup": setup, "failed_drift": failed, "version": content_fingerprint([ids, setup])}
-        store.write_json(store.retraining_state_file, state)
-    context.log.info(decision.text)
+    setup = retraining.setup_fingerprint(training.setup(store).run_params(), training_code_fingerprint())
+    gate = retraining.retraining_gate(store, labelled, setup, monitoring.rules())
+    context.log.info(gate.decision.text)
     return dg.MaterializeResult(
         metadata={
-            "retrain": decision.retrain,
-            "decision": decision.text,
-            "new_labelled": new_labelled,
-            "trained_on": len(known),
+            "retrain": gate.decision.retrain,
+            "decision": gate.decision.text,
+            "new_labelled": gate.new_labelled,
+            "trained_on": gate.trained_on,
         },
-        data_version=dg.DataVersion(state["version"]),
+        data_version=dg.DataVersion(gate.state.version),
     )

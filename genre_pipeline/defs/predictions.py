@@ -4,16 +4,9 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
-from genre_pipeline.defs.common import markdown_table, progress_logger
-from genre_pipeline.defs.dataset import dataset_splits
-from genre_pipeline.defs.ingestion import movie_details, posters
-from genre_pipeline.defs.models import champion_model
-from genre_pipeline.defs.resources import StorageResource, TrainingResource
-from genre_pipeline.ingestion import posters as poster_files
-from genre_pipeline.models import metrics, registry
-from genre_pipeline.models.predictor import GenrePredictor
-from genre_pipeline.models.scoring import (
+from genre_pipeline.champion import registry
+from genre_pipeline.champion.predictor import GenrePredictor
+from genre_pipeline.champion.scoring import (
     LABELLED_CHECK,
     PREDICTION_COLUMNS,
     UNLABELLED,
@@ -22,6 +15,14 @@ from genre_pipeline.models.scoring import (
     predict_movies,
     prediction_table,
 )
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.common import markdown_table, progress_logger
+from genre_pipeline.defs.dataset import dataset_splits
+from genre_pipeline.defs.ingestion import movie_details, posters
+from genre_pipeline.defs.models import champion_model
+from genre_pipeline.defs.resources import StorageResource, TrainingResource
+from genre_pipeline.ingestion import posters as poster_files
+from genre_pipeline.models import metrics
 from genre_pipeline.models.thresholds import apply_thresholds
 from genre_pipeline.store import frame_fingerprint
 

@@ -11,11 +11,11 @@ import dagster as dg
 import pydantic
 from pydantic import Field, field_validator
 
-from genre_pipeline import settings
+from genre_pipeline import settings, tracking
+from genre_pipeline.champion import registry
 from genre_pipeline.dataset.labels import FULL, LabelSetName
 from genre_pipeline.defs.common import config_from_dataclass, to_dataclass
 from genre_pipeline.files import remove_partial_files
-from genre_pipeline.models import registry
 from genre_pipeline.models.encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, EncoderRef
 from genre_pipeline.models.encoders.onnx_backend import DEFAULT_BACKEND, check_backend
 from genre_pipeline.monitoring.drift import DriftThresholds
@@ -78,7 +78,7 @@ class TMDbResource(dg.ConfigurableResource, ClientPolicy):
                 raise ValueError(
                     "catalog_date replays a snapshot or the demo catalog; the TMDb API answers as of today"
                 )
-            settings.catalog_date({settings.CATALOG_DATE_ENV: self.catalog_date})  # a clear error for a bad date
+            settings.parse_catalog_date(self.catalog_date)  # a clear error for a bad date
         if self.source == "tmdb" and not (self.api_read_access_token or self.api_key):
             raise ValueError(f"source 'tmdb' needs a credential: set {TOKEN_ENV} or {API_KEY_ENV}")
         if self.source != "tmdb" and self.base_url:
@@ -98,7 +98,7 @@ class TMDbResource(dg.ConfigurableResource, ClientPolicy):
 
     @property
     def as_of(self) -> dt.date | None:
-        return dt.date.fromisoformat(self.catalog_date) if self.catalog_date else None
+        return settings.parse_catalog_date(self.catalog_date)
 
     @contextlib.contextmanager
     def open_client(self, store: DataStore) -> Iterator[TMDbClient]:
@@ -161,12 +161,9 @@ def build_resources(source: settings.Source, env=os.environ) -> dict:
     tmdb_options = {}
     if source.kind == "tmdb":
         # EnvVar keeps the secret out of the run config; only set variables may be named.
-        if env.get(TOKEN_ENV):
-            tmdb_options["api_read_access_token"] = dg.EnvVar(TOKEN_ENV)
-        if env.get(API_KEY_ENV):
-            tmdb_options["api_key"] = dg.EnvVar(API_KEY_ENV)
-        if env.get(settings.BASE_URL_ENV):
-            tmdb_options["base_url"] = dg.EnvVar(settings.BASE_URL_ENV)
+        field = {TOKEN_ENV: "api_read_access_token", API_KEY_ENV: "api_key", settings.BASE_URL_ENV: "base_url"}
+        for name in settings.tmdb_credential_variables(env):
+            tmdb_options[field[name]] = dg.EnvVar(name)
     elif source.kind == "snapshot":
         tmdb_options["snapshot_dir"] = source.snapshot_dir
     else:
@@ -221,7 +218,7 @@ class TrainingResource(dg.ConfigurableResource):
         description="Fine-tune the encoders with the heads; unset: on CUDA only (on CPU the heads train on "
         "cached embeddings of frozen encoders).",
     )
-    experiment: str = Field(default=registry.DEFAULT_EXPERIMENT, description="MLflow experiment name.")
+    experiment: str = Field(default=tracking.DEFAULT_EXPERIMENT, description="MLflow experiment name.")
     tracking_uri: Optional[str] = Field(
         default=None, description="MLflow tracking URI; default sqlite in the data folder."
     )

@@ -1,4 +1,5 @@
-"""The deployable model and everything that reads it; no training code.
+"""The deployable model: what a registered version is made of and how it goes from raw inputs to
+genres; no training code, no registry.
 
 Where each concept lives:
 - ``movie``: the movie the model reads (fields, limits, example, MLflow signature) and its output columns.
@@ -9,9 +10,7 @@ Where each concept lives:
 - ``classifier``: the GenreClassifier (members, stacker, thresholds) saved to and loaded from a folder.
 - ``pyfunc``: the MLflow pyfunc model from raw inputs to genres (``pyfunc_entry`` is what MLflow logs).
 - ``thresholds``, ``metrics``: per-genre decisions and the figures every report uses.
-- ``registry``: the tracking URI, the registered model, the champion alias, candidates and promotion;
-  ``promotion``: the candidate and the champion scored on the same movies before the registry decides.
-- ``predictor``: predicting with a registered model; ``scoring``: many movies, a snapshot, batch tables.
 
-Training, evaluation reports and MLflow training runs are ``genre_pipeline.training``.
+Training, evaluation reports and MLflow training runs are ``genre_pipeline.training``; the registered
+champion, promotion, the predictor and scoring are ``genre_pipeline.champion``.
 """

@@ -70,6 +70,10 @@ class DriftFigure:
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "passed": self.passed}
 
+    @classmethod
+    def from_dict(cls, figure: dict) -> "DriftFigure":
+        return cls(**{f.name: figure[f.name] for f in dataclasses.fields(cls)})
+
 
 def _largest_gap(new_rates: np.ndarray, reference_rates: np.ndarray, classes: list[str]) -> tuple[float, str]:
     gaps = np.abs(new_rates - reference_rates)

@@ -1,5 +1,5 @@
-"""The champion on new movies: the labelled movies it never saw (not in any split of its training run),
-scored with its own thresholds, with a bootstrap interval, before any model trains on them."""
+"""Prequential scoring: a model on movies it never saw (``champion.seen.unseen_movies``), with its own
+thresholds and a bootstrap interval, before any model trains on them."""
 
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from genre_pipeline.champion.predictor import GenrePredictor
+from genre_pipeline.champion.scoring import LabelledMovies, decided, probabilities_on
 from genre_pipeline.models import metrics
-from genre_pipeline.models.predictor import GenrePredictor
-from genre_pipeline.models.scoring import LabelledMovies, decided, in_classes, labelled_movies, probabilities_on
-from genre_pipeline.store import DataStore
-
-
-def new_movies(store: DataStore, label_set: str, seen: set[int], classes: list[str]) -> LabelledMovies:
-    """The label set's labelled movies of the data folder that are not in ``seen``, labelled in
-    ``classes`` (the champion's: a refresh can add or drop a genre of the current label set)."""
-    return in_classes(store, labelled_movies(store, label_set, lambda movie_id: movie_id not in seen), classes)
 
 
 @dataclasses.dataclass

@@ -1,11 +1,14 @@
-"""When retraining pays: enough new labelled movies since the models last trained (a count, or a share
-of what they trained on), a failed drift check, or a change of the training setup or code."""
+"""The retraining gate: retraining pays when enough labelled movies are new since the models last
+trained (a count, or a share of what they trained on), a drift check newly failed, or the training setup
+or code changed. What the last training knew is kept as a ``RetrainingState`` in the data folder."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from genre_pipeline.monitoring.new_movies import NewMoviesRecord
 from genre_pipeline.options import described
+from genre_pipeline.store import DataStore, content_fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,3 +84,63 @@ def _drift_note(failed: list[str], still_failing: list[str]) -> str:
     if still_failing:
         return "drift checks failing already when the models last trained: " + ", ".join(still_failing)
     return "no drift check failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainingState:
+    """What the models last trained on: the labelled movies, the setup's fingerprint (its parameters and
+    the training code) and the drift checks failing then."""
+
+    ids: list[int]
+    setup: str
+    failed_drift: list[str]
+
+    @property
+    def version(self) -> str:
+        """The model assets' data version: it changes only when they retrain."""
+        return content_fingerprint([self.ids, self.setup])
+
+    @classmethod
+    def load(cls, store: DataStore) -> "RetrainingState | None":
+        state = store.read_json(store.retraining_state_file, None)
+        return None if state is None else cls(state["ids"], state["setup"], state.get("failed_drift", []))
+
+    def save(self, store: DataStore) -> None:
+        store.write_json(store.retraining_state_file, {**dataclasses.asdict(self), "version": self.version})
+
+
+def setup_fingerprint(run_params: dict, training_code: str) -> str:
+    """The training setup as the gate compares it: the run parameters (the device left out: the same
+    setup trains on a CPU or a GPU worker) and the training code's fingerprint."""
+    return content_fingerprint({**{k: v for k, v in run_params.items() if k != "device"}, "code": training_code})
+
+
+@dataclasses.dataclass(frozen=True)
+class GateOutcome:
+    decision: RetrainDecision
+    state: RetrainingState  # the new state when the models retrain, else the last one
+    new_labelled: int
+    trained_on: int
+
+
+def retraining_gate(store: DataStore, labelled: set[int], setup: str, rules: RetrainRules) -> GateOutcome:
+    """Decide on the data folder's ``labelled`` movies and the current ``setup`` (``setup_fingerprint``)
+    against the last training's state and the latest new-movies record; a decision to retrain saves the
+    new state."""
+    last = RetrainingState.load(store)
+    failed = NewMoviesRecord.load(store).failed_drift()
+    known = set(last.ids) if last else set()
+    failing_then = set(last.failed_drift) if last else set()
+    decision = decide(
+        new_labelled=len(labelled - known),
+        trained_on=len(known) if last else None,
+        failed_drift=sorted(set(failed) - failing_then),
+        still_failing=sorted(set(failed) & failing_then),
+        setup_changed=last is not None and last.setup != setup,
+        rules=rules,
+    )
+    state = last
+    if decision.retrain:
+        state = RetrainingState(sorted(labelled), setup, failed)
+        state.save(store)
+    return GateOutcome(decision, state, len(labelled - known), len(known))

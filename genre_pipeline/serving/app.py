@@ -23,15 +23,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from genre_pipeline.champion import registry
 from genre_pipeline.models import movie as model_input
-from genre_pipeline.models import registry
 from genre_pipeline.serving import inputs
 from genre_pipeline.serving.access import AccessLog, request_id
 from genre_pipeline.serving.auth import Gatekeeper
 from genre_pipeline.serving.batching import BatchingOptions, MicroBatcher, Overloaded
-from genre_pipeline.serving.champion import ChampionWatcher, ServedModel
 from genre_pipeline.serving.inputs import MAX_BODY_BYTES, MAX_POSTER_BYTES, Batch, InputError, Movie
 from genre_pipeline.serving.metrics import ServingMetrics
+from genre_pipeline.serving.reloader import ChampionReloader, ServedModel
 
 log = logging.getLogger(__name__)
 STATIC_DIR = resources.files("genre_pipeline.serving") / "static"
@@ -146,23 +146,23 @@ def _media_type(request: Request) -> str:
 
 
 def create_app(
-    watcher: ChampionWatcher,
+    reloader: ChampionReloader,
     *,
     batching: BatchingOptions | None = None,
     gatekeeper: Gatekeeper | None = None,
     metrics: ServingMetrics | None = None,
 ) -> FastAPI:
-    """The API around ``watcher``'s champion. Prediction requests go through a MicroBatcher (one model
+    """The API around ``reloader``'s champion. Prediction requests go through a MicroBatcher (one model
     call for concurrent requests, a bounded queue); ``gatekeeper`` checks API keys and rate limits on
     them (none: open, unlimited)."""
     metrics = metrics or ServingMetrics()
     gatekeeper = gatekeeper or Gatekeeper([])
 
     def not_ready_reason() -> str:
-        return watcher.last_error or "the champion is loading"
+        return reloader.last_error or "the champion is loading"
 
     def current_model() -> ServedModel:
-        served = watcher.current
+        served = reloader.current
         if served is None:
             raise NotReady()
         return served
@@ -177,15 +177,15 @@ def create_app(
         observe=metrics.observe_batch,
         on_queue=metrics.queue_depth.set,
     )
-    watcher.on_load = lambda served: metrics.serving(served.version, served.predictor.info["model"])
+    reloader.on_load = lambda served: metrics.serving(served.version, served.predictor.info["model"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        watcher.start()
+        reloader.start()
         batcher.start()
         yield
         await batcher.stop()
-        watcher.stop()
+        reloader.stop()
 
     # FastAPIOffline: /docs and /redoc with their assets served from the process (a PyPI package), not a CDN.
     app = FastAPIOffline(
@@ -247,11 +247,11 @@ def create_app(
         return FileResponse(str(STATIC_DIR / "index.html"))
 
     def readiness() -> JSONResponse:
-        served = watcher.current
+        served = reloader.current
         if served is None:
             return JSONResponse({"status": "not ready", "ready": False, "reason": not_ready_reason()}, status_code=503)
         return JSONResponse(
-            {"status": "ok", "ready": True, "version": served.version, "reload_error": watcher.last_error}
+            {"status": "ok", "ready": True, "version": served.version, "reload_error": reloader.last_error}
         )
 
     @app.get("/health", summary="Ready: as /health/ready")

@@ -14,12 +14,12 @@ import hashlib
 import hmac
 import ipaddress
 import math
-import os
 import threading
 import time
 from pathlib import Path
 
-API_KEYS_ENV = "GENRE_PIPELINE_API_KEYS"
+from genre_pipeline import settings
+
 MIN_KEY_LENGTH = 16
 MAX_TRACKED_CALLERS = 10_000
 
@@ -28,10 +28,10 @@ class ApiKeysError(ValueError):
     """A key file or variable that cannot be used."""
 
 
-def load_keys(keys_file: Path | None, env: dict | None = None) -> list[str]:
-    """The accepted keys: the file's and the environment variable's; a key shorter than 16 characters
-    is refused (it would be guessable)."""
-    env = os.environ if env is None else env
+def load_keys(keys_file: Path | None, env_keys: list[str] | None = None) -> list[str]:
+    """The accepted keys: the file's and ``env_keys`` (by default ``GENRE_PIPELINE_API_KEYS``'s); a key
+    shorter than 16 characters is refused (it would be guessable)."""
+    env_keys = settings.serving_api_keys() if env_keys is None else env_keys
     keys = []
     if keys_file is not None:
         try:
@@ -39,7 +39,7 @@ def load_keys(keys_file: Path | None, env: dict | None = None) -> list[str]:
         except OSError as error:
             raise ApiKeysError(f"cannot read the API keys file {keys_file}: {error.strerror}") from None
         keys += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    keys += [key.strip() for key in env.get(API_KEYS_ENV, "").split(",") if key.strip()]
+    keys += env_keys
     short = sum(len(key) < MIN_KEY_LENGTH for key in keys)
     if short:
         raise ApiKeysError(f"{short} API key(s) shorter than {MIN_KEY_LENGTH} characters: use long random keys")

@@ -22,8 +22,8 @@ from genre_pipeline.models import movie
 from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.encoders import save_runtimes
 from genre_pipeline.models.pyfunc import ARTIFACT_KEY, PYFUNC_ENTRY
-from genre_pipeline.models.registry import TRAINING_MOVIES_ARTIFACT, VALIDATION_METRIC, use_tracking
 from genre_pipeline.store import DataStore, content_fingerprint
+from genre_pipeline.tracking import TRAINING_MOVIES_ARTIFACT, VALIDATION_METRIC, use_tracking
 from genre_pipeline.training import data as training_data
 from genre_pipeline.training import finetune, fingerprint, stack, trainers
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, ModelSetup, StackConfig, TrainingConfig

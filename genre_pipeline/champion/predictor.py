@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from genre_pipeline.models import metrics, registry
+from genre_pipeline import tracking
+from genre_pipeline.champion import registry
+from genre_pipeline.models import metrics
 from genre_pipeline.models.movie import INPUT_COLUMNS, probability_column
 
 
@@ -76,7 +78,7 @@ class GenrePredictor:
     def from_registry(cls, tracking_uri: str, version: str | None = None) -> "GenrePredictor":
         """The champion, or one registered version: loaded by version number, so that a champion alias
         moving during the load cannot mix two versions."""
-        registry.use_store(tracking_uri)
+        tracking.use_store(tracking_uri)
         client = MlflowClient()
         version = str(version or registry.champion_version(client, tracking_uri))
         registered = client.get_model_version(registry.REGISTERED_MODEL, version)
@@ -105,7 +107,7 @@ class GenrePredictor:
     def headline_metrics(self) -> dict:
         """The registered run's validation macro-F1 (tuned thresholds) and test headline figures."""
         return {
-            "validation": {"macro_f1": self.run_metrics.get(registry.VALIDATION_METRIC)},
+            "validation": {"macro_f1": self.run_metrics.get(tracking.VALIDATION_METRIC)},
             "test": {key: self.run_metrics.get(f"test_{key}") for key in metrics.HEADLINE_KEYS},
         }
 

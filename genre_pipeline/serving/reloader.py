@@ -15,8 +15,8 @@ from collections.abc import Callable
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from genre_pipeline.models.predictor import GenrePredictor
-from genre_pipeline.models.registry import champion_version
+from genre_pipeline.champion.predictor import GenrePredictor
+from genre_pipeline.champion.registry import champion_version
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ServedModel:
         return self.predictor.predict_rows(rows)
 
 
-class ChampionWatcher:
+class ChampionReloader:
     """Holds the served champion. A daemon thread loads it after start-up (the server answers
     ``/health/live`` meanwhile, and ``/health/ready`` says not yet), then polls the registry every
     ``poll_interval_s`` seconds; a moved alias loads the new version in that thread while requests keep
@@ -93,7 +93,7 @@ class ChampionWatcher:
                 return
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._poll, name="champion-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._poll, name="champion-reloader", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genre_pipeline.champion.predictor import GenrePredictor
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
 from genre_pipeline.dataset.labels import OTHERS, LabelSet
 from genre_pipeline.ingestion import posters as poster_statuses
 from genre_pipeline.models import metrics
 from genre_pipeline.models.movie import probability_column, rows_from_tmdb
-from genre_pipeline.models.predictor import GenrePredictor
 from genre_pipeline.models.thresholds import apply_thresholds
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.snapshot import load_snapshot

@@ -12,11 +12,17 @@ import dataclasses
 import mlflow
 from mlflow import MlflowClient
 
+from genre_pipeline import tracking
+from genre_pipeline.champion import registry, scoring
+from genre_pipeline.champion.predictor import GenrePredictor
+from genre_pipeline.champion.seen import training_movies, unseen_movies
 from genre_pipeline.dataset.labels import OTHERS
-from genre_pipeline.models import metrics, registry, scoring
-from genre_pipeline.models.predictor import GenrePredictor
+from genre_pipeline.models import metrics
 from genre_pipeline.options import described
 from genre_pipeline.store import DataStore
+
+# The name of the blocking asset check on model_comparison that applies ``challenger_verdict``.
+PROMOTION_CHECK = "challenger_beats_champion"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +172,7 @@ def challenge_champion(store: DataStore, name: str, report: dict, label_set: str
         tags={
             **comparison.tags(),
             "label_set": label_set,
-            registry.VALIDATION_METRIC: f"{candidate_f1:.6f}",
+            tracking.VALIDATION_METRIC: f"{candidate_f1:.6f}",
             "validation_data": comparison.data,
             "model": name,
             "run_id": report["run_id"],
@@ -205,13 +211,10 @@ def _shared_classes(candidate: GenrePredictor, champion: GenrePredictor) -> tupl
 
 def _on_new_test_movies(store: DataStore, label_set: str, classes: list[str], candidate, champion) -> dict:
     """Both models on the test split's movies that the champion never saw (neither trained on them)."""
-    seen = registry.training_movies(champion.info["run_id"])
+    seen = training_movies(champion.info["run_id"])
     if seen is None:
         return {}
-    known = registry.seen_ids(seen)
-    split_of = store.read_table(store.splits_file).set_index("id")["split"]
-    fresh = scoring.labelled_movies(store, label_set, lambda i: i not in known and split_of.get(i) == "test")
-    movies = scoring.in_classes(store, fresh, classes)
+    movies = unseen_movies(store, label_set, seen, classes, split="test")
     if len(movies.ids) == 0:
         return {}
     too_few = metrics.not_measured(len(movies.ids))
