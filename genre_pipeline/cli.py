@@ -96,7 +96,13 @@ def _predict(args: argparse.Namespace) -> int:
     metadata = {field.name: row[field.name] for field in movie.METADATA_FIELDS}
     predictor = _champion(args)
     prediction = predictor.predict(
-        args.overview, args.tagline, poster, top_k=args.top_k, title=args.title, metadata=metadata
+        args.overview,
+        args.tagline,
+        poster,
+        top_k=args.top_k,
+        title=args.title,
+        metadata=metadata,
+        inputs_checked=True,  # movie.problems above
     )
     notes += prediction.notes
     for note in notes:

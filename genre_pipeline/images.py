@@ -35,6 +35,21 @@ class VerifiedPoster:
         return self.source_format == "JPEG" and self.source_mode == "RGB"
 
 
+class PosterBytes(bytes):
+    """A poster file's bytes that ``verify_poster`` accepted, carrying the decoded image (``verified``):
+    whoever checked a poster hands it on as these bytes, and the model reads the image without decoding
+    the file again. Plain bytes anywhere else (MLflow's binary columns accept them)."""
+
+    verified: VerifiedPoster
+
+    @classmethod
+    def of(cls, data: bytes) -> "PosterBytes":
+        """``data`` verified (PosterError if it is no usable poster)."""
+        poster = cls(data)
+        poster.verified = verify_poster(data)
+        return poster
+
+
 def verify_poster(data: bytes, *, min_width: int = MIN_WIDTH, min_height: int = MIN_HEIGHT) -> VerifiedPoster:
     """Return the poster decoded to RGB, or raise PosterError.
 

@@ -588,7 +588,7 @@ def test_a_serving_process_loads_no_torch_and_predicts_as_pytorch_does(server, t
         predictor = GenrePredictor.from_registry({trained["stack_uri"]!r})
         rows = json.load(sys.stdin)
         rows = [r | ({{"poster": base64.b64decode(r["poster"])}} if "poster" in r else {{}}) for r in rows]
-        out = predictor.probabilities(predictor.predict_frame(pd.DataFrame(rows)))
+        out = predictor.predict_frame(pd.DataFrame(rows)).probabilities
         print(json.dumps({{"torch": "torch" in sys.modules, "probabilities": out.tolist()}}))
     """)
     lean = subprocess.run([sys.executable, "-c", script], input=json.dumps(rows), capture_output=True, text=True)

@@ -30,7 +30,7 @@ def test_out_of_fold_never_predicts_a_row_with_a_model_fitted_on_it():
 
 def test_the_neighbour_vote_remembers_at_most_its_cap_and_still_finds_near_movies():
     rng = np.random.default_rng(0)
-    n, ref = 400, EncoderRef("text", "made-here")
+    n, ref = 400, EncoderRef("text", "made-here", "torch")
     # Two clusters of unit vectors; the genre says which cluster a movie is in.
     labels = (np.arange(n) % 2)[:, None].repeat(2, axis=1).astype(np.uint8)
     labels[:, 1] = 1 - labels[:, 0]

@@ -1,5 +1,7 @@
 """Predicting genres with a registered model (the champion, genre-classifier@champion, by default)
-through its pyfunc model, with what the registry says about it."""
+through its pyfunc model, with what the registry says about it. Every caller reads the logged model's
+own answer (``ModelOutput``: probabilities and the decisions it made at its tuned thresholds) and takes
+its classes and thresholds from the model's logged metadata."""
 
 from __future__ import annotations
 
@@ -17,7 +19,46 @@ from mlflow import MlflowClient
 from genre_pipeline import tracking
 from genre_pipeline.champion import registry
 from genre_pipeline.models import metrics
-from genre_pipeline.models.movie import INPUT_COLUMNS, probability_column
+from genre_pipeline.models.movie import (
+    INPUT_COLUMNS,
+    INPUTS_CHECKED,
+    MODEL_METADATA_KEYS,
+    decision_column,
+    probability_column,
+)
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    """The logged model's answer for some movies (rows), its classes in order (columns)."""
+
+    probabilities: np.ndarray  # float64
+    decisions: np.ndarray  # bool: probability at or above the genre's tuned threshold
+    used_poster: np.ndarray  # bool per movie
+    poster_notes: list[str]  # why a given poster was not used ("" when it was, or none was given)
+    text_notes: list[str]  # how much of a long text the text encoders read ("" when all of it)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, classes: list[str]) -> "ModelOutput":
+        return cls(
+            frame[[probability_column(g) for g in classes]].to_numpy(dtype=np.float64),
+            frame[[decision_column(g) for g in classes]].to_numpy(dtype=bool),
+            frame["used_poster"].to_numpy(dtype=bool),
+            frame["poster_note"].tolist(),
+            frame["text_note"].tolist(),
+        )
+
+    @classmethod
+    def concatenate(cls, parts: list["ModelOutput"], n_classes: int) -> "ModelOutput":
+        if not parts:
+            return cls(np.zeros((0, n_classes)), np.zeros((0, n_classes), dtype=bool), np.zeros(0, dtype=bool), [], [])
+        return cls(
+            np.concatenate([p.probabilities for p in parts]),
+            np.concatenate([p.decisions for p in parts]),
+            np.concatenate([p.used_poster for p in parts]),
+            [note for p in parts for note in p.poster_notes],
+            [note for p in parts for note in p.text_notes],
+        )
 
 
 @dataclasses.dataclass
@@ -64,10 +105,15 @@ class GenrePredictor:
     def __init__(self, model, info: dict, run_metrics: dict | None = None):
         self.model, self.info = model, info
         self.run_metrics = run_metrics or {}
-        classifier = model.unwrap_python_model().classifier
-        self.classes, self.thresholds = list(classifier.classes), np.asarray(classifier.thresholds)
-        self.uses_posters = classifier.uses_posters
-        self.reads_titles, self.reads_metadata = classifier.reads_titles, classifier.reads_metadata
+        logged = (model.metadata.metadata or {}) if model.metadata else {}
+        missing = [key for key in MODEL_METADATA_KEYS if key not in logged]
+        if missing:
+            raise ValueError(f"the model {info} was logged without {', '.join(missing)} in its metadata: retrain it")
+        self.classes, self.thresholds = list(logged["classes"]), np.asarray(logged["thresholds"], dtype=np.float64)
+        reads = set(logged["reads"])
+        self.uses_posters, self.reads_titles, self.reads_metadata = (
+            x in reads for x in ("poster", "title", "metadata")
+        )
 
     @classmethod
     def from_model_uri(cls, model_uri: str) -> "GenrePredictor":
@@ -97,12 +143,11 @@ class GenrePredictor:
         }
         return cls(model, info, run.data.metrics)
 
-    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The pyfunc model's output for raw input rows (see classifier.GenreClassifierModel)."""
-        return self.model.predict(frame)
-
-    def probabilities(self, output: pd.DataFrame) -> np.ndarray:
-        return output[[probability_column(g) for g in self.classes]].to_numpy(dtype=np.float64)
+    def predict_frame(self, frame: pd.DataFrame, *, inputs_checked: bool = False) -> ModelOutput:
+        """The logged model's answer for raw input rows (the columns of ``movie.INPUT_COLUMNS``);
+        ``inputs_checked``: the caller checked every row (``movie.problems``), the model need not again."""
+        params = {INPUTS_CHECKED: True} if inputs_checked else None
+        return ModelOutput.from_frame(self.model.predict(frame, params=params), self.classes)
 
     def headline_metrics(self) -> dict:
         """The registered run's validation macro-F1 (tuned thresholds) and test headline figures."""
@@ -111,19 +156,20 @@ class GenrePredictor:
             "test": {key: self.run_metrics.get(f"test_{key}") for key in metrics.HEADLINE_KEYS},
         }
 
-    def predict_rows(self, rows: list[dict], top_k: int | None = None) -> list[Prediction]:
+    def predict_rows(
+        self, rows: list[dict], top_k: int | None = None, *, inputs_checked: bool = False
+    ) -> list[Prediction]:
         """One Prediction per input row (the pyfunc model's columns; ``poster`` as image bytes), listing
         the ``top_k`` most probable genres and every decided one (all genres when ``top_k`` is None)."""
         # Only the columns some row gives, with explicit Nones: a missing key would make a float NaN
         # column that the model's string schema refuses.
         columns = [c for c in INPUT_COLUMNS if any(row.get(c) is not None for row in rows)]
-        output = self.predict_frame(pd.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=columns))
-        text_notes = output["text_note"] if "text_note" in output else [""] * len(output)
+        frame = pd.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=columns)
+        output = self.predict_frame(frame, inputs_checked=inputs_checked)
         predictions = []
-        for probabilities, used_poster, poster_note, text_note in zip(
-            self.probabilities(output), output["used_poster"], output["poster_note"], text_notes
+        for probabilities, decided, used_poster, poster_note, text_note in zip(
+            output.probabilities, output.decisions, output.used_poster, output.poster_notes, output.text_notes
         ):
-            decided = probabilities >= self.thresholds
             order = np.argsort(-probabilities, kind="stable")
             listed = [j for rank, j in enumerate(order) if top_k is None or rank < top_k or decided[j]]
             predictions.append(
@@ -145,8 +191,9 @@ class GenrePredictor:
         top_k: int = 3,
         title: str | None = None,
         metadata: dict | None = None,
+        inputs_checked: bool = False,
     ) -> Prediction:
         row = {"overview": overview, "tagline": tagline, "title": title, **(metadata or {})}
         if poster is not None:
             row["poster"] = Path(poster).read_bytes()
-        return self.predict_rows([row], top_k=top_k)[0]
+        return self.predict_rows([row], top_k=top_k, inputs_checked=inputs_checked)[0]

@@ -57,10 +57,8 @@ class Comparison:
         return {f"promotion.{k}": "" if v is None else str(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_tags(cls, tags: dict[str, str]) -> "Comparison | None":
+    def from_tags(cls, tags: dict[str, str]) -> "Comparison":
         values = {f.name: tags.get(f"promotion.{f.name}") for f in dataclasses.fields(cls)}
-        if values["candidate"] is None:
-            return None  # registered before comparisons were recorded
         numbers = ("candidate_f1", "margin", "champion_f1", "candidate_new_f1", "champion_new_f1")
         optional = ("champion_version", "champion_model", "champion_label_set")
         for name in numbers:
@@ -189,7 +187,7 @@ def _compared_already(client: MlflowClient, run_id: str, champion: dict | None) 
     held = str(champion["version"]) if champion else None
     for version in client.search_model_versions(f"name='{registry.REGISTERED_MODEL}' and run_id='{run_id}'"):
         comparison = Comparison.from_tags(dict(version.tags))
-        if comparison is not None and comparison.champion_version == held:
+        if comparison.champion_version == held:
             decision = dict(version.tags).get("decision", comparison.verdict()[1])
             return Challenge(None, None, f"v{version.version} of this run was compared already: {decision}")
     return None
@@ -245,8 +243,6 @@ def challenger_verdict(client: MlflowClient) -> Verdict:
     if challenger is None:
         return Verdict(None, False, "no challenger: nothing to promote")
     comparison = Comparison.from_tags(challenger["tags"])
-    if comparison is None:
-        return Verdict(challenger, False, f"challenger v{challenger['version']} carries no comparison", failure=True)
     champion = registry.current_champion(client)
     now = str(champion["version"]) if champion else None
     if now != comparison.champion_version:

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_pipeline.champion.predictor import GenrePredictor
+from genre_pipeline.champion.predictor import GenrePredictor, ModelOutput
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
 from genre_pipeline.dataset.labels import OTHERS, LabelSet
 from genre_pipeline.ingestion import posters as poster_statuses
 from genre_pipeline.models import metrics
 from genre_pipeline.models.movie import probability_column, rows_from_tmdb
-from genre_pipeline.models.thresholds import apply_thresholds
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.snapshot import load_snapshot
 
@@ -83,28 +82,22 @@ def split_movies(store: DataStore, label_set: str, split: str) -> LabelledMovies
     return labelled_movies(store, label_set, lambda movie_id: split_of.get(movie_id) == split)
 
 
-def _predicted_in_chunks(predictor: GenrePredictor, n_movies: int, rows_of, chunk: int, progress=None):
-    """Probabilities (movies x the predictor's classes) and whether each movie's poster was used, for the
-    input rows ``rows_of(slice)`` gives, ``chunk`` movies at a time so that only one chunk's posters
-    are in memory."""
-    parts, used_poster = [], []
+def _predicted_in_chunks(predictor: GenrePredictor, n_movies: int, rows_of, chunk: int, progress=None) -> ModelOutput:
+    """The model's answer for the input rows ``rows_of(slice)`` gives, ``chunk`` movies at a time so that
+    only one chunk's posters are in memory."""
+    parts = []
     for start in range(0, n_movies, chunk):
-        output = predictor.predict_frame(rows_of(slice(start, start + chunk)))
-        parts.append(predictor.probabilities(output))
-        used_poster.append(output["used_poster"].to_numpy(dtype=bool))
+        parts.append(predictor.predict_frame(rows_of(slice(start, start + chunk))))
         if progress:
             progress(min(start + chunk, n_movies), n_movies)
-    if not parts:
-        return np.zeros((0, len(predictor.classes))), np.zeros(0, dtype=bool)
-    return np.concatenate(parts), np.concatenate(used_poster)
+    return ModelOutput.concatenate(parts, len(predictor.classes))
 
 
-def probabilities_on(predictor: GenrePredictor, movies: StoredMovies, chunk: int = 256) -> np.ndarray:
-    """The predictor's probabilities (movies x its classes) for stored movies, a chunk at a time."""
-    probabilities, _ = _predicted_in_chunks(
+def predicted_on(predictor: GenrePredictor, movies: StoredMovies, chunk: int = 256) -> ModelOutput:
+    """The model's answer for stored movies, a chunk at a time."""
+    return _predicted_in_chunks(
         predictor, len(movies.frame), lambda part: movies.rows(part, with_posters=predictor.uses_posters), chunk
     )
-    return probabilities
 
 
 def in_classes(store: DataStore, movies: LabelledMovies, classes: list[str]) -> LabelledMovies:
@@ -117,11 +110,10 @@ def in_classes(store: DataStore, movies: LabelledMovies, classes: list[str]) -> 
     return dataclasses.replace(movies, labels=labels, classes=list(classes))
 
 
-def decided(predictor: GenrePredictor, probabilities: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The predictor's probabilities and thresholded decisions for ``classes``, a subset of its own."""
+def decided(predictor: GenrePredictor, output: ModelOutput, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's probabilities and decisions for ``classes``, a subset of its own."""
     columns = [list(predictor.classes).index(c) for c in classes]
-    chosen = probabilities[:, columns]
-    return chosen, apply_thresholds(chosen, predictor.thresholds[columns])
+    return output.probabilities[:, columns], output.decisions[:, columns].astype(np.uint8)
 
 
 def macro_f1_on(predictor: GenrePredictor, movies: LabelledMovies, chunk: int = 256) -> float | None:
@@ -129,7 +121,7 @@ def macro_f1_on(predictor: GenrePredictor, movies: LabelledMovies, chunk: int = 
     when it does not predict all of them."""
     if not set(movies.classes) <= set(predictor.classes):
         return None
-    probabilities, decisions = decided(predictor, probabilities_on(predictor, movies, chunk), movies.classes)
+    probabilities, decisions = decided(predictor, predicted_on(predictor, movies, chunk), movies.classes)
     return float(metrics.evaluate(movies.labels, decisions, probabilities, movies.classes)["summary"]["macro_f1"])
 
 
@@ -144,8 +136,8 @@ def predict_movies(
     *,
     progress=None,
     chunk: int = 256,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (movies x the champion's classes) and whether each movie's poster was used."""
+) -> ModelOutput:
+    """The model's answer for TMDb movies (``/movie/{id}`` responses), with the posters of ``poster_files``."""
     if not predictor.uses_posters:
         poster_files = {}  # nothing reads them: none is read from disk
     return _predicted_in_chunks(
@@ -177,18 +169,16 @@ def evaluate_snapshot(
             labels.append(row)
     if not scored:
         raise ValueError(f"{snapshot_dir}: no movie with an overview and a genre of the champion's label set")
-    probabilities, used_poster = predict_movies(
-        predictor, scored, snapshot_poster_files(scored, snapshot.posters_dir), progress=progress
+    output = predict_movies(predictor, scored, snapshot_poster_files(scored, snapshot.posters_dir), progress=progress)
+    report = metrics.evaluate(
+        np.stack(labels), output.decisions.astype(np.uint8), output.probabilities, predictor.classes
     )
-    y_true = np.stack(labels)
-    predictions = apply_thresholds(probabilities, predictor.thresholds)
-    report = metrics.evaluate(y_true, predictions, probabilities, predictor.classes)
     ids = [movie["id"] for movie in scored]
     return {
         **report["summary"],
         "labels": predictor.classes,
         "champion": predictor.info,
-        "with_poster": int(used_poster.sum()),
+        "with_poster": int(output.used_poster.sum()),
         "skipped": skipped,
         "seen_in_training": len(train_ids & set(ids)) if train_ids is not None else None,
         "per_genre": report["per_genre"].round(4).to_dict(orient="records"),
@@ -202,13 +192,12 @@ def prediction_table(
     predictor: GenrePredictor,
     movies: list[dict],
     scored_as: list[str],
-    probabilities: np.ndarray,
-    used_poster: np.ndarray,
+    output: ModelOutput,
 ) -> pd.DataFrame:
     """One row per scored movie: the decided genres, the three most probable with their probabilities,
     TMDb's genres (empty for a movie TMDb gives none), every probability, and the champion that
     answered."""
-    decided = apply_thresholds(probabilities, predictor.thresholds).astype(bool)
+    probabilities, decided = output.probabilities, output.decisions
     by_probability = np.argsort(-probabilities, axis=1, kind="stable")
     top3 = by_probability[:, :3]
     frame = pd.DataFrame(
@@ -223,7 +212,7 @@ def prediction_table(
                 ", ".join(f"{predictor.classes[j]} {p[j]:.2f}" for j in order) for p, order in zip(probabilities, top3)
             ],
             "tmdb_genres": [[g["name"] for g in m.get("genres") or []] for m in movies],
-            "used_poster": used_poster.astype(bool),
+            "used_poster": output.used_poster,
         },
         columns=PREDICTION_COLUMNS,
     )

@@ -30,15 +30,6 @@ CLEAN_COLUMNS = [
 ]
 # What the models may read of a /movie/{id} response besides text and poster (never its genres).
 METADATA_COLUMNS = ("original_language", "runtime", "release_year", "vote_average", "vote_count")
-DROP_RULES = (
-    "duplicate_id",
-    "duplicate_title_year",
-    "no_overview",
-    "no_genres",
-    "no_tagline",
-    "overview_too_short",
-    "overview_too_long",
-)
 _TOKEN = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
 
 

@@ -23,7 +23,6 @@ from genre_pipeline.defs.models import champion_model
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models import metrics
-from genre_pipeline.models.thresholds import apply_thresholds
 from genre_pipeline.store import frame_fingerprint
 
 
@@ -58,8 +57,8 @@ def genre_predictions(
     status = poster_files.read_statuses(store)
     ok = status[status["status"] == poster_files.OK]
     files = {int(i): store.root / f for i, f in zip(ok["id"], ok["file"])}
-    probabilities, used_poster = predict_movies(predictor, movies, files, progress=progress_logger(context, "scored"))
-    table = prediction_table(predictor, movies, scored_as, probabilities, used_poster)
+    output = predict_movies(predictor, movies, files, progress=progress_logger(context, "scored"))
+    table = prediction_table(predictor, movies, scored_as, output)
     store.write_table(store.genre_predictions_file, table)
 
     metadata = {
@@ -78,10 +77,7 @@ def genre_predictions(
     check &= y_true.any(axis=1)  # a movie whose genres all fall outside the label set cannot be scored
     if check.any():
         report = metrics.evaluate(
-            y_true[check],
-            apply_thresholds(probabilities[check], predictor.thresholds),
-            probabilities[check],
-            predictor.classes,
+            y_true[check], output.decisions[check].astype(np.uint8), output.probabilities[check], predictor.classes
         )
         metadata |= {f"check_{k}": float(report["summary"][k]) for k in ("macro_f1", "micro_f1", "samples_f1")}
     # Every column of the parquet file but the per-genre probabilities (top_3 shows the highest).

@@ -64,6 +64,15 @@ class GenreClassifier:
     def decisions(self, probabilities: np.ndarray) -> np.ndarray:
         return apply_thresholds(probabilities, self.thresholds)
 
+    def logged_metadata(self) -> dict:
+        """What the logged model's MLflow metadata carries (``movie.MODEL_METADATA_KEYS``)."""
+        reads = ["text"] + ["title"] * self.reads_titles + ["metadata"] * self.reads_metadata
+        return {
+            "classes": list(self.classes),
+            "thresholds": [float(t) for t in self.thresholds],
+            "reads": reads + ["poster"] * self.uses_posters,
+        }
+
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -88,13 +97,3 @@ class GenreClassifier:
         members = {name: load_member(directory / "members" / name) for name in spec["members"]}
         stacker = Stacker.load(directory / "stacker") if spec["stacker"] else None
         return cls(spec["name"], spec["classes"], np.asarray(spec["thresholds"]), members, stacker)
-
-
-def __getattr__(name: str):
-    # Models logged before the pyfunc model moved to ``models.pyfunc`` carry an entry file that imports
-    # it from here: they keep loading.
-    if name == "GenreClassifierModel":
-        from genre_pipeline.models.pyfunc import GenreClassifierModel
-
-        return GenreClassifierModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -298,14 +298,8 @@ class HeadMember:
 
     @classmethod
     def load(cls, directory: Path, spec: dict) -> "HeadMember":
-        if (directory / "head.npz").is_file():
-            with np.load(directory / "head.npz", allow_pickle=False) as saved:
-                weights = {name: saved[name] for name in saved.files}
-        else:  # saved as a PyTorch state dict before heads ran in numpy
-            import torch
-
-            state = torch.load(directory / "head.pt", map_location="cpu", weights_only=True)
-            weights = {name: tensor.float().numpy() for name, tensor in state.items()}
+        with np.load(directory / "head.npz", allow_pickle=False) as saved:
+            weights = {name: saved[name] for name in saved.files}
         text = EncoderRef(**spec["text"]) if spec["text"] else None
         image = EncoderRef(**spec["image"]) if spec["image"] else None
         return cls(spec["kind"], weights, text, image, spec["dims"])

@@ -100,10 +100,17 @@ def decision_column(genre: str) -> str:
     return f"decision:{genre}"
 
 
+# What a logged model's MLflow metadata says of it, for callers that load it: its classes in output order,
+# each class's tuned threshold, and which inputs it reads (text always; title, metadata, poster).
+MODEL_METADATA_KEYS = ("classes", "thresholds", "reads")
+# The pyfunc model's one param: the caller checked every row's fields (``problems``) already.
+INPUTS_CHECKED = "inputs_checked"
+
+
 def signature(classes: list[str]):
     """The pyfunc model's MLflow signature: the input fields, and per genre a probability and a decision."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import AnyType
 
     # Numbers of any type (JSON gives int64 for [104, 120] and float64 for [104, null]); the model
@@ -115,7 +122,8 @@ def signature(classes: list[str]):
         + [ColSpec("boolean", decision_column(g)) for g in classes]
         + [ColSpec("boolean", "used_poster"), ColSpec("string", "poster_note"), ColSpec("string", "text_note")]
     )
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    params = ParamSchema([ParamSpec(INPUTS_CHECKED, "boolean", False)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def rows_from_tmdb(movies: list[dict], poster_files: dict[int, Path]) -> pd.DataFrame:

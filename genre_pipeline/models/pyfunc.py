@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, model_text, normalize_text
-from genre_pipeline.images import PosterError, verify_poster
+from genre_pipeline.images import PosterBytes, PosterError, verify_poster
 from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.encoders import EncoderRef, build_encoder, runtime
 from genre_pipeline.models.encoders.onnx_backend import configured_backend
 from genre_pipeline.models.members import MemberInputs
 from genre_pipeline.models.metadata import is_missing
-from genre_pipeline.models.movie import BY_NAME, decision_column, probability_column
+from genre_pipeline.models.movie import BY_NAME, INPUTS_CHECKED, decision_column, probability_column
 
 log = logging.getLogger(__name__)
 OVERVIEW = BY_NAME["overview"]
@@ -59,6 +59,8 @@ def _poster_of(value):
     """A usable RGB image, or (None, why not)."""
     if is_missing(value):
         return None, None
+    if isinstance(value, PosterBytes):  # verified (so decoded) by the caller already
+        return value.verified.image, None
     if isinstance(value, str):  # base64, as JSON carries bytes (MLflow's scoring server decodes it first)
         try:
             value = base64.b64decode(value, validate=True)
@@ -87,16 +89,19 @@ def _text_notes(texts: list[str], classifier: GenreClassifier, encoders: dict) -
     ]
 
 
-def encode_inputs(frame: pd.DataFrame, classifier: GenreClassifier, encoders: dict) -> tuple[MemberInputs, list, list]:
+def encode_inputs(
+    frame: pd.DataFrame, classifier: GenreClassifier, encoders: dict, *, inputs_checked: bool = False
+) -> tuple[MemberInputs, list, list]:
     """Raw input rows -> what the members read, per row why its poster was not used (None if it was, or
     if none was given), and per row whether its text was cut for the text encoders. An empty overview is
-    an error: there is nothing to predict from."""
+    an error: there is nothing to predict from (not checked again when the caller says it checked every
+    row with ``movie.problems`` or the same limits)."""
     if "overview" not in frame.columns:
         raise ValueError("the input has no 'overview' column: every movie needs its plot overview")
     texts = []
     for row, (overview, tagline) in enumerate(zip(frame["overview"], _column(frame, "tagline"))):
         overview = _text_of(overview)
-        refused = OVERVIEW.problem(overview)
+        refused = None if inputs_checked else OVERVIEW.problem(overview)
         if refused:
             raise ValueError(f"row {row}: the overview {refused}: give the movie's plot overview")
         texts.append(model_text(overview, _text_of(tagline)))
@@ -131,7 +136,8 @@ PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 class GenreClassifierModel(mlflow.pyfunc.PythonModel):
     """The pyfunc flavour: ``predict`` takes a DataFrame with ``overview`` and optionally ``tagline``,
     ``title``, ``poster`` (image bytes) and the metadata columns; it returns per genre ``probability:<genre>``
-    and ``decision:<genre>`` (above the genre's tuned threshold), and ``used_poster``."""
+    and ``decision:<genre>`` (at or above the genre's tuned threshold), ``used_poster`` and the notes. The
+    param ``inputs_checked`` says the caller checked every row already (the server and ``predict`` do)."""
 
     def load_context(self, context) -> None:
         root = self.classifier_dir = Path(context.artifacts[ARTIFACT_KEY])
@@ -140,7 +146,8 @@ class GenreClassifierModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        inputs, poster_notes, text_notes = encode_inputs(frame, self.classifier, self.encoders)
+        checked = bool((params or {}).get(INPUTS_CHECKED))
+        inputs, poster_notes, text_notes = encode_inputs(frame, self.classifier, self.encoders, inputs_checked=checked)
         probabilities = self.classifier.probabilities(inputs)
         decisions = self.classifier.decisions(probabilities)
         columns = {}

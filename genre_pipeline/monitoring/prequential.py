@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from genre_pipeline.champion.predictor import GenrePredictor
-from genre_pipeline.champion.scoring import LabelledMovies, decided, probabilities_on
+from genre_pipeline.champion.scoring import LabelledMovies, decided, predicted_on
 from genre_pipeline.models import metrics
 
 
@@ -37,7 +37,7 @@ def score(
     predictor: GenrePredictor, movies: LabelledMovies, *, resamples: int = 1000, seed: int = 0
 ) -> PrequentialScore:
     """The predictor on ``movies`` (at least one, labelled in its classes) with its own thresholds."""
-    probabilities, decisions = decided(predictor, probabilities_on(predictor, movies), movies.classes)
+    probabilities, decisions = decided(predictor, predicted_on(predictor, movies), movies.classes)
     report = metrics.evaluate(movies.labels, decisions, probabilities, movies.classes)
     return PrequentialScore(
         n_movies=len(movies.ids),

@@ -10,7 +10,7 @@ import json
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from genre_pipeline.images import PosterError, verify_poster
+from genre_pipeline.images import PosterBytes, PosterError
 from genre_pipeline.models import movie as model_input
 
 MAX_POSTER_BYTES = 8 * 1024 * 1024  # TMDb's original-size posters are a few MB at most
@@ -114,16 +114,15 @@ def validated(payload: dict, model: type[BaseModel]) -> BaseModel:
         raise InputError(describe_validation_error(error)) from None
 
 
-def checked_poster(data: bytes, where: str = "poster") -> bytes:
-    """The poster's bytes if they are an image the model can read, else InputError (413 for a file or an
-    image too large, 422 for anything else)."""
+def checked_poster(data: bytes, where: str = "poster") -> PosterBytes:
+    """The poster's bytes, verified and decoded once, if they are an image the model can read, else
+    InputError (413 for a file or an image too large, 422 for anything else)."""
     if len(data) > MAX_POSTER_BYTES:
         raise InputError(f"{where}: the file is {size_over(len(data), MAX_POSTER_BYTES)}", 413)
     try:
-        verify_poster(data)
+        return PosterBytes.of(data)
     except PosterError as error:
         raise InputError(f"{where}: not a usable image ({error})", 413 if error.kind == "too_large" else 422) from None
-    return data
 
 
 def decoded_poster(encoded: str, where: str) -> bytes:

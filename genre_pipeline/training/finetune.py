@@ -201,15 +201,15 @@ def encoder_refs(model: EncoderWithHead) -> tuple[EncoderRef | None, EncoderRef 
         text = EncoderRef(
             "text",
             model.text_encoder.name,
-            f"{ENCODERS_ARTIFACT}/{TEXT_ENCODER_DIR}",
             model.text_encoder.backend,  # what its evaluation ran on
+            f"{ENCODERS_ARTIFACT}/{TEXT_ENCODER_DIR}",
         )
     if model.image_encoder is not None:
         image = EncoderRef(
             "image",
             model.image_encoder.name,
-            f"{ENCODERS_ARTIFACT}/{IMAGE_ENCODER_FILE}",
             model.image_encoder.backend,
+            f"{ENCODERS_ARTIFACT}/{IMAGE_ENCODER_FILE}",
         )
     return text, image
 

@@ -111,6 +111,7 @@ def log_classifier(classifier: GenreClassifier, fine_tuned=None, name: str = "mo
             signature=movie.signature(classifier.classes),
             input_example=movie.example_frame(),
             pip_requirements=pip_requirements(),
+            metadata=classifier.logged_metadata(),
         )
 
 

@@ -35,10 +35,9 @@ class EncoderRef:
 
     modality: str  # "text" or "image"
     name: str
+    # The inference backend the member's training features came from, and so the one to serve with.
+    backend: str
     weights: str | None = None
-    # The inference backend the member's training features came from, and so the one to serve with;
-    # "torch" for models saved before there was a choice.
-    backend: str = "torch"
 
     @property
     def key(self) -> str:

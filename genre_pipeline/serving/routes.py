@@ -1,0 +1,184 @@
+"""The service's routes, one router per concern: the page, health, the model and metrics, predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from importlib import resources
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from genre_pipeline.champion import registry
+from genre_pipeline.models import movie as model_input
+from genre_pipeline.serving import inputs
+from genre_pipeline.serving.inputs import MAX_POSTER_BYTES, Batch, InputError, Movie
+from genre_pipeline.serving.service import Service, answer, model_summary
+
+STATIC_DIR = resources.files("genre_pipeline.serving") / "static"
+FORM_TEXT_FIELDS = set(Movie.model_fields) - {"poster_base64"}
+JSON_EXAMPLE = {field.name: field.example for field in model_input.FIELDS if field.kind != "image"}
+
+
+def page() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(str(STATIC_DIR / "index.html"))
+
+    return router
+
+
+def health(service: Service) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health", summary="Ready: as /health/ready")
+    async def health_():
+        return service.readiness()
+
+    @router.get("/health/ready", summary="200 while a champion is loaded and answering, else 503 with the reason")
+    async def ready():
+        return service.readiness()
+
+    @router.get("/health/live", summary="200 while the process answers at all (it may still be loading)")
+    async def live():
+        return {"status": "alive"}
+
+    return router
+
+
+def model_and_metrics(service: Service) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=False)
+    async def prometheus_metrics():
+        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/model", summary="The served champion: version, run, labels, thresholds, metrics")
+    async def model():
+        served = service.current_model()
+        predictor = served.predictor
+        return model_summary(served) | {
+            "api_key_required": service.gatekeeper.requires_key,
+            "alias": registry.CHAMPION_ALIAS,
+            "kind": predictor.info["kind"],
+            "label_set": predictor.info["label_set"],
+            "labels": predictor.classes,
+            "thresholds": dict(zip(predictor.classes, map(float, predictor.thresholds))),
+            "reads": {
+                "poster": predictor.uses_posters,
+                "title": predictor.reads_titles,
+                "metadata": predictor.reads_metadata,
+            },
+            "text_encoders": predictor.info["text_encoders"],
+            "image_encoder": predictor.info["image_encoder"],
+            "metrics": predictor.headline_metrics(),
+            # The fields a request may carry and their limits: the page sets its inputs from these.
+            "inputs": [dataclasses.asdict(field) for field in model_input.FIELDS],
+            "loaded_at": datetime.datetime.fromtimestamp(served.loaded_at, datetime.UTC).isoformat(),
+        }
+
+    return router
+
+
+async def _form_row(request: Request) -> dict:
+    """A form's fields and optional ``poster`` file (multipart only) as one model row."""
+    form = await request.form(max_files=1, max_fields=len(FORM_TEXT_FIELDS) + 1, max_part_size=1024 * 1024)
+    try:
+        poster, fields = None, {}
+        for key, value in form.multi_items():
+            if key == "poster":
+                if not isinstance(value, UploadFile):
+                    raise InputError("poster: must be an image file, sent as a file part of the form")
+                poster = await value.read(MAX_POSTER_BYTES + 1)
+                if len(poster) > MAX_POSTER_BYTES:  # say the file's own size, not how much of it was read
+                    raise InputError(
+                        f"poster: the file is {inputs.size_over(value.size or len(poster), MAX_POSTER_BYTES)}", 413
+                    )
+            elif isinstance(value, UploadFile):
+                raise InputError(f"{key}: only the poster may be a file")
+            elif value.strip():  # an empty form field means "not given"
+                fields[key] = value
+        unknown = set(fields) - FORM_TEXT_FIELDS
+        if unknown:
+            raise InputError(f"{', '.join(sorted(unknown))}: not a field this API knows (see GET /docs)")
+        movie = inputs.validated(fields, Movie)
+        if poster is not None and len(poster) == 0:  # an empty file input: no poster chosen
+            poster = None
+        if poster is not None:
+            poster = await run_in_threadpool(inputs.checked_poster, poster)
+        return inputs.model_row(movie, poster)
+    finally:
+        await form.close()
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+PREDICT_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": Movie.model_json_schema(), "example": JSON_EXAMPLE},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["overview"],
+                "properties": {name: {"type": "string"} for name in sorted(FORM_TEXT_FIELDS)}
+                | {"poster": {"type": "string", "format": "binary"}},
+            }
+        },
+    },
+}
+
+
+def predictions(service: Service) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(service.admitted)])
+
+    @router.post(
+        "/predict",
+        summary="Genres for one movie: JSON, or a multipart form with a poster file",
+        openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+    )
+    async def predict(request: Request):
+        media_type = _media_type(request)
+        if media_type == "application/json":
+            movie = inputs.parse_json(await request.body(), Movie)
+            row = await run_in_threadpool(inputs.model_row, movie)
+        elif media_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            row = await _form_row(request)
+        else:
+            raise InputError(
+                f"Content-Type {media_type or '(none)'} is not accepted: send application/json or multipart/form-data",
+                415,
+            )
+        served, (prediction,) = await service.predict_rows([row])
+        return answer(served, row, prediction) | {"model": model_summary(served)}
+
+    @router.post(
+        "/predict/batch",
+        summary=f"Genres for up to {inputs.MAX_BATCH} movies in one call (JSON)",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": Batch.model_json_schema()}}}
+        },
+    )
+    async def predict_batch(request: Request):
+        if _media_type(request) != "application/json":
+            raise InputError('/predict/batch takes application/json: {"movies": [{"overview": ...}, ...]}', 415)
+        batch = inputs.parse_json(await request.body(), Batch)
+
+        def rows() -> list[dict]:
+            return [inputs.model_row(m, where=f"movies[{i}].poster_base64") for i, m in enumerate(batch.movies)]
+
+        rows = await run_in_threadpool(rows)
+        served, predictions = await service.predict_rows(rows)
+        return {
+            "model": model_summary(served),
+            "predictions": [answer(served, row, p) for row, p in zip(rows, predictions)],
+        }
+
+    return router
