@@ -30,9 +30,10 @@ import yaml
 from genre_pipeline import settings
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import DataStore
-from genre_pipeline.tmdb.client import ResponseCache
-from genre_pipeline.tmdb.replay import Faults, serve_snapshot
+from genre_pipeline.tmdb.faults import Faults
+from genre_pipeline.tmdb.replay import serve_snapshot
 from genre_pipeline.tmdb.snapshot import load_snapshot
+from genre_pipeline.tmdb.transport import ResponseCache
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

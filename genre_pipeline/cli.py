@@ -12,7 +12,8 @@ from pathlib import Path
 from genre_pipeline import settings
 from genre_pipeline.cluster import command as cluster_command
 from genre_pipeline.tmdb import demo_catalog
-from genre_pipeline.tmdb.replay import DEFAULT_REPLAY_TOKEN, Faults, ReplayServer
+from genre_pipeline.tmdb.faults import Faults
+from genre_pipeline.tmdb.replay import DEFAULT_REPLAY_TOKEN, ReplayServer
 from genre_pipeline.tmdb.snapshot import SnapshotLayoutError
 
 
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in QUIET_LIBRARIES.items():
         os.environ.setdefault(name, value)
     from genre_pipeline.champion.registry import NoChampion
-    from genre_pipeline.cluster.local import ClusterError
+    from genre_pipeline.cluster.databases import ClusterError
 
     try:
         return args.handler(args)

@@ -39,7 +39,8 @@ from genre_pipeline.models.encoders import MINILM_NAMES
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
 from genre_pipeline.tmdb.client import ClientPolicy, TMDbClient
-from genre_pipeline.tmdb.replay import Faults, serve_snapshot
+from genre_pipeline.tmdb.faults import Faults
+from genre_pipeline.tmdb.replay import serve_snapshot
 
 TOKEN = "test-token-5f1d9c"
 API_KEY = "test-api-key-0b7e42"

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from genre_pipeline import settings
-from genre_pipeline.cluster import local
+from genre_pipeline.cluster import databases, local
 from genre_pipeline.cluster.runs import Deployment
 from genre_pipeline.defs.execution import GPU_QUEUE, TMDB_POOL, build_executor
 from genre_pipeline.store import DataStore
@@ -125,8 +125,8 @@ def services_installed():
 
 def _installed(program: str) -> bool:
     try:
-        return bool(local.postgres_program(program)) if program == "pg_ctl" else bool(shutil.which(program))
-    except local.ClusterError:
+        return bool(databases.postgres_program(program)) if program == "pg_ctl" else bool(shutil.which(program))
+    except databases.ClusterError:
         return False
 
 
@@ -169,7 +169,7 @@ def test_local_cluster_materializes_on_workers_with_state_in_postgres(cluster, m
     # its artifacts in the shared folder.
     store = DataStore(Path(env[settings.DATA_DIR_ENV]) / "demo")
     assert len(store.read_table(store.movies_clean_file)) > 100
-    assert _psql(env, ports, local.DAGSTER_DB, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == "SUCCESS"
+    assert _psql(env, ports, databases.DAGSTER_DB, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == "SUCCESS"
     monkeypatch.setenv("PGPASSWORD", env["PGPASSWORD"])
     tracking_uri = env[settings.TRACKING_URI_ENV]
     assert tracking_uri.startswith("postgresql+psycopg2://") and env["PGPASSWORD"] not in tracking_uri
@@ -195,13 +195,13 @@ def _years(env: dict) -> tuple[str, str]:
 def _psql(env: dict, ports: local.Ports, database: str, query: str) -> str:
     result = subprocess.run(
         [
-            local.postgres_program("psql"),
+            databases.postgres_program("psql"),
             "-h",
             "127.0.0.1",
             "-p",
             str(ports.postgres),
             "-U",
-            local.DB_USER,
+            databases.DB_USER,
             "-d",
             database,
             "-Atc",

@@ -21,9 +21,11 @@ from genre_pipeline.files import atomic_write_bytes
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import lock
-from genre_pipeline.tmdb.client import ClientPolicy, ResponseCache, TMDbClient, TMDbUnavailable, TMDbUnreachable
-from genre_pipeline.tmdb.replay import Faults, serve_snapshot
+from genre_pipeline.tmdb.client import ClientPolicy, TMDbClient, TMDbUnavailable, TMDbUnreachable
+from genre_pipeline.tmdb.faults import Faults
+from genre_pipeline.tmdb.replay import serve_snapshot
 from genre_pipeline.tmdb.snapshot import load_snapshot
+from genre_pipeline.tmdb.transport import ResponseCache
 
 from .conftest import BIN, TOKEN, free_port, make_client
 

@@ -14,8 +14,9 @@ from genre_pipeline.ingestion.details import fetch_details
 from genre_pipeline.ingestion.discover import discover_year
 from genre_pipeline.ingestion.posters import PosterRules, download_posters
 from genre_pipeline.store import DataStore
-from genre_pipeline.tmdb.client import RateLimiter, TMDbAuthError, TMDbClient, TMDbUnavailable
+from genre_pipeline.tmdb.client import TMDbAuthError, TMDbClient, TMDbUnavailable
 from genre_pipeline.tmdb.snapshot import load_snapshot
+from genre_pipeline.tmdb.transport import RateLimiter
 
 from .conftest import API_KEY, make_client
 

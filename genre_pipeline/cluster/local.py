@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,18 +24,22 @@ from importlib import resources
 from pathlib import Path
 
 from genre_pipeline import settings
+from genre_pipeline.cluster.databases import (
+    DAGSTER_DB,
+    DB_USER,
+    MLFLOW_DB,
+    ClusterError,
+    redis_argv,
+    run_program,
+    start_postgres,
+    stop_postgres,
+)
 
 DEFAULT_ROOT = Path(".cluster")
-DB_USER = "genre"
-DAGSTER_DB, MLFLOW_DB = "dagster", "mlflow"
 WORKER_QUEUES = ("dagster", "gpu")  # on this machine every worker stands in for a GPU worker too
 LOCATION_NAME = "genre_pipeline"
 POSTGRES_URL_ENV = "DAGSTER_POSTGRES_URL"  # read by the instance's dagster.yaml
 SOURCE_VARIABLES = (settings.SNAPSHOT_ENV, settings.YEARS_ENV)
-
-
-class ClusterError(RuntimeError):
-    """The local cluster cannot start or is not in the state asked for; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,144 +159,6 @@ def _reap(pid: int) -> None:
         pass  # not our child: its own parent reaps it
 
 
-def _run(argv: list[str], what: str, **kwargs) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise ClusterError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
-    return result.stdout
-
-
-# --- PostgreSQL and Redis ---------------------------------------------------------------------------
-
-
-def postgres_program(name: str) -> str:
-    """A PostgreSQL server program; Debian keeps them in /usr/lib/postgresql/<version>/bin."""
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[4]))
-    program = found[-1] if found else shutil.which(name)
-    if not program:
-        raise ClusterError(f"PostgreSQL's {name} is not installed: apt-get install postgresql")
-    return program
-
-
-def _as_postgres_user(argv: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; as root, its programs run as the postgres user.
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def _start_postgres(layout: ClusterLayout, port: int, password: str) -> None:
-    layout.postgres_dir.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        shutil.chown(layout.postgres_dir, "postgres", "postgres")
-        reach = subprocess.run(_as_postgres_user(["test", "-w", str(layout.postgres_dir)]))
-        if reach.returncode != 0:
-            raise ClusterError(
-                f"PostgreSQL runs as the postgres user, which cannot reach {layout.postgres_dir}: "
-                "choose a cluster root under a folder every user may enter (e.g. /var/tmp/genre-cluster)"
-            )
-    if not (layout.postgres_data / "PG_VERSION").exists():
-        password_file = layout.postgres_dir / "initial-password"
-        password_file.write_text(password)
-        if os.geteuid() == 0:
-            shutil.chown(password_file, "postgres", "postgres")
-        try:
-            _run(
-                _as_postgres_user(
-                    [
-                        postgres_program("initdb"),
-                        "-D",
-                        str(layout.postgres_data),
-                        "-U",
-                        DB_USER,
-                        "--auth=scram-sha-256",
-                        f"--pwfile={password_file}",
-                        "-E",
-                        "UTF8",
-                        "--no-locale",
-                    ]
-                ),
-                "initdb",
-            )
-        finally:
-            password_file.unlink()
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={layout.postgres_dir}"
-    _run(
-        _as_postgres_user(
-            [
-                postgres_program("pg_ctl"),
-                "-D",
-                str(layout.postgres_data),
-                "-l",
-                str(layout.postgres_dir / "postgres.log"),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        ),
-        f"starting PostgreSQL (log: {layout.postgres_dir / 'postgres.log'})",
-    )
-    env = {**os.environ, "PGPASSWORD": password}
-    existing = _run(
-        [
-            postgres_program("psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            DB_USER,
-            "-d",
-            "postgres",
-            "-Atc",
-            "SELECT datname FROM pg_database",
-        ],
-        "listing databases",
-        env=env,
-    ).split()
-    for database in (DAGSTER_DB, MLFLOW_DB):
-        if database not in existing:
-            _run(
-                [postgres_program("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER, database],
-                f"creating database {database}",
-                env=env,
-            )
-
-
-def _stop_postgres(layout: ClusterLayout) -> bool:
-    if not (layout.postgres_data / "postmaster.pid").exists():
-        return False
-    _run(
-        _as_postgres_user([postgres_program("pg_ctl"), "-D", str(layout.postgres_data), "-m", "fast", "-w", "stop"]),
-        "stopping PostgreSQL",
-    )
-    return True
-
-
-def _redis_argv(layout: ClusterLayout, port: int) -> list[str]:
-    program = shutil.which("redis-server")
-    if not program:
-        raise ClusterError("redis-server is not installed: apt-get install redis-server")
-    layout.redis_dir.mkdir(parents=True, exist_ok=True)
-    # Only a broker: queued steps need not survive a Redis restart (Dagster's state is in PostgreSQL).
-    return [
-        program,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(layout.redis_dir),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-    ]
-
-
 # --- the deployment ---------------------------------------------------------------------------------
 
 
@@ -395,12 +259,14 @@ def up(
     _write_files(layout, environment)
     env = process_environment(layout)
     try:
-        _start_postgres(layout, ports.postgres, password)
-        _start(layout, "redis", _redis_argv(layout, ports.redis), env)
+        start_postgres(layout.postgres_dir, ports.postgres, password)
+        _start(layout, "redis", redis_argv(layout.redis_dir, ports.redis), env)
         bin_dir = Path(sys.executable).parent
         # The instance's tables, made once before the services start: each would otherwise create
         # them at the same moment on a fresh database, and all but one would fail.
-        _run([str(bin_dir / "dagster"), "instance", "migrate"], "creating the Dagster instance's tables", env=env)
+        run_program(
+            [str(bin_dir / "dagster"), "instance", "migrate"], "creating the Dagster instance's tables", env=env
+        )
         for number in range(1, workers + 1):
             start_worker(layout, number)
         workspace = ["-w", str(layout.workspace_file)]
@@ -478,6 +344,6 @@ def down(root: str | Path = DEFAULT_ROOT) -> list[str]:
     for pid in _processes_of_instance(layout.dagster_home):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    if _stop_postgres(layout):
+    if stop_postgres(layout.postgres_dir):
         stopped.append("postgres")
     return stopped
