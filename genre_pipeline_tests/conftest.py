@@ -26,7 +26,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from mlflow import MlflowClient
 
 from genre_pipeline import settings, tracking
-from genre_pipeline.champion import registry
+from genre_pipeline.champion import registry, scoring
 from genre_pipeline.defs import dataset, ingestion, models, monitoring
 from genre_pipeline.defs.resources import (
     DataQualityResource,
@@ -248,6 +248,19 @@ def make_champion(uri: str, report: dict) -> str:
     return str(version.version)
 
 
+def model_report(store: DataStore, name: str) -> dict:
+    return json.loads(store.model_report_file(name).read_text())
+
+
+def metadata(result, node):
+    return {k: v.value for k, v in result.asset_materializations_for_node(node)[-1].metadata.items()}
+
+
+def stack_frame(store: DataStore, ids) -> pd.DataFrame:
+    """Movies of the data folder as the pyfunc model's raw input rows."""
+    return scoring.stored_movies(store, ids).rows()
+
+
 def latest_metadata(instance: dg.DagsterInstance, asset: str) -> dict:
     """The metadata of an asset's latest materialization in ``instance``."""
     event = instance.get_latest_materialization_event(dg.AssetKey(asset))
@@ -300,6 +313,29 @@ def chromium() -> tuple[str, str]:
     return browser, driver
 
 
+# --- the serving tests' server and poster ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    from .serving_support import start_server, stop  # here: serving_support imports this module
+
+    running = start_server(trained, tmp_path_factory.mktemp("serve"))
+    yield running
+    log = stop(running)
+    assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.fixture(scope="module")
+def poster_file(demo_dir):
+    return sorted((demo_dir / "posters").iterdir())[0]
+
+
+@pytest.fixture(scope="module")
+def poster_bytes(poster_file) -> bytes:
+    return poster_file.read_bytes()
+
+
 def pytest_terminal_summary(terminalreporter):
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_BROWSER in str(r.longrepr)]
     if skipped:
@@ -309,7 +345,10 @@ def pytest_terminal_summary(terminalreporter):
 # --- two workers ------------------------------------------------------------------------------
 # The modules whose tests read the session's trained models: they run on one worker, which trains once.
 # (pytest-xdist's own xdist_group mark does not take effect under pytest 9: its node-id suffix is lost.)
-TRAINED_MODULES = {"test_models.py", "test_command_line.py", "test_serving.py"}
+TRAINED_MODULES = {
+    *("test_models.py", "test_champion.py", "test_fine_tuning.py", "test_command_line.py"),
+    *("test_serving.py", "test_serving_operations.py"),
+}
 # Modules whose tests share a module-scoped fixture that trains models of its own: one worker each.
 SELF_TRAINED_MODULES = {"test_refresh.py"}
 
