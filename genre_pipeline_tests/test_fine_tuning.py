@@ -62,7 +62,8 @@ def fine_tuned(trained, tmp_path_factory):
     ops = {
         "text_model": {"fine_tuning": FINE_TUNE},
         "image_model": {"fine_tuning": {**FINE_TUNE, "num_workers": 0}},
-        "fusion_model": {"fine_tuning": FINE_TUNE},
+        # One fusion head: both would fine-tune the encoders twice for the same path.
+        "fusion_model": {"fine_tuning": {**FINE_TUNE, "fusion_heads": "concat_fusion"}},
     }
     result = dg.materialize(
         ASSETS + DATASET_ASSETS + MODEL_ASSETS,

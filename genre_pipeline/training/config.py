@@ -9,6 +9,9 @@ from genre_pipeline.dataset.labels import LabelSetName
 from genre_pipeline.models.encoders import EncoderRef
 from genre_pipeline.options import described
 
+# The fusion model's two heads: concatenated features, or a gated multimodal unit.
+FUSION_KINDS = ("concat_fusion", "gmu_fusion")
+
 _PATIENCE = "Stop after this many epochs without a better validation macro-F1."
 
 
@@ -43,6 +46,19 @@ class FineTuneConfig(HeadTraining):
     warmup_share: float = described(0.06, "Share of all steps of linear warm-up before the cosine decay.")
     patience: int = described(2, _PATIENCE)
     num_workers: int = described(2, "DataLoader processes decoding and augmenting posters (0 on small CPUs).")
+    fusion_heads: str = described(
+        "both",
+        "The fusion model's heads to fine-tune: concat_fusion, gmu_fusion, or both (twice the cost) and keep "
+        "the better on validation.",
+    )
+
+    def __post_init__(self):
+        if self.fusion_heads not in (*FUSION_KINDS, "both"):
+            raise ValueError(f"fusion_heads is {self.fusion_heads!r}: choose one of {', '.join(FUSION_KINDS)} or both")
+
+    @property
+    def fusion_kinds(self) -> tuple[str, ...]:
+        return FUSION_KINDS if self.fusion_heads == "both" else (self.fusion_heads,)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from genre_pipeline.models.encoders import EncoderRef, build_encoder
 from genre_pipeline.models.heads import build_head
 from genre_pipeline.models.members import HeadMember, TfidfMember
 from genre_pipeline.training import finetune
-from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, ModelSetup, TrainingConfig
+from genre_pipeline.training.config import FUSION_KINDS, BaselineConfig, FineTuneConfig, ModelSetup, TrainingConfig
 from genre_pipeline.training.data import TrainingData
 from genre_pipeline.training.evaluation import ModelOutcome, evaluate, model_rows
 from genre_pipeline.training.loop import set_seeds, train_head
@@ -145,15 +145,10 @@ def _fine_tuned_inputs(model, data: TrainingData, text: EncoderRef | None, image
     return base
 
 
-FUSION_KINDS = ("concat_fusion", "gmu_fusion")
-
-
-def train_fusion(train_kind, on_epoch=None) -> tuple[ModelOutcome, dict[str, float]]:
-    """Both fusion heads, each trained by ``train_kind(kind, on_epoch)``; the better on validation is
-    the fusion model."""
-    outcomes = {
-        kind: train_kind(kind, (lambda r, k=kind: on_epoch(k, r)) if on_epoch else None) for kind in FUSION_KINDS
-    }
+def train_fusion(train_kind, kinds=FUSION_KINDS, on_epoch=None) -> tuple[ModelOutcome, dict[str, float]]:
+    """The fusion heads ``kinds``, each trained by ``train_kind(kind, on_epoch)``; the better on
+    validation is the fusion model."""
+    outcomes = {kind: train_kind(kind, (lambda r, k=kind: on_epoch(k, r)) if on_epoch else None) for kind in kinds}
     scores = {kind: outcome.validation_macro_f1 for kind, outcome in outcomes.items()}
     best = outcomes[max(scores, key=scores.get)]
     best.extra["fusion_validation_macro_f1"] = scores
@@ -196,5 +191,5 @@ def train_head_model(
         return train_neural(name, head_kind, data, head, *setup.head_encoders(head_kind), epoch_hook)
 
     if kind == "fusion":
-        return train_fusion(train_kind, on_epoch)[0]
+        return train_fusion(train_kind, fine_tuning.fusion_kinds if setup.fine_tune else FUSION_KINDS, on_epoch)[0]
     return train_kind(kind, (lambda record: on_epoch(kind, record)) if on_epoch else None)
