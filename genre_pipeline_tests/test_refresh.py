@@ -28,7 +28,15 @@ from .conftest import FAST_TRAINING, MINILM, materialize_all, pipeline_resources
 CATALOG_MOVIES, CATALOG_SEED = 200, 8
 MODULES = [ingestion, dataset, embeddings, monitoring, models, predictions]
 MODEL_ASSETS = {"baseline_model", "text_model", "image_model", "fusion_model", "stacked_model"}
-FAST_OPS = {"ops": FAST_TRAINING["ops"]}
+# What the refresh loop does is under test here, not how well the models learn: lighter training than
+# FAST_TRAINING's (a 2-fold, 1-bag stack, shorter head training) for the two trainings of every model.
+LOOP_HEADS = {"max_epochs": 10, "patience": 3}
+LOOP_OPS = {
+    "ops": {
+        **{name: {"config": LOOP_HEADS} for name in ("text_model", "image_model", "fusion_model")},
+        "stacked_model": {"config": {"folds": 2, "stacker_bags": 1, "heads": LOOP_HEADS}},
+    }
+}
 
 
 def definitions(catalog, data_dir, as_of: str, **monitoring_options) -> dg.Definitions:
@@ -61,7 +69,7 @@ def moved(tmp_path_factory):
             selection=dg.AssetSelection.all() - dg.AssetSelection.groups("ingestion"),
             resources=built.resources,
             instance=instance,
-            run_config=FAST_TRAINING,
+            run_config={**FAST_TRAINING, **LOOP_OPS},
         )
         assert everything.success
         state["store"] = DataStore(data_dir / "moved")
@@ -74,7 +82,7 @@ def moved(tmp_path_factory):
             patch.setenv(settings.CATALOG_DATE_ENV, as_of)
             defs = definitions(catalog, data_dir, as_of, **options)
             scheduled = dt.datetime(2026, 11, 30, 4, tzinfo=dt.timezone.utc)  # the wall clock: not used
-            cycle = run_refresh(defs, instance, scheduled, run_config=FAST_OPS)
+            cycle = run_refresh(defs, instance, scheduled, run_config=LOOP_OPS)
             state["cycles"][name] = {
                 "cycle": cycle,
                 "prequential": state["store"].read_json(state["store"].prequential_file),

@@ -13,6 +13,7 @@ config in, one call into ``genre_pipeline.training`` or ``genre_pipeline.models`
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
@@ -33,8 +34,10 @@ from genre_pipeline.defs.execution import GPU_STEP_TAGS
 from genre_pipeline.defs.monitoring import retraining_decision
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.models import metrics
-from genre_pipeline.training import runs
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, StackConfig, TrainingConfig
+
+if TYPE_CHECKING:
+    from genre_pipeline.training.runs import TrainedModel
 
 # What a model's metadata says of its temporal evaluation besides the figures: which years, how many
 # movies, which genres had none, or why it was not measured.
@@ -65,7 +68,15 @@ def _mlflow_run_url(experiment_id: str, run_id: str) -> dg.MetadataValue:
     return dg.MetadataValue.url(f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
 
 
-def _model_result(trained: runs.TrainedModel, **more) -> dg.MaterializeResult:
+def _training():
+    """The training code, imported when a model trains rather than when the code location loads:
+    PyTorch and torchvision are seconds of every `dagster` process's start-up (dev, the daemon, each run)."""
+    from genre_pipeline.training import runs
+
+    return runs
+
+
+def _model_result(trained: "TrainedModel", **more) -> dg.MaterializeResult:
     """A trained model's asset metadata, from its report: its MLflow run, test figures, per-genre table
     and plots, and whether it was reused. Its data version is its MLflow run: a reused model's does not
     change, so nothing downstream reruns for it."""
@@ -132,7 +143,7 @@ def baseline_model(
     """Word and character TF-IDF + one logistic regression per genre: the reference every other model
     must beat, and a member of the stack."""
     store = storage.store
-    trained = runs.baseline_model(
+    trained = _training().baseline_model(
         store, training.setup(store), to_dataclass(BaselineConfig, config), _run_tags(context)
     )
     return _model_result(trained)
@@ -158,7 +169,7 @@ def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.
         how = "fine-tuning the encoders with" if setup.fine_tune else "training"
         context.log.info(f"{how} the {kind} head on {setup.device}")
         trained = failing_clearly(
-            lambda: runs.head_model(
+            lambda: _training().head_model(
                 store,
                 setup,
                 name,
@@ -214,7 +225,7 @@ def stacked_model(
     gradient-boosted trees over their out-of-fold probabilities and the TMDb metadata. One pyfunc model
     from raw inputs to genres; movies without a usable poster or metadata are scored from the rest."""
     store = storage.store
-    trained = runs.stacked_model(
+    trained = _training().stacked_model(
         store,
         training.setup(store),
         to_dataclass(StackConfig, config),
