@@ -4,6 +4,7 @@ batch predictions, idempotent reruns and per-model code fingerprints."""
 import json
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -29,6 +30,7 @@ from .conftest import (
     model_report,
     run_command,
     source_environment,
+    stack_frame,
 )
 
 
@@ -51,6 +53,26 @@ def test_the_champion_is_registered_loads_and_predicts(trained):
     assert prediction.scores[0][0] in ("Horror", "Thriller", "Mystery")
     with pytest.raises(ValueError, match="overview is empty"):
         predictor.predict("   ")
+
+
+def test_every_caller_reads_the_models_own_classes_thresholds_and_decisions(trained):
+    """The logged model's metadata carries its classes, thresholds and inputs (those of the classifier in
+    its folder), and the decisions the model answers are the ones its thresholds make."""
+    stack = GenrePredictor.from_registry(trained["stack_uri"])
+    logged = stack.model.metadata.metadata
+    classifier = stack.model.unwrap_python_model().classifier  # here only, to compare with the metadata
+    assert logged["classes"] == classifier.classes == stack.classes
+    assert np.allclose(logged["thresholds"], classifier.thresholds)
+    assert np.allclose(stack.thresholds, classifier.thresholds)
+    assert set(logged["reads"]) == {"text", "title", "metadata", "poster"}
+    output = stack.predict_frame(stack_frame(trained["store"], trained_test_ids(trained["store"])[:20]))
+    assert output.probabilities.shape == output.decisions.shape == (20, len(stack.classes))
+    assert (output.decisions == (output.probabilities >= stack.thresholds)).all()
+
+
+def trained_test_ids(store) -> list[int]:
+    splits = store.read_table(store.splits_file)
+    return splits.loc[splits["split"] == "test", "id"].tolist()
 
 
 def test_a_worse_model_is_not_promoted_even_when_its_stored_figure_is_higher(trained):

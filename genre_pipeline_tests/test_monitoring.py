@@ -8,6 +8,8 @@ from genre_pipeline.champion.promotion import Comparison
 from genre_pipeline.models import metrics
 from genre_pipeline.models.thresholds import tune_thresholds
 from genre_pipeline.monitoring import drift, retraining
+from genre_pipeline.monitoring.new_movies import NewMoviesRecord
+from genre_pipeline.store import DataStore
 
 RULES = retraining.RetrainRules(min_new_labelled=500, min_new_fraction=0.2)
 
@@ -36,6 +38,28 @@ def test_retraining_pays_for_enough_new_movies_new_drift_or_a_new_setup_and_not_
     kept = decide(new_labelled=3, still_failing=["poster_availability_shift"])
     assert not kept.retrain
     assert "failing already when the models last trained: poster_availability_shift" in kept.text
+
+
+def test_the_retraining_gate_keeps_its_state_in_the_data_folder_and_retrains_on_what_is_new(tmp_path):
+    store = DataStore(tmp_path / "data")
+    rules = retraining.RetrainRules(min_new_labelled=3, min_new_fraction=1.0)
+    first = retraining.retraining_gate(store, {1, 2, 3, 4}, "setup-a", rules)
+    assert first.decision.retrain and retraining.RetrainingState.load(store) == first.state
+    assert first.state == retraining.RetrainingState([1, 2, 3, 4], "setup-a", [])
+    # Two new movies: not enough; the state, and so the models' data version, stays.
+    again = retraining.retraining_gate(store, {1, 2, 3, 4, 5, 6}, "setup-a", rules)
+    assert not again.decision.retrain and again.state.version == first.state.version
+    assert (again.new_labelled, again.trained_on) == (2, 4)
+    # A drift check that failed in the latest record, or another setup, retrains.
+    failed = drift.DriftFigure("language_shift", 0.5, 0.15, True, "fr: 0% in training, 50% new")
+    NewMoviesRecord([5, 6], None, [failed]).save(store)
+    assert NewMoviesRecord.load(store).failed_drift() == ["language_shift"]
+    drifted = retraining.retraining_gate(store, {1, 2, 3, 4, 5, 6}, "setup-a", rules)
+    assert drifted.decision.retrain and drifted.state.failed_drift == ["language_shift"]
+    assert drifted.state.version != first.state.version
+    # Still failing after the models retrained on it: not again.
+    assert not retraining.retraining_gate(store, {1, 2, 3, 4, 5, 6}, "setup-a", rules).decision.retrain
+    assert retraining.retraining_gate(store, {1, 2, 3, 4, 5, 6}, "setup-b", rules).decision.retrain
 
 
 def sample(rng, n, *, shift=0.0, genre_rate=0.3, language="en", poster=0.8):

@@ -20,9 +20,12 @@ from mlflow import MlflowClient
 
 from genre_pipeline.champion import registry
 from genre_pipeline.champion.predictor import GenrePredictor
+from genre_pipeline.images import verify_poster
+from genre_pipeline.models import pyfunc
 from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.encoders import runtime
 from genre_pipeline.models.pyfunc import encode_inputs, load_encoders
+from genre_pipeline.serving import inputs as request_checks
 
 from .conftest import free_port, make_champion, wait_for
 from .serving_support import (
@@ -216,6 +219,25 @@ def test_a_serving_process_loads_no_torch_and_predicts_as_pytorch_does(server, t
     frame = pd.DataFrame([MOVIE, MOVIE | {"poster": poster_bytes}])
     inputs, _, _ = encode_inputs(frame, classifier, encoders)
     np.testing.assert_allclose(lean["probabilities"], classifier.probabilities(inputs), atol=1e-6)
+
+
+def test_a_poster_the_request_check_decoded_is_not_decoded_again(trained, poster_bytes, monkeypatch):
+    """The server verifies (so decodes) a poster once; the model reads that image, and answers as it does
+    for the raw file, which it decodes itself."""
+    predictor = champion(trained)
+    decoded = []
+
+    def counted(data, **options):
+        decoded.append(len(data))
+        return verify_poster(data, **options)
+
+    monkeypatch.setattr(pyfunc, "verify_poster", counted)
+    checked = request_checks.checked_poster(poster_bytes)
+    (from_check,) = predictor.predict_rows([MOVIE | {"poster": checked}], inputs_checked=True)
+    assert decoded == [] and from_check.used_poster
+    (from_file,) = predictor.predict_rows([MOVIE | {"poster": poster_bytes}])
+    assert decoded == [len(poster_bytes)]
+    assert from_check.scores == from_file.scores
 
 
 def test_ready_only_once_the_champion_has_loaded(trained):
