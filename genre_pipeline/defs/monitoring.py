@@ -104,7 +104,7 @@ def champion_on_new_movies(
 )
 def drift_checks(storage: StorageResource):
     """Each drift figure of the champion's new movies against its threshold (MonitoringResource.drift): a
-    warning, never a stop; README's "Refresh" section says what each means and what to do."""
+    warning, never a stop; docs/refresh.md says what each means and what to do."""
     record = new_movies.NewMoviesRecord.load(storage.store)
     figures = {figure.name: figure for figure in record.drift}
     for name in DRIFT_FIGURES:

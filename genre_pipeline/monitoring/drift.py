@@ -1,5 +1,5 @@
 """Drift between the champion's training movies and the movies that arrived since: one figure per
-kind of change, each judged against a threshold. What each means and what to do: README, "Refresh"."""
+kind of change, each judged against a threshold. What each means and what to do: docs/refresh.md."""
 
 from __future__ import annotations
 

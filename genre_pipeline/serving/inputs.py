@@ -88,7 +88,7 @@ def _mebibytes(size: int) -> str:
 
 
 def size_over(size: int, limit: int) -> str:
-    """ "<size>, over the <limit> limit" in MiB as README gives limits, in bytes where MiB would show
+    """ "<size>, over the <limit> limit" in MiB as the docs give limits, in bytes where MiB would show
     the same figure twice."""
     if _mebibytes(size) == _mebibytes(limit):
         return f"{size:,} bytes, over the {limit:,}-byte ({_mebibytes(limit)}) limit"
