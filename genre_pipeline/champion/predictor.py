@@ -108,7 +108,8 @@ class GenrePredictor:
         logged = (model.metadata.metadata or {}) if model.metadata else {}
         missing = [key for key in MODEL_METADATA_KEYS if key not in logged]
         if missing:
-            raise ValueError(f"the model {info} was logged without {', '.join(missing)} in its metadata: retrain it")
+            which = info.get("model_uri") or f"{registry.REGISTERED_MODEL} v{info.get('version')}"
+            raise ValueError(f"{which} was logged without {', '.join(missing)} in its MLflow metadata: retrain it")
         self.classes, self.thresholds = list(logged["classes"]), np.asarray(logged["thresholds"], dtype=np.float64)
         reads = set(logged["reads"])
         self.uses_posters, self.reads_titles, self.reads_metadata = (
