@@ -267,6 +267,12 @@ def latest_metadata(instance: dg.DagsterInstance, asset: str) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+def first_metadata(instance: dg.DagsterInstance, asset: str) -> dict:
+    """The metadata of an asset's first materialization in ``instance`` (the session's: the whole-graph run)."""
+    (record,) = instance.fetch_materializations(dg.AssetKey(asset), limit=1, ascending=True).records
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
 def best_constant_macro_f1(store: DataStore) -> float:
     """Macro-F1 of predicting every genre for every test movie: the best a label-blind rule does."""
     labels = pd.read_parquet(store.labels_file("full"))

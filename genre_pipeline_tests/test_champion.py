@@ -65,8 +65,9 @@ def test_every_caller_reads_the_models_own_classes_thresholds_and_decisions(trai
     assert np.allclose(logged["thresholds"], classifier.thresholds)
     assert np.allclose(stack.thresholds, classifier.thresholds)
     assert set(logged["reads"]) == {"text", "title", "metadata", "poster"}
-    output = stack.predict_frame(stack_frame(trained["store"], trained_test_ids(trained["store"])[:20]))
-    assert output.probabilities.shape == output.decisions.shape == (20, len(stack.classes))
+    test_ids = trained_test_ids(trained["store"])
+    output = stack.predict_frame(stack_frame(trained["store"], test_ids))
+    assert output.probabilities.shape == output.decisions.shape == (len(test_ids), len(stack.classes))
     assert (output.decisions == (output.probabilities >= stack.thresholds)).all()
 
 
@@ -210,5 +211,7 @@ def test_each_models_code_fingerprint_covers_only_the_code_that_trains_it():
     for name, files in closures.items():
         # Promotion, the registry, scoring and serving are not training code: editing them retrains nothing.
         assert not files & {"promotion.py", "registry.py", "scoring.py", "predictor.py", "app.py"}, name
+        packages = {p.parent.name for p in fingerprint.module_closure(fingerprint.TRAINERS[name])}
+        assert not packages & {"champion", "monitoring", "serving", "defs"}, name
         assert {"members.py", "evaluation.py", "metrics.py"} <= files, name
     assert [name for name, files in closures.items() if "stack.py" in files] == ["stacked_model"]
