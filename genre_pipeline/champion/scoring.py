@@ -113,7 +113,7 @@ def in_classes(store: DataStore, movies: LabelledMovies, classes: list[str]) -> 
 def decided(predictor: GenrePredictor, output: ModelOutput, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The model's probabilities and decisions for ``classes``, a subset of its own."""
     columns = [list(predictor.classes).index(c) for c in classes]
-    return output.probabilities[:, columns], output.decisions[:, columns].astype(np.uint8)
+    return output.probabilities[:, columns], output.decisions[:, columns]
 
 
 def macro_f1_on(predictor: GenrePredictor, movies: LabelledMovies, chunk: int = 256) -> float | None:
@@ -170,9 +170,7 @@ def evaluate_snapshot(
     if not scored:
         raise ValueError(f"{snapshot_dir}: no movie with an overview and a genre of the champion's label set")
     output = predict_movies(predictor, scored, snapshot_poster_files(scored, snapshot.posters_dir), progress=progress)
-    report = metrics.evaluate(
-        np.stack(labels), output.decisions.astype(np.uint8), output.probabilities, predictor.classes
-    )
+    report = metrics.evaluate(np.stack(labels), output.decisions, output.probabilities, predictor.classes)
     ids = [movie["id"] for movie in scored]
     return {
         **report["summary"],

@@ -77,7 +77,7 @@ def genre_predictions(
     check &= y_true.any(axis=1)  # a movie whose genres all fall outside the label set cannot be scored
     if check.any():
         report = metrics.evaluate(
-            y_true[check], output.decisions[check].astype(np.uint8), output.probabilities[check], predictor.classes
+            y_true[check], output.decisions[check], output.probabilities[check], predictor.classes
         )
         metadata |= {f"check_{k}": float(report["summary"][k]) for k in ("macro_f1", "micro_f1", "samples_f1")}
     # Every column of the parquet file but the per-genre probabilities (top_3 shows the highest).
