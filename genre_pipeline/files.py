@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,11 @@ def _read_umask() -> int:
 
 # Read once, at import (single-threaded): os.umask can only be read by setting it.
 _FILE_MODE = 0o666 & ~_read_umask()
+
+
+def content_key(data: bytes | str) -> str:
+    """The content hash that names a text or a file's bytes: what embeddings are cached by."""
+    return hashlib.sha1(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from genre_pipeline import settings
 from genre_pipeline.defs.resources import TMDbResource
-from genre_pipeline.files import atomic_write_bytes
+from genre_pipeline.files import atomic_write_bytes, content_key
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import lock
@@ -150,6 +150,20 @@ def test_stored_posters_are_not_downloaded_again_when_their_statuses_were_lost(d
         assert image_requests(server) == asked
     assert summary["downloaded"] == 0 and summary["reused"] == (first["status"] == "ok").sum()
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_each_stored_poster_carries_its_content_hash_and_an_older_table_gets_it_without_a_download(demo_dir, tmp_path):
+    """The hash the poster embeddings key their cache by is taken at ingestion; a status table written
+    before it was kept has it added from the stored files, with no request."""
+    with serve_snapshot(demo_dir, token=TOKEN) as server:
+        store, (first, _) = posters_of(server, tmp_path, demo_dir)
+        ok = first[first["status"] == "ok"]
+        assert len(ok) and all(h == content_key((store.root / f).read_bytes()) for h, f in zip(ok["sha1"], ok["file"]))
+        assert first.loc[first["status"] != "ok", "sha1"].isna().all()
+        asked = image_requests(server)
+        _, (upgraded, summary) = posters_of(server, tmp_path, demo_dir, previous=first.drop(columns="sha1"))
+        assert image_requests(server) == asked and summary["reused"] == len(ok)
+    pd.testing.assert_frame_equal(first, upgraded)
 
 
 def test_a_converted_poster_records_the_stored_size_and_a_broken_stored_file_is_served(catalog_copy, tmp_path):

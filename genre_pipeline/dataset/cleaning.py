@@ -20,6 +20,7 @@ CLEAN_COLUMNS = [
     "text",
     "overview_tokens",
     "poster_file",
+    "poster_sha1",
     "poster_status",
     "genres",
     "popularity",
@@ -105,15 +106,17 @@ def details_frame(details: list[dict], poster_status: pd.DataFrame) -> pd.DataFr
         )
     columns = ["id", "title", "overview", "tagline", "genres", "popularity", *METADATA_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
+    names = {"status": "poster_status", "file": "poster_file", "sha1": "poster_sha1"}
     status = (
-        poster_status[["id", "status", "file"]].rename(columns={"status": "poster_status", "file": "poster_file"})
+        poster_status.reindex(columns=["id", *names]).rename(columns=names)
         if len(poster_status)
-        else pd.DataFrame(columns=["id", "poster_status", "poster_file"])
+        else pd.DataFrame(columns=["id", *names.values()])
     )
     status = status.astype({"id": "int64"})
     frame = frame.merge(status, on="id", how="left")
     frame["poster_status"] = frame["poster_status"].fillna(poster_files.NOT_DOWNLOADED)
-    frame["poster_file"] = frame["poster_file"].where(frame["poster_status"] == poster_files.OK, None)
+    for column in ("poster_file", "poster_sha1"):
+        frame[column] = frame[column].where(frame["poster_status"] == poster_files.OK, None)
     return frame
 
 

@@ -15,6 +15,7 @@ from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_table, progress_logger
 from genre_pipeline.defs.execution import GPU_STEP_TAGS
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
+from genre_pipeline.files import content_key
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models.encoders import EncoderRef, EncoderUnavailable, cache
 from genre_pipeline.store import frame_fingerprint
@@ -46,7 +47,7 @@ class EncoderWork:
 def text_work(storage: StorageResource, training: TrainingResource, batch_size: int) -> list[EncoderWork]:
     movies = storage.store.read_table(storage.store.movies_clean_file)
     texts = movies["text"].tolist()
-    keys = [cache.content_key(t) for t in texts]
+    keys = [content_key(t) for t in texts]
     ids = movies["id"].tolist()
     return [EncoderWork(ref, batch_size, ids, keys, texts) for ref in training.encoder_refs()[0]]
 
@@ -56,7 +57,9 @@ def poster_work(storage: StorageResource, training: TrainingResource, batch_size
     movies = store.read_table(store.movies_clean_file)
     with_poster = movies[movies["poster_status"] == poster_files.OK]
     files = [store.root / f for f in with_poster["poster_file"]]
-    keys = [cache.content_key(f.read_bytes()) for f in files]
+    # The hash ingestion stored; a data set from before it kept one hashes the file.
+    stored = with_poster.reindex(columns=["poster_sha1"])["poster_sha1"]
+    keys = [h if isinstance(h, str) else content_key(f.read_bytes()) for h, f in zip(stored, files)]
     # Posters take more memory per input than texts.
     return [EncoderWork(training.encoder_refs()[1], batch_size // 2, with_poster["id"].tolist(), keys, files)]
 

@@ -4,7 +4,8 @@ A file is a poster only if it fully decodes to RGB at a usable size. Statuses, o
 ``posters/poster_status.parquet``: ``ok`` (stored in images/), ``no_poster`` (TMDb has none),
 ``http_error`` (the download kept failing: retried next run), ``corrupt`` (failed verification: the
 bytes are kept in rejected/). The data set adds ``not_downloaded`` for a movie the posters step has
-not reached yet.
+not reached yet. An ``ok`` row carries the stored file's content hash (``sha1``), taken while the
+bytes are in memory, so that the embeddings never read every poster just to key it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 
-from genre_pipeline.files import atomic_write_bytes
+from genre_pipeline.files import atomic_write_bytes, content_key
 from genre_pipeline.images import MIN_HEIGHT, MIN_WIDTH, PosterError, verify_poster
 from genre_pipeline.ingestion.results import Progress, settled
 from genre_pipeline.options import described
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 OK, NO_POSTER, HTTP_ERROR, CORRUPT = "ok", "no_poster", "http_error", "corrupt"
 STATUSES = (OK, NO_POSTER, HTTP_ERROR, CORRUPT)
 NOT_DOWNLOADED = "not_downloaded"
-STATUS_COLUMNS = ["id", "poster_path", "status", "file", "width", "height", "bytes", "error"]
+STATUS_COLUMNS = ["id", "poster_path", "status", "file", "width", "height", "bytes", "sha1", "error"]
 
 
 # --- statuses ------------------------------------------------------------------------
@@ -91,7 +92,9 @@ def download_posters(
             continue
         old = previous_ok.get(movie_id)
         if old and old["poster_path"] == poster_path and (store.root / old["file"]).is_file():
-            rows[movie_id] = {column: old[column] for column in STATUS_COLUMNS}
+            rows[movie_id] = {column: old.get(column) for column in STATUS_COLUMNS}
+            if not isinstance(rows[movie_id]["sha1"], str):  # a table from before the hash was kept
+                rows[movie_id]["sha1"] = content_key((store.root / old["file"]).read_bytes())
             reused += 1
             continue
         # Stored by a run that died before writing the statuses: every stored file was verified before
@@ -116,7 +119,7 @@ def download_posters(
         stored = data if poster.is_rgb_jpeg else _to_jpeg(poster.image)
         atomic_write_bytes(target, stored)
         (store.poster_rejected_dir / name).unlink(missing_ok=True)
-        return _ok_row(store, movie_id, poster_path, target, poster, len(stored))
+        return _ok_row(store, movie_id, poster_path, target, poster, stored)
 
     results = client.map_concurrent(fetch_and_verify, to_download)
     for (movie_id, poster_path), result in settled(
@@ -133,8 +136,8 @@ def download_posters(
     return frame, summary
 
 
-def _ok_row(store: DataStore, movie_id: int, poster_path: str, target, poster, stored_bytes: int) -> dict:
-    """An 'ok' row: ``bytes`` is the stored file's size (a converted poster differs from the download)."""
+def _ok_row(store: DataStore, movie_id: int, poster_path: str, target, poster, stored: bytes) -> dict:
+    """An 'ok' row: ``bytes`` and ``sha1`` are the stored file's (a converted poster differs from the download)."""
     return _status_row(
         movie_id,
         poster_path,
@@ -142,7 +145,8 @@ def _ok_row(store: DataStore, movie_id: int, poster_path: str, target, poster, s
         file=str(target.relative_to(store.root)),
         width=poster.image.width,
         height=poster.image.height,
-        size=stored_bytes,
+        size=len(stored),
+        sha1=content_key(stored),
     )
 
 
@@ -154,10 +158,12 @@ def _stored_poster(store: DataStore, movie_id: int, poster_path: str, *, min_wid
         poster = verify_poster(data, min_width=min_width, min_height=min_height)
     except (FileNotFoundError, ValueError):  # not stored, an unusable name, or a PosterError
         return None
-    return _ok_row(store, movie_id, poster_path, target, poster, len(data))
+    return _ok_row(store, movie_id, poster_path, target, poster, data)
 
 
-def _status_row(movie_id, poster_path, status, *, file=None, width=None, height=None, size=None, error=None) -> dict:
+def _status_row(
+    movie_id, poster_path, status, *, file=None, width=None, height=None, size=None, sha1=None, error=None
+) -> dict:
     return {
         "id": movie_id,
         "poster_path": poster_path,
@@ -166,6 +172,7 @@ def _status_row(movie_id, poster_path, status, *, file=None, width=None, height=
         "width": width,
         "height": height,
         "bytes": size,
+        "sha1": sha1,
         "error": error,
     }
 

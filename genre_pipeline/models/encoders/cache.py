@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import time
@@ -43,10 +42,6 @@ class UpdateStats:
     computed: int
     reused: int
     seconds: float
-
-
-def content_key(data: bytes | str) -> str:
-    return hashlib.sha1(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
 def _cached_rows(sources: list[Embeddings]) -> dict[tuple[int, str], np.ndarray]:
