@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from genre_pipeline import tracking
-from genre_pipeline.champion import registry
+from genre_pipeline.champion import registry, scoring
 from genre_pipeline.champion.predictor import GenrePredictor
 from genre_pipeline.dataset.cleaning import metadata_fields
 from genre_pipeline.defs import models, predictions
@@ -69,6 +69,23 @@ def test_every_caller_reads_the_models_own_classes_thresholds_and_decisions(trai
     output = stack.predict_frame(stack_frame(trained["store"], test_ids))
     assert output.probabilities.shape == output.decisions.shape == (len(test_ids), len(stack.classes))
     assert (output.decisions == (output.probabilities >= stack.thresholds)).all()
+
+
+def test_scoring_takes_the_embedding_assets_vectors_of_unchanged_texts_and_posters(trained):
+    """Scoring the stored movies through the logged model gives the same answer whether its encoders
+    encode every text and poster or take the cached vectors of the same content; a changed overview is
+    encoded again."""
+    store, stack = trained["store"], GenrePredictor.from_registry(trained["stack_uri"])
+    reusing = scoring.reusing_store_embeddings(GenrePredictor.from_registry(trained["stack_uri"]), store)
+    frame = stack_frame(store, trained_test_ids(store))
+    frame.loc[0, "overview"] = "A lighthouse keeper finds a message in a bottle that was written tomorrow."
+    expected, got = stack.predict_frame(frame), reusing.predict_frame(frame)
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
+    assert (got.decisions == expected.decisions).all() and (got.used_poster == expected.used_poster).all()
+    model = reusing.model.unwrap_python_model()  # here only, to count what its encoders took from the cache
+    by_modality = {ref.modality: model.encoders[ref.key] for ref in model.classifier.encoders}
+    assert by_modality["text"].reused == len(frame) - 1  # all but the changed overview
+    assert by_modality["image"].reused == int(got.used_poster.sum()) > 0
 
 
 def trained_test_ids(store) -> list[int]:

@@ -150,6 +150,11 @@ class GenrePredictor:
         params = {INPUTS_CHECKED: True} if inputs_checked else None
         return ModelOutput.from_frame(self.model.predict(frame, params=params), self.classes)
 
+    def reuse_embeddings(self, known) -> None:
+        """Let the model's frozen encoders take known embeddings instead of encoding those inputs again
+        (``pyfunc.GenreClassifierModel.reuse_embeddings``; ``scoring.reusing_store_embeddings``)."""
+        self.model.unwrap_python_model().reuse_embeddings(known)
+
     def headline_metrics(self) -> dict:
         """The registered run's validation macro-F1 (tuned thresholds) and test headline figures."""
         return {

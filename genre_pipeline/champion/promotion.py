@@ -133,11 +133,15 @@ def challenge_champion(store: DataStore, name: str, report: dict, label_set: str
         return compared
     validation = scoring.split_movies(store, label_set, "validation")
     data = validation.describe("validation")
-    candidate = GenrePredictor.from_model_uri(report["model_uri"])
+    # Both models take the embedding assets' vectors of unchanged texts and posters: scoring them encodes
+    # only what the cache lacks.
+    candidate = scoring.reusing_store_embeddings(GenrePredictor.from_model_uri(report["model_uri"]), store)
     champion_fields = dict(champion_version=None, champion_model=None, champion_label_set=None, champion_f1=None)
     inputs_change, new = "", {}
     if before is not None:
-        champion = GenrePredictor.from_registry(report["tracking_uri"], before["version"])
+        champion = scoring.reusing_store_embeddings(
+            GenrePredictor.from_registry(report["tracking_uri"], before["version"]), store
+        )
         champion_fields = dict(
             champion_version=str(before["version"]),
             champion_model=champion.info["model"],

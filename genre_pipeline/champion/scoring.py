@@ -14,6 +14,7 @@ from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
 from genre_pipeline.dataset.labels import OTHERS, LabelSet
 from genre_pipeline.ingestion import posters as poster_statuses
 from genre_pipeline.models import metrics
+from genre_pipeline.models.encoders import cache
 from genre_pipeline.models.movie import probability_column, rows_from_tmdb
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.snapshot import load_snapshot
@@ -80,6 +81,16 @@ def split_movies(store: DataStore, label_set: str, split: str) -> LabelledMovies
     """One split's labelled movies of the data folder, as the model reads them."""
     split_of = store.read_table(store.splits_file).set_index("id")["split"]
     return labelled_movies(store, label_set, lambda movie_id: split_of.get(movie_id) == split)
+
+
+def reusing_store_embeddings(predictor: GenrePredictor, store: DataStore) -> GenrePredictor:
+    """``predictor``, whose frozen encoders now take the data folder's cached embeddings of any text or
+    poster with the same content (same encoder and backend) instead of encoding it again: scoring the
+    current splits through the logged model then costs no encoder time. Returns it, for chaining."""
+    predictor.reuse_embeddings(
+        lambda ref, backend: cache.known_vectors(store.embeddings_file(ref.modality, ref.name, backend))
+    )
+    return predictor
 
 
 def _predicted_in_chunks(predictor: GenrePredictor, n_movies: int, rows_of, chunk: int, progress=None) -> ModelOutput:

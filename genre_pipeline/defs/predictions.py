@@ -14,6 +14,7 @@ from genre_pipeline.champion.scoring import (
     movies_to_score,
     predict_movies,
     prediction_table,
+    reusing_store_embeddings,
 )
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_table, progress_logger
@@ -48,7 +49,7 @@ def genre_predictions(
     test-split movies as a check, with the champion version that answered; reruns when the champion or
     the movies change."""
     store = storage.store
-    predictor = GenrePredictor.from_registry(training.tracking_uri_for(store))
+    predictor = reusing_store_embeddings(GenrePredictor.from_registry(training.tracking_uri_for(store)), store)
     details = store.read_details()
     splits = store.read_table(store.splits_file)
     movies, scored_as = movies_to_score(

@@ -8,6 +8,7 @@ import base64
 import binascii
 import dataclasses
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import mlflow
@@ -15,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from genre_pipeline.dataset.cleaning import METADATA_COLUMNS, model_text, normalize_text
-from genre_pipeline.images import PosterBytes, PosterError, verify_poster
+from genre_pipeline.images import PosterBytes, PosterError
 from genre_pipeline.models.classifier import GenreClassifier
-from genre_pipeline.models.encoders import EncoderRef, build_encoder, runtime
+from genre_pipeline.models.encoders import EncoderRef, build_encoder, cache, runtime
 from genre_pipeline.models.encoders.onnx_backend import configured_backend
 from genre_pipeline.models.members import MemberInputs
 from genre_pipeline.models.metadata import is_missing
@@ -56,11 +57,11 @@ def _text_of(value) -> str:
 
 
 def _poster_of(value):
-    """A usable RGB image, or (None, why not)."""
+    """(The poster's verified bytes, which carry the decoded image, None), or (None, why not)."""
     if is_missing(value):
         return None, None
     if isinstance(value, PosterBytes):  # verified (so decoded) by the caller already
-        return value.verified.image, None
+        return value, None
     if isinstance(value, str):  # base64, as JSON carries bytes (MLflow's scoring server decodes it first)
         try:
             value = base64.b64decode(value, validate=True)
@@ -69,7 +70,7 @@ def _poster_of(value):
     if not isinstance(value, (bytes, bytearray)) or not value:
         return None, "the poster is empty"
     try:
-        return verify_poster(bytes(value)).image, None
+        return PosterBytes.of(bytes(value)), None
     except PosterError as error:
         return None, f"poster not usable ({error})"
 
@@ -143,6 +144,15 @@ class GenreClassifierModel(mlflow.pyfunc.PythonModel):
         root = self.classifier_dir = Path(context.artifacts[ARTIFACT_KEY])
         self.classifier = GenreClassifier.load(root)
         self.encoders = load_encoders(self.classifier.encoders, root)
+
+    def reuse_embeddings(self, known: Callable[[EncoderRef, str], Mapping[str, np.ndarray]]) -> None:
+        """Let each frozen encoder take the embedding of an input whose content key ``known(ref, backend)``
+        holds instead of encoding it again: the pipeline scores validation and test movies that its
+        embedding assets encoded already. Fine-tuned encoders keep encoding."""
+        for ref in self.classifier.encoders:
+            if ref.weights is None:
+                encoder = cache.Reusing.unwrapped(self.encoders[ref.key])
+                self.encoders[ref.key] = cache.Reusing(encoder, known(ref, encoder.backend))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

@@ -6,12 +6,12 @@ import dataclasses
 import io
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from genre_pipeline.files import atomic_write_bytes
+from genre_pipeline.files import atomic_write_bytes, content_key
 from genre_pipeline.models.encoders import EncoderRef, build_encoder
 
 
@@ -42,6 +42,43 @@ class UpdateStats:
     computed: int
     reused: int
     seconds: float
+
+
+def known_vectors(path: Path) -> dict[str, np.ndarray]:
+    """content key -> vector of the embeddings file at ``path`` (empty when there is none)."""
+    if not Path(path).is_file():
+        return {}
+    embeddings = Embeddings.load(path)
+    return dict(zip(embeddings.keys.tolist(), embeddings.vectors))
+
+
+class Reusing:
+    """An encoder that takes the known vector of each input whose content key (``files.content_key`` of
+    a text or a poster's bytes) ``known`` holds, and encodes only the others. Everything else is the
+    wrapped encoder's."""
+
+    def __init__(self, encoder, known: Mapping[str, np.ndarray]):
+        self.encoder, self.known = encoder, known
+        self.reused = 0
+
+    @staticmethod
+    def unwrapped(encoder):
+        return encoder.encoder if isinstance(encoder, Reusing) else encoder
+
+    def __getattr__(self, name: str):
+        return getattr(self.encoder, name)
+
+    def encode(self, items: list, progress=None) -> np.ndarray:
+        keys = [content_key(item) if isinstance(item, (str, bytes)) else None for item in items]
+        todo = [n for n, key in enumerate(keys) if key not in self.known]
+        result = np.zeros((len(items), self.encoder.dim), dtype=np.float32)
+        if todo:
+            result[todo] = self.encoder.encode([items[n] for n in todo], progress)
+        for n, key in enumerate(keys):
+            if key in self.known:
+                result[n] = self.known[key]
+        self.reused += len(items) - len(todo)
+        return result
 
 
 def _cached_rows(sources: list[Embeddings]) -> dict[tuple[int, str], np.ndarray]:

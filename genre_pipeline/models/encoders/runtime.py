@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from genre_pipeline import settings
+from genre_pipeline.images import PosterBytes
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,10 @@ def resize_rgb(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def poster_array(source) -> np.ndarray:
     """A path, bytes or PIL image as the (3, 224, 224) float32 input of an ImageNet encoder: resized,
-    scaled to [0, 1] and ImageNet-normalized, exactly as ``image.image_transform()`` does with torch."""
+    scaled to [0, 1] and ImageNet-normalized, exactly as ``image.image_transform()`` does with torch.
+    Verified ``PosterBytes`` are not decoded again."""
+    if isinstance(source, PosterBytes):
+        source = source.verified.image
     if isinstance(source, Image.Image):
         pixels = np.asarray(source.convert("RGB"))
     else:
