@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
-from threadpoolctl import threadpool_limits
 
 from genre_pipeline.models.members import MemberInputs
 from genre_pipeline.models.metadata import MetadataEncoder, hide_at_random
@@ -118,14 +115,6 @@ def boosted_trees(n_movies: int, seed: int) -> HistGradientBoostingClassifier:
     )
 
 
-def _fit_per_genre(x: np.ndarray, labels: np.ndarray, seed: int) -> list[HistGradientBoostingClassifier]:
-    """One model per genre, the genres fitted side by side on every core, each on one OpenMP thread: on a
-    few thousand movies a fit barely gains from a second thread (18 genres on 2 cores: twice as fast this
-    way). The fits release the GIL, and each model is the same as fitted alone."""
-    with threadpool_limits(1, user_api="openmp"), ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda j: boosted_trees(len(x), seed).fit(x, labels[:, j]), range(labels.shape[1])))
-
-
 class Stacker:
     """Per genre, gradient-boosted trees over every member's logits for every genre (genres inform
     each other: a confident Animation says something about Family) and, optionally, the metadata.
@@ -178,7 +167,11 @@ class Stacker:
                 hidden = hide_at_random(inputs.metadata, hide_movies, hide_fields, np.random.default_rng(bag_seed))
                 shown = dataclasses.replace(inputs, metadata=hidden)
             x = shell.features(member_probabilities, shown)
-            shell.bags.append(CompiledTrees.from_models(_fit_per_genre(x, labels, bag_seed)))
+            shell.bags.append(
+                CompiledTrees.from_models(
+                    [boosted_trees(len(x), bag_seed).fit(x, labels[:, j]) for j in range(labels.shape[1])]
+                )
+            )
         return shell
 
     def save(self, directory: Path) -> None:
