@@ -90,7 +90,7 @@ class TextEncoder(onnx_backend.BackendChoice):
         except (OSError, ValueError) as error:
             raise EncoderUnavailable(
                 f"cannot load the pretrained text encoder {name!r} ({type(error).__name__}: {str(error)[:300]}). "
-                f"Without network access use a bundled one ({DEFAULT_TEXT_ENCODER!r}, {MINILM_NAMES[0]!r}) "
+                f"Without network access use a bundled one ({MINILM_NAMES[0]!r}, {bundled_weights.MPNET_NAMES[0]!r}) "
                 "or a local model directory."
             ) from None
         missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
