@@ -58,7 +58,7 @@ class EarlyStopping:
 @contextlib.contextmanager
 def one_torch_thread():
     """PyTorch on one thread for the block: a head on cached features is a few small matrices per step,
-    which more threads only slow down (a text head on the snapshot: 13.8 s on 2 threads, 3.2 s on one)."""
+    which more threads only slow down (a text head on 7,720 movies for 15 epochs: 3.2 s on 2 threads, 1.6 s on one)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
