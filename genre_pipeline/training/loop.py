@@ -131,6 +131,7 @@ def run_epochs(
     return stopping.best(model)
 
 
+@one_torch_thread()
 def train_head(
     model: nn.Module,
     train_x: np.ndarray,
@@ -161,15 +162,14 @@ def train_head(
                 batch = _hide_posters(batch, config.modality_dropout, generator, image_dim)
             yield (batch,), y[index]
 
-    with one_torch_thread():
-        return run_epochs(
-            model,
-            criterion,
-            optimizer,
-            scheduler,
-            max_epochs=config.max_epochs,
-            patience=config.patience,
-            train_batches=train_batches,
-            validation=lambda: (model(vx), vy),
-            on_epoch=on_epoch,
-        )
+    return run_epochs(
+        model,
+        criterion,
+        optimizer,
+        scheduler,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        train_batches=train_batches,
+        validation=lambda: (model(vx), vy),
+        on_epoch=on_epoch,
+    )
