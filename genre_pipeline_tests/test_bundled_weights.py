@@ -59,11 +59,16 @@ def test_mpnet_without_its_packages_names_the_install_command(monkeypatch):
         resolve_text_encoder("all-mpnet-base-v2")
 
 
-def test_the_default_text_encoder_loads_from_its_packages_and_embeds_within_the_guard():
+def test_the_default_text_encoder_loads_from_its_packages_and_embeds_within_the_guard(caplog):
     """all-mpnet-base-v2 from its five PyPI parts (joined, unzipped, sha256 checked into the encoder
-    cache), on the default backend, against PyTorch fp32 on the accuracy guard's own sample."""
+    cache), on the default backend, against PyTorch fp32 on the accuracy guard's own sample. On a CPU
+    whose int8 kernels drift past the guard (seen on an AVX2 machine without VNNI: cosine ~0), the
+    encoder must have said so, with the figures, and run on the next backend."""
+    caplog.set_level("INFO", logger="genre_pipeline.models.encoders.onnx_backend")
     encoder = TextEncoder(DEFAULT_TEXT_ENCODER)
     embedded = encoder.encode(list(GUARD_TEXTS))
-    assert encoder.backend == DEFAULT_BACKEND and embedded.shape == (len(GUARD_TEXTS), 768)
+    assert embedded.shape == (len(GUARD_TEXTS), 768)
+    if encoder.backend != DEFAULT_BACKEND:
+        assert f"not using {DEFAULT_BACKEND}" in caplog.text and "cosine to PyTorch fp32" in caplog.text
     guard = compare(TextEncoder(DEFAULT_TEXT_ENCODER, backend="torch").encode(list(GUARD_TEXTS)), embedded)
     assert guard.passed, guard.describe()

@@ -29,6 +29,7 @@ def movie(
         "popularity": popularity,
         "poster_status": poster,
         "poster_file": f"posters/images/{movie_id}.jpg" if poster == "ok" else None,
+        "poster_sha1": f"{movie_id:040d}" if poster == "ok" else None,
         # What details_frame reads from /movie/{id} for the models; cleaning only carries it along.
         "original_language": "en",
         "runtime": 100,

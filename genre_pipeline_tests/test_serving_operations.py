@@ -18,10 +18,10 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from genre_pipeline import images
 from genre_pipeline.champion import registry
 from genre_pipeline.champion.predictor import GenrePredictor
 from genre_pipeline.images import verify_poster
-from genre_pipeline.models import pyfunc
 from genre_pipeline.models.classifier import GenreClassifier
 from genre_pipeline.models.encoders import runtime
 from genre_pipeline.models.pyfunc import encode_inputs, load_encoders
@@ -231,8 +231,8 @@ def test_a_poster_the_request_check_decoded_is_not_decoded_again(trained, poster
         decoded.append(len(data))
         return verify_poster(data, **options)
 
-    monkeypatch.setattr(pyfunc, "verify_poster", counted)
     checked = request_checks.checked_poster(poster_bytes)
+    monkeypatch.setattr(images, "verify_poster", counted)  # what the model would decode a poster with
     (from_check,) = predictor.predict_rows([MOVIE | {"poster": checked}], inputs_checked=True)
     assert decoded == [] and from_check.used_poster
     (from_file,) = predictor.predict_rows([MOVIE | {"poster": poster_bytes}])

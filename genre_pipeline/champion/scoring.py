@@ -88,7 +88,7 @@ def reusing_store_embeddings(predictor: GenrePredictor, store: DataStore) -> Gen
     poster with the same content (same encoder and backend) instead of encoding it again: scoring the
     current splits through the logged model then costs no encoder time. Returns it, for chaining."""
     predictor.reuse_embeddings(
-        lambda ref, backend: cache.known_vectors(store.embeddings_file(ref.modality, ref.name, backend))
+        lambda ref: cache.known_vectors(store.embeddings_file(ref.modality, ref.name, ref.backend))
     )
     return predictor
 

@@ -145,14 +145,15 @@ class GenreClassifierModel(mlflow.pyfunc.PythonModel):
         self.classifier = GenreClassifier.load(root)
         self.encoders = load_encoders(self.classifier.encoders, root)
 
-    def reuse_embeddings(self, known: Callable[[EncoderRef, str], Mapping[str, np.ndarray]]) -> None:
-        """Let each frozen encoder take the embedding of an input whose content key ``known(ref, backend)``
-        holds instead of encoding it again: the pipeline scores validation and test movies that its
-        embedding assets encoded already. Fine-tuned encoders keep encoding."""
+    def reuse_embeddings(self, known: Callable[[EncoderRef], Mapping[str, np.ndarray]]) -> None:
+        """Let each frozen encoder take the embedding of an input whose content key ``known(ref)`` holds
+        (the embedding assets' cache for the encoder and backend ``ref`` names) instead of encoding it
+        again: the pipeline scores validation and test movies that those assets encoded already. Not for
+        fine-tuned encoders, nor when GENRE_PIPELINE_ENCODER_BACKEND runs another backend than trained."""
         for ref in self.classifier.encoders:
-            if ref.weights is None:
+            if ref.weights is None and configured_backend(ref.backend) == ref.backend:
                 encoder = cache.Reusing.unwrapped(self.encoders[ref.key])
-                self.encoders[ref.key] = cache.Reusing(encoder, known(ref, encoder.backend))
+                self.encoders[ref.key] = cache.Reusing(encoder, known(ref))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
