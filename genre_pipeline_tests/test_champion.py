@@ -76,7 +76,9 @@ def test_scoring_takes_the_embedding_assets_vectors_of_unchanged_texts_and_poste
     encode every text and poster or take the cached vectors of the same content; a changed overview is
     encoded again."""
     store, stack = trained["store"], GenrePredictor.from_registry(trained["stack_uri"])
-    reusing = scoring.reusing_store_embeddings(GenrePredictor.from_registry(trained["stack_uri"]), store)
+    reusing = scoring.reusing_store_embeddings(
+        GenrePredictor.from_registry(trained["stack_uri"]), scoring.store_embeddings(store)
+    )
     frame = stack_frame(store, trained_test_ids(store))
     frame.loc[0, "overview"] = "A lighthouse keeper finds a message in a bottle that was written tomorrow."
     expected, got = stack.predict_frame(frame), reusing.predict_frame(frame)

@@ -135,12 +135,13 @@ def challenge_champion(store: DataStore, name: str, report: dict, label_set: str
     data = validation.describe("validation")
     # Both models take the embedding assets' vectors of unchanged texts and posters: scoring them encodes
     # only what the cache lacks.
-    candidate = scoring.reusing_store_embeddings(GenrePredictor.from_model_uri(report["model_uri"]), store)
+    known = scoring.store_embeddings(store)
+    candidate = scoring.reusing_store_embeddings(GenrePredictor.from_model_uri(report["model_uri"]), known)
     champion_fields = dict(champion_version=None, champion_model=None, champion_label_set=None, champion_f1=None)
     inputs_change, new = "", {}
     if before is not None:
         champion = scoring.reusing_store_embeddings(
-            GenrePredictor.from_registry(report["tracking_uri"], before["version"]), store
+            GenrePredictor.from_registry(report["tracking_uri"], before["version"]), known
         )
         champion_fields = dict(
             champion_version=str(before["version"]),

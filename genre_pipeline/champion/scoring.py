@@ -4,6 +4,8 @@ genres (``genre-pipeline evaluate``), and the batch predictions table."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from genre_pipeline.dataset.cleaning import METADATA_COLUMNS
 from genre_pipeline.dataset.labels import OTHERS, LabelSet
 from genre_pipeline.ingestion import posters as poster_statuses
 from genre_pipeline.models import metrics
-from genre_pipeline.models.encoders import cache
+from genre_pipeline.models.encoders import EncoderRef, cache
 from genre_pipeline.models.movie import probability_column, rows_from_tmdb
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb.snapshot import load_snapshot
@@ -83,13 +85,20 @@ def split_movies(store: DataStore, label_set: str, split: str) -> LabelledMovies
     return labelled_movies(store, label_set, lambda movie_id: split_of.get(movie_id) == split)
 
 
-def reusing_store_embeddings(predictor: GenrePredictor, store: DataStore) -> GenrePredictor:
-    """``predictor``, whose frozen encoders now take the data folder's cached embeddings of any text or
-    poster with the same content (same encoder and backend) instead of encoding it again: scoring the
-    current splits through the logged model then costs no encoder time. Returns it, for chaining."""
-    predictor.reuse_embeddings(
-        lambda ref: cache.known_vectors(store.embeddings_file(ref.modality, ref.name, ref.backend))
-    )
+def store_embeddings(store: DataStore) -> Callable[[EncoderRef], dict[str, np.ndarray]]:
+    """The data folder's cached embeddings of an encoder (``ref``: its name and backend) by content key,
+    each file read once however many models are given it."""
+    read = functools.cache(cache.known_vectors)
+    return lambda ref: read(store.embeddings_file(ref.modality, ref.name, ref.backend))
+
+
+def reusing_store_embeddings(
+    predictor: GenrePredictor, known: Callable[[EncoderRef], dict[str, np.ndarray]]
+) -> GenrePredictor:
+    """``predictor``, whose frozen encoders now take the cached embedding (``store_embeddings``) of any
+    text or poster with the same content instead of encoding it again: scoring the current splits
+    through the logged model then costs no encoder time. Returns it, for chaining."""
+    predictor.reuse_embeddings(known)
     return predictor
 
 

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from genre_pipeline import tracking
 from genre_pipeline.champion import registry
 from genre_pipeline.champion.predictor import GenrePredictor
-from genre_pipeline.champion.scoring import reusing_store_embeddings
+from genre_pipeline.champion.scoring import reusing_store_embeddings, store_embeddings
 from genre_pipeline.champion.seen import training_movies
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_table
@@ -54,7 +54,9 @@ def champion_on_new_movies(
         return dg.MaterializeResult(
             metadata={"champion": why, "new_movies": 0}, data_version=dg.DataVersion(content_fingerprint(why))
         )
-    predictor = reusing_store_embeddings(GenrePredictor.from_registry(uri, champion["version"]), store)
+    predictor = reusing_store_embeddings(
+        GenrePredictor.from_registry(uri, champion["version"]), store_embeddings(store)
+    )
     text_ref = training.encoder_refs()[0][0]
     report = new_movies.report_new_movies(
         store,

@@ -15,6 +15,7 @@ from genre_pipeline.champion.scoring import (
     predict_movies,
     prediction_table,
     reusing_store_embeddings,
+    store_embeddings,
 )
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_table, progress_logger
@@ -49,7 +50,9 @@ def genre_predictions(
     test-split movies as a check, with the champion version that answered; reruns when the champion or
     the movies change."""
     store = storage.store
-    predictor = reusing_store_embeddings(GenrePredictor.from_registry(training.tracking_uri_for(store)), store)
+    predictor = reusing_store_embeddings(
+        GenrePredictor.from_registry(training.tracking_uri_for(store)), store_embeddings(store)
+    )
     details = store.read_details()
     splits = store.read_table(store.splits_file)
     movies, scored_as = movies_to_score(
