@@ -73,6 +73,16 @@ def set_seeds(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# A small catalog (the demo trains on ~70 movies) would otherwise take one step per epoch and stop far
+# from trained; on a catalog of a few thousand movies the configured batch size is unchanged.
+MIN_STEPS_PER_EPOCH = 8
+
+
+def batch_size_for(n_rows: int, configured: int) -> int:
+    """The configured batch size, made smaller where it would leave fewer than MIN_STEPS_PER_EPOCH steps."""
+    return max(1, min(configured, -(-n_rows // MIN_STEPS_PER_EPOCH)))
+
+
 def pos_weight(labels: np.ndarray, cap: float) -> torch.Tensor:
     positives = labels.sum(axis=0).clip(min=1)
     return torch.tensor(np.minimum((len(labels) - positives) / positives, cap), dtype=torch.float32)
@@ -148,15 +158,16 @@ def train_head(
     generator = torch.Generator().manual_seed(config.seed)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight(train_y, config.max_pos_weight))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, int(np.ceil(len(train_x) / config.batch_size)))
+    batch_size = batch_size_for(len(train_x), config.batch_size)
+    steps_per_epoch = max(1, int(np.ceil(len(train_x) / batch_size)))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs * steps_per_epoch)
     x, y = torch.from_numpy(train_x), torch.from_numpy(train_y.astype(np.float32))
     vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y.astype(np.float32))
 
     def train_batches():
         order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), config.batch_size):
-            index = order[start : start + config.batch_size]
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
             batch = x[index]
             if config.modality_dropout and image_dim:
                 batch = _hide_posters(batch, config.modality_dropout, generator, image_dim)
