@@ -21,6 +21,7 @@ from genre_pipeline.models.encoders import cache
 from genre_pipeline.models.encoders.cache import Embeddings
 from genre_pipeline.models.movie import decision_column, example_frame, probability_column
 from genre_pipeline.training import data as training_data
+from genre_pipeline.training.config import FUSION_KINDS
 
 from .conftest import (
     ASSETS,
@@ -330,6 +331,26 @@ def test_each_model_reports_what_to_expect_on_the_newest_years(trained):
         assert comparison.loc[name, "temporal_macro_f1"] == pytest.approx(report["temporal_test_macro_f1"])
     image = latest_metadata(trained["instance"], "image_model")
     assert image["temporal_test_not_measured"].startswith("not measured: ")
+
+
+def test_the_temporal_evaluation_repeats_the_kept_recipe_without_the_diagnostics(trained):
+    """The temporal figure retrains what the model settled on: the fusion head it kept (not both again),
+    and the stack without its diagnostic variant (no metadata) and member figures."""
+    instance = trained["instance"]
+
+    def step_messages(asset: str) -> list[str]:
+        (record,) = instance.fetch_materializations(dg.AssetKey(asset), limit=1, ascending=True).records
+        return [entry.user_message for entry in instance.all_logs(record.run_id) if entry.step_key == asset]
+
+    fusion = step_messages("fusion_model")
+    kept = json.loads(trained["store"].model_report_file("fusion_model").read_text())["kind"]
+    (other,) = set(FUSION_KINDS) - {kept}
+    assert sum(f"{kept} epoch 1:" in m for m in fusion) == 2
+    assert sum(f"{other} epoch 1:" in m for m in fusion) == 1
+    stack = step_messages("stacked_model")
+    assert sum(m.startswith("member tfidf: cross-fitted") for m in stack) == 2
+    assert sum(m.startswith("member tfidf: cross-fitted") and "validation macro-F1" in m for m in stack) == 1
+    assert sum(m.startswith("stacker: fitted") for m in stack) == 2
 
 
 def test_an_unloadable_encoder_fails_clearly(trained):

@@ -225,10 +225,12 @@ def _train_and_log(
     tags: dict,
     posters_only: bool = False,
 ) -> TrainedModel:
-    """Load the training data (with the cached embeddings of the modalities asked for), ``train(data)``
+    """Load the training data (with the cached embeddings of the modalities asked for), ``train(data, None)``
     into a ModelOutcome, and log it as one MLflow run with its report files. When the data, config,
     setup and training code are those of the model trained last (and ``setup.retrain`` is False), that
-    model is returned instead, untrained and unlogged."""
+    model is returned instead, untrained and unlogged. The temporal evaluation calls ``train(movies, outcome)``:
+    the recipe ``outcome`` settled on (the fusion head it kept), on other movies, without the diagnostic
+    figures (what the stack gains from metadata and posters), which only the model itself reports."""
     data, fingerprint_of_labels = training_data.load(
         store, setup.label_set, list(setup.text_encoders) if text else [], [setup.image_encoder] if image else []
     )
@@ -237,8 +239,8 @@ def _train_and_log(
         previous = reusable(store, name, key, setup.tracking_uri, setup.label_set)
         if previous is not None:
             return previous
-    outcome = train(data)
-    outcome.extra |= temporal_figures(data, train, setup, posters_only=posters_only)
+    outcome = train(data, None)
+    outcome.extra |= temporal_figures(data, lambda movies: train(movies, outcome), setup, posters_only=posters_only)
     params = {
         **config,
         **setup.run_params(),
@@ -295,7 +297,7 @@ def baseline_model(store: DataStore, setup: ModelSetup, config: BaselineConfig, 
         store,
         setup,
         "baseline_model",
-        lambda data: trainers.train_baseline(data, config),
+        lambda data, _: trainers.train_baseline(data, config),
         text=False,
         image=False,
         config=dataclasses.asdict(config),
@@ -319,7 +321,9 @@ def head_model(
         store,
         setup,
         name,
-        lambda data: trainers.train_head_model(name, kind, data, setup, head, fine_tuning, on_epoch),
+        lambda data, settled: trainers.train_head_model(
+            name, kind, data, setup, head, fine_tuning, on_epoch, fusion_kinds=settled and (settled.kind,)
+        ),
         text=kind != "image" and not setup.fine_tune,
         image=kind != "text" and not setup.fine_tune,
         posters_only=kind == "image",
@@ -336,8 +340,14 @@ def stacked_model(
         store,
         setup,
         "stacked_model",
-        lambda data: stack.train_stack(
-            data, heads, config, list(setup.text_encoders), setup.image_encoder, progress=progress
+        lambda data, settled: stack.train_stack(
+            data,
+            heads,
+            config,
+            list(setup.text_encoders),
+            setup.image_encoder,
+            progress=progress,
+            diagnostics=settled is None,
         ),
         text=True,
         image=True,

@@ -178,10 +178,11 @@ def train_head_model(
     head: TrainingConfig,
     fine_tuning: FineTuneConfig,
     on_epoch=None,
+    fusion_kinds: tuple[str, ...] | None = None,
 ) -> ModelOutcome:
     """The ``text``, ``image`` or ``fusion`` model: a head on cached features, or with its encoders
-    fine-tuned when ``setup`` says so; for fusion both heads, the better on validation kept.
-    ``on_epoch(kind, record)`` hears of every epoch."""
+    fine-tuned when ``setup`` says so; for fusion both heads (or ``fusion_kinds``), the better on
+    validation kept. ``on_epoch(kind, record)`` hears of every epoch."""
 
     def train_kind(head_kind: str, epoch_hook):
         if setup.fine_tune:
@@ -191,5 +192,6 @@ def train_head_model(
         return train_neural(name, head_kind, data, head, *setup.head_encoders(head_kind), epoch_hook)
 
     if kind == "fusion":
-        return train_fusion(train_kind, fine_tuning.fusion_kinds if setup.fine_tune else FUSION_KINDS, on_epoch)[0]
+        kinds = fusion_kinds or (fine_tuning.fusion_kinds if setup.fine_tune else FUSION_KINDS)
+        return train_fusion(train_kind, kinds, on_epoch)[0]
     return train_kind(kind, (lambda record: on_epoch(kind, record)) if on_epoch else None)
