@@ -5,10 +5,12 @@ import pandas as pd
 import pytest
 
 from genre_pipeline.models.encoders import EncoderRef
-from genre_pipeline.models.members import MemberInputs, NeighboursMember
+from genre_pipeline.models.members import MemberInputs, NeighboursMember, TfidfMember
 from genre_pipeline.models.metadata import MetadataEncoder, clean, hide_at_random
 from genre_pipeline.models.stacker import CompiledTrees, Stacker, boosted_trees
-from genre_pipeline.training.stack import out_of_fold
+from genre_pipeline.training.config import StackConfig
+from genre_pipeline.training.data import TrainingData
+from genre_pipeline.training.stack import out_of_fold, tfidf_fitter
 
 
 def test_out_of_fold_never_predicts_a_row_with_a_model_fitted_on_it():
@@ -128,3 +130,50 @@ def test_the_stacker_learns_from_metadata_and_predicts_without_it():
     # the stacker learned what a missing runtime means instead of reading it as a real value.
     assert np.abs(blind[:, 1] - labels[:, 1].mean()).mean() < 0.1
     assert ((blind[:, 0] > 0.5) == test_labels[:, 0]).mean() > 0.9
+
+
+def movie_texts(n: int, rng: np.random.Generator) -> TrainingData:
+    """Movies whose overviews draw words from their two genres' vocabularies; 60% train, the rest test."""
+    words = [["space", "alien", "planet", "robot"], ["love", "wedding", "kiss", "heart"]]
+    labels = (rng.random((n, 2)) < 0.4).astype(np.uint8)
+    texts = [
+        " ".join(rng.choice(sum((words[g] for g in np.flatnonzero(row)), ["the", "a", "story", "town"]), 12))
+        for row in labels
+    ]
+    return TrainingData(
+        ids=np.arange(n),
+        titles=[f"Title {i % 17}" for i in range(n)],
+        texts=texts,
+        split=np.where(np.arange(n) < n * 0.6, "train", "test"),
+        labels=labels,
+        classes=["Science Fiction", "Romance"],
+        text_features={},
+        poster_features={},
+        has_poster=np.zeros(n, dtype=bool),
+        poster_files=[None] * n,
+        metadata=pd.DataFrame(index=range(n)),
+    )
+
+
+def test_cross_fitted_tfidf_members_share_one_vectorizer_and_the_full_member_is_as_if_fitted_alone():
+    data = movie_texts(300, np.random.default_rng(7))
+    config = StackConfig(folds=3)
+    fit = tfidf_fitter(data, config, with_title=True)
+    train = np.flatnonzero(data.rows("train"))
+    fold_members = []
+
+    def fit_and_predict(fit_rows, predict_rows):
+        mask = np.zeros(len(data.ids), dtype=bool)
+        mask[fit_rows] = True
+        fold_members.append(fit(mask))
+        return fold_members[-1].probabilities(data.inputs(predict_rows))
+
+    out_of_fold(fit_and_predict, train, config.folds, config.seed)
+    full = fit(data.rows("train"))
+    alone = TfidfMember.fit(
+        data.inputs(data.rows("train")), data.labels[train], C=config.tfidf_C, seed=config.seed, with_title=True
+    )
+    test = data.inputs(data.rows("test"))
+    np.testing.assert_allclose(full.probabilities(test), alone.probabilities(test), rtol=1e-4, atol=1e-6)
+    assert {id(m.pipeline.named_steps["tfidf"]) for m in fold_members} == {id(full.pipeline.named_steps["tfidf"])}
+    assert ((full.probabilities(test) > 0.5) == data.labels[data.rows("test")]).mean() > 0.9  # it learned the words

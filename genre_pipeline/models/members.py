@@ -16,6 +16,7 @@ import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -134,14 +135,34 @@ class TfidfMember:
         self.pipeline, self.with_title = pipeline, with_title
 
     def documents(self, inputs: MemberInputs) -> np.ndarray:
-        if self.with_title:
+        return self.documents_of(inputs, self.with_title)
+
+    @staticmethod
+    def documents_of(inputs: MemberInputs, with_title: bool) -> np.ndarray:
+        if with_title:
             return np.asarray([f"{title} . {text}" for title, text in zip(inputs.titles, inputs.texts)], dtype=object)
         return np.asarray(inputs.texts, dtype=object)
 
     @classmethod
-    def fit(cls, inputs: MemberInputs, labels: np.ndarray, *, C: float, seed: int, with_title: bool = False):  # noqa: N803
+    def fit(
+        cls,
+        inputs: MemberInputs,
+        labels: np.ndarray,
+        *,
+        C: float,  # noqa: N803
+        seed: int,
+        with_title: bool = False,
+        vectorized: tuple[FeatureUnion, Any] | None = None,
+    ):
+        """Vectorizer and regressions fitted on ``inputs``; or, given ``vectorized`` (a fitted vectorizer
+        and its matrix of ``inputs``' documents), the regressions only."""
         pipeline = tfidf_pipeline(C, seed)
-        pipeline.fit(cls(pipeline, with_title).documents(inputs), labels)
+        if vectorized is None:
+            pipeline.fit(cls.documents_of(inputs, with_title), labels)
+        else:
+            vectorizer, features = vectorized
+            pipeline.steps[0] = ("tfidf", vectorizer)
+            pipeline.named_steps["classifier"].fit(features, labels)
         return cls(pipeline, with_title)
 
     @functools.cached_property
