@@ -14,3 +14,5 @@ Where each concept lives:
 Training, evaluation reports and MLflow training runs are ``genre_pipeline.training``; the registered
 champion, promotion, the predictor and scoring are ``genre_pipeline.champion``.
 """
+
+from genre_pipeline import openmp  # noqa: F401 - before any torch import

@@ -11,3 +11,5 @@ Where each concept lives:
 - ``evaluation``: thresholds tuned on validation, figures on test, the report files.
 - ``runs``: one MLflow run per trained model, and the one call each model asset makes.
 """
+
+from genre_pipeline import openmp  # noqa: F401 - before any torch import
