@@ -40,26 +40,29 @@ def out_of_fold(
 
 
 def tfidf_fitter(data: TrainingData, stack: StackConfig, *, with_title: bool):
-    """fit(row mask) -> a TF-IDF member. Its vocabulary and IDF read no labels, so one vectorizer, fitted on
-    the train movies once, serves every fold, which fits only its regressions on its rows of one matrix:
-    five of six vectorizer fits saved. The member fitted on all train movies is the same as one fitted alone."""
-    shared = []
+    """fit(mask of train rows) -> a TF-IDF member. Its vocabulary and IDF read no labels, so one vectorizer,
+    fitted on the train movies once, serves every fold, which fits only its regressions on its rows of one
+    matrix: five of six vectorizer fits saved. The member fitted on all train movies is the same as one
+    fitted alone."""
+    train_rows = data.rows("train")
+    position = np.cumsum(train_rows) - 1  # a train row's row in the matrix
+    shared = []  # the vectorizer and its matrix of the train movies, made at the first fit
 
     def fit(rows: np.ndarray) -> TfidfMember:
+        if (rows & ~train_rows).any():
+            raise ValueError("a TF-IDF member of the stack fits on train movies only")
         if not shared:
             vectorizer = tfidf_pipeline(stack.tfidf_C, stack.seed).named_steps["tfidf"]
-            train = data.inputs(data.rows("train"))
-            vectorizer.fit(TfidfMember.documents_of(train, with_title))
-            shared.extend([vectorizer, vectorizer.transform(TfidfMember.documents_of(data.inputs(), with_title))])
+            documents = TfidfMember.documents_of(data.inputs(train_rows), with_title)
+            shared.extend([vectorizer, vectorizer.fit_transform(documents)])
         vectorizer, matrix = shared
-        vectorized = (vectorizer, matrix[np.flatnonzero(rows)])
         return TfidfMember.fit(
             data.inputs(rows),
             data.labels[rows],
             C=stack.tfidf_C,
             seed=stack.seed,
             with_title=with_title,
-            vectorized=vectorized,
+            vectorized=(vectorizer, matrix[position[rows]]),
         )
 
     return fit
