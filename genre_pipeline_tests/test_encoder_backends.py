@@ -1,5 +1,6 @@
 """The ONNX Runtime backends against PyTorch fp32, on the small bundled MiniLM and EfficientNet-Lite0."""
 
+import json
 import logging
 import sys
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from genre_pipeline import settings
 from genre_pipeline.defs.resources import TrainingResource
-from genre_pipeline.models.encoders import onnx_backend
+from genre_pipeline.models.encoders import onnx_backend, runtime
 from genre_pipeline.models.encoders.image import ImageEncoder
 from genre_pipeline.models.encoders.text import TextEncoder
 
@@ -79,6 +80,47 @@ def test_a_graph_beyond_the_guard_is_not_used(reference, monkeypatch, caplog):
     assert encoder.backend == "onnx"
     assert "not using onnx-int8" in caplog.text and "min 0.9" in caplog.text
     assert onnx_backend.compare(reference, embedded).min_cosine > 0.9999
+
+
+def largest_int8_weight(graph_file) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [t for t in onnx.load(str(graph_file)).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    return max(int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max()) for t in weights)
+
+
+def test_int8_weights_beyond_the_guard_are_quantized_again_in_7_bits(reference, tmp_path):
+    # On x86 without VNNI, uint8 x int8 products are summed in saturating 16 bits: all-mpnet-base-v2's
+    # 8-bit graph came out as noise there. This check stands for such a CPU: it refuses any graph whose
+    # weights use the full 8-bit range, and measures the others' embeddings against PyTorch's.
+    encoder = TextEncoder(MINILM, backend="onnx")
+    cache_name, module, spec = encoder._export_spec()
+    fp32_graph = onnx_backend.exported(cache_name, module, **spec)[0] / "onnx" / onnx_backend.GRAPH_FILE
+    tokenizer = encoder.runtime_encoder().tokenizer_json
+
+    def embeddings_guard(graph_file):
+        graph = runtime.TextGraph(runtime.session(graph_file), tokenizer, encoder.max_length, encoder.dim, "onnx-int8")
+        return onnx_backend.compare(reference, graph.encode(TEXTS))
+
+    def saturating_cpu(graph_file):
+        return onnx_backend.Guard(0.0, 0.0) if largest_int8_weight(graph_file) > 64 else embeddings_guard(graph_file)
+
+    kept = tmp_path / "onnx-int8" / onnx_backend.GRAPH_FILE
+    kept.parent.mkdir()
+    guard = onnx_backend._quantize_within_guard(MINILM, fp32_graph, kept, saturating_cpu)
+    assert guard.passed and largest_int8_weight(kept) <= 64, guard.describe()
+    assert json.loads((kept.parent / onnx_backend.GUARD_FILE).read_text())["weight_bits"] == 7
+    assert onnx_backend.read_guard(kept.parent) == guard
+    assert sorted(p.name for p in kept.parent.iterdir()) == [onnx_backend.GUARD_FILE, onnx_backend.GRAPH_FILE]
+
+    # A CPU that refuses the 7-bit graph as well keeps the 8-bit one and its failed guard: it is not used.
+    guard = onnx_backend._quantize_within_guard(
+        MINILM, fp32_graph, kept, lambda graph_file: onnx_backend.Guard(0.0, 0.0)
+    )
+    assert not guard.passed and largest_int8_weight(kept) > 64
+    assert json.loads((kept.parent / onnx_backend.GUARD_FILE).read_text())["weight_bits"] == 8
+    assert sorted(p.name for p in kept.parent.iterdir()) == [onnx_backend.GUARD_FILE, onnx_backend.GRAPH_FILE]
 
 
 def test_the_guard_fails_on_drifted_embeddings(reference):
