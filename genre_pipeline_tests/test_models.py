@@ -73,7 +73,6 @@ def test_reported_metrics_come_from_one_set_of_predictions(trained):
 def test_the_stack_reports_its_members_and_what_metadata_and_posters_add(trained):
     report = json.loads(trained["store"].model_report_file("stacked_model").read_text())
     assert set(report["members"]) == {
-        "tfidf",
         "tfidf_title",
         f"text[{MINILM}]",
         f"neighbours[{MINILM}]",

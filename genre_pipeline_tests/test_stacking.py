@@ -158,7 +158,7 @@ def movie_texts(n: int, rng: np.random.Generator) -> TrainingData:
 def test_cross_fitted_tfidf_members_share_one_vectorizer_and_the_full_member_is_as_if_fitted_alone():
     data = movie_texts(300, np.random.default_rng(7))
     config = StackConfig(folds=3)
-    fit = tfidf_fitter(data, config, with_title=True)
+    fit = tfidf_fitter(data, config)
     train = np.flatnonzero(data.rows("train"))
     fold_members = []
 

@@ -39,11 +39,11 @@ def out_of_fold(
     return result
 
 
-def tfidf_fitter(data: TrainingData, stack: StackConfig, *, with_title: bool):
-    """fit(mask of train rows) -> a TF-IDF member. Its vocabulary and IDF read no labels, so one vectorizer,
-    fitted on the train movies once, serves every fold, which fits only its regressions on its rows of one
-    matrix: five of six vectorizer fits saved. The member fitted on all train movies is the same as one
-    fitted alone."""
+def tfidf_fitter(data: TrainingData, stack: StackConfig):
+    """fit(mask of train rows) -> a TF-IDF member on title and text. Its vocabulary and IDF read no labels,
+    so one vectorizer, fitted on the train movies once, serves every fold, which fits only its regressions
+    on its rows of one matrix: five of six vectorizer fits saved. The member fitted on all train movies is
+    the same as one fitted alone."""
     train_rows = data.rows("train")
     position = np.cumsum(train_rows) - 1  # a train row's row in the matrix
     shared = []  # the vectorizer and its matrix of the train movies, made at the first fit
@@ -53,7 +53,7 @@ def tfidf_fitter(data: TrainingData, stack: StackConfig, *, with_title: bool):
             raise ValueError("a TF-IDF member of the stack fits on train movies only")
         if not shared:
             vectorizer = tfidf_pipeline(stack.tfidf_C, stack.seed).named_steps["tfidf"]
-            documents = TfidfMember.documents_of(data.inputs(train_rows), with_title)
+            documents = TfidfMember.documents_of(data.inputs(train_rows), with_title=True)
             shared.extend([vectorizer, vectorizer.fit_transform(documents)])
         vectorizer, matrix = shared
         return TfidfMember.fit(
@@ -61,7 +61,7 @@ def tfidf_fitter(data: TrainingData, stack: StackConfig, *, with_title: bool):
             data.labels[rows],
             C=stack.tfidf_C,
             seed=stack.seed,
-            with_title=with_title,
+            with_title=True,
             vectorized=(vectorizer, matrix[position[rows]]),
         )
 
@@ -74,10 +74,9 @@ def _member_fitters(data: TrainingData, head: TrainingConfig, stack: StackConfig
     def on(rows: np.ndarray):
         return data.inputs(rows), data.labels[rows]
 
-    fitters = {
-        "tfidf": (tfidf_fitter(data, stack, with_title=False), data.rows("train")),
-        "tfidf_title": (tfidf_fitter(data, stack, with_title=True), data.rows("train")),
-    }
+    # One TF-IDF member, on title and text: a second on the text alone (the baseline model) cost each stack
+    # 47 s on the snapshot and moved its validation macro-F1 by 0.0003 (0.6460 with it, 0.6463 without).
+    fitters = {"tfidf_title": (tfidf_fitter(data, stack), data.rows("train"))}
     for ref in texts:
         fitters[f"text[{ref.name}]"] = (
             lambda rows, ref=ref: fit_head("text", data, rows, head, ref, None)[0],
