@@ -41,7 +41,7 @@ def head_validation_macro_f1(train_x, train_y, val_x, val_y) -> float:
     from sklearn.metrics import f1_score
 
     from genre_pipeline.models.heads import build_head, predict_proba
-    from genre_pipeline.models.thresholds import apply_thresholds, tune_thresholds
+    from genre_pipeline.models.thresholds import apply_thresholds, choose_thresholds
     from genre_pipeline.training.config import TrainingConfig
     from genre_pipeline.training.loop import set_seeds, train_head
 
@@ -50,7 +50,7 @@ def head_validation_macro_f1(train_x, train_y, val_x, val_y) -> float:
     head = build_head("text", n_labels=train_y.shape[1], text_dim=train_x.shape[1])
     model = train_head(head, train_x, train_y, val_x, val_y, config).model
     probabilities = predict_proba(model, val_x)
-    predictions = apply_thresholds(probabilities, tune_thresholds(probabilities, val_y))
+    predictions = apply_thresholds(probabilities, choose_thresholds(probabilities, val_y).thresholds)
     return float(f1_score(val_y, predictions, average="macro", zero_division=0))
 
 

@@ -20,6 +20,7 @@ from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.models.encoders import cache
 from genre_pipeline.models.encoders.cache import Embeddings
 from genre_pipeline.models.movie import decision_column, example_frame, probability_column
+from genre_pipeline.models.thresholds import THRESHOLD_RULES, rule_thresholds
 from genre_pipeline.training import data as training_data
 from genre_pipeline.training.config import FUSION_KINDS
 
@@ -68,6 +69,20 @@ def test_reported_metrics_come_from_one_set_of_predictions(trained):
     assert set(json.loads((trained["store"].models_dir / "text_model" / "train_ids.json").read_text())).isdisjoint(
         test_ids
     )
+
+
+def test_each_models_thresholds_follow_the_rule_that_held_up_on_validation_movies_it_was_not_tuned_on(trained):
+    store = trained["store"]
+    labels = pd.read_parquet(store.labels_file("full")).set_index("id")
+    for model in models.MODEL_ASSETS:
+        report = json.loads(store.model_report_file(model).read_text())
+        held_out = {rule: report[f"threshold_rule_held_out_macro_f1_{rule}"] for rule in THRESHOLD_RULES}
+        assert report["threshold_rule"] == max(held_out, key=held_out.get), (model, held_out)
+        with np.load(store.model_dir(model) / "probabilities.npz") as saved:
+            ids, probabilities = saved["validation_ids"], saved["validation_probabilities"]
+        classes = report["classes"]
+        tuned = rule_thresholds(report["threshold_rule"], probabilities, labels.loc[ids, classes].to_numpy())
+        assert [report["thresholds"][genre] for genre in classes] == pytest.approx(tuned.tolist()), model
 
 
 def test_the_stack_reports_its_members_and_what_metadata_and_posters_add(trained):

@@ -6,7 +6,6 @@ import pytest
 
 from genre_pipeline.champion.promotion import Comparison
 from genre_pipeline.models import metrics
-from genre_pipeline.models.thresholds import tune_thresholds
 from genre_pipeline.monitoring import drift, retraining
 from genre_pipeline.monitoring.new_movies import NewMoviesRecord
 from genre_pipeline.store import DataStore
@@ -161,12 +160,3 @@ def test_the_promotion_rule_names_both_models_and_figures(options, promoted, sai
     assert Comparison.from_tags(decision.tags()) == decision
     if options == {}:
         assert "candidate stacked_model 0.6000" in text and "champion v1 (baseline_model) 0.6200" in text
-
-
-def test_a_genre_no_validation_movie_has_keeps_the_untuned_threshold():
-    """Every threshold scores F1 0 on a genre without a positive: the grid's lowest would win and the
-    genre would be decided for nearly every movie."""
-    probabilities = np.array([[0.9, 0.1], [0.2, 0.3], [0.7, 0.2]])
-    labels = np.array([[1, 0], [0, 0], [1, 0]])
-    thresholds = tune_thresholds(probabilities, labels)
-    assert thresholds[1] == 0.5 and 0.2 < thresholds[0] <= 0.7

@@ -13,7 +13,7 @@ import pandas as pd
 
 from genre_pipeline.models import metrics
 from genre_pipeline.models.classifier import GenreClassifier
-from genre_pipeline.models.thresholds import apply_thresholds, top3_rule, tune_thresholds
+from genre_pipeline.models.thresholds import apply_thresholds, choose_thresholds, top3_rule
 from genre_pipeline.training.data import TrainingData
 
 if TYPE_CHECKING:  # fine-tuning loads torch and the encoders; evaluation itself does not need them
@@ -108,7 +108,9 @@ def evaluate(name, kind, classifier, data: TrainingData, probabilities_for, rows
     """Tune thresholds on validation, then measure everything on test."""
     val_rows, test_rows = rows_for("validation"), rows_for("test")
     val_probabilities = probabilities_for(val_rows)
-    thresholds = tune_thresholds(val_probabilities, data.labels[val_rows])
+    choice = choose_thresholds(val_probabilities, data.labels[val_rows])
+    thresholds = choice.thresholds
+    extra["extra"] = {**choice.figures(), **extra.get("extra", {})}
     val_f1 = metrics.evaluate(
         data.labels[val_rows], apply_thresholds(val_probabilities, thresholds), val_probabilities, data.classes
     )["summary"]["macro_f1"]
