@@ -362,8 +362,8 @@ def test_the_temporal_evaluation_repeats_the_kept_recipe_without_the_diagnostics
     assert sum(f"{kept} epoch 1:" in m for m in fusion) == 2
     assert sum(f"{other} epoch 1:" in m for m in fusion) == 1
     stack = step_messages("stacked_model")
-    assert sum(m.startswith("member tfidf: cross-fitted") for m in stack) == 2
-    assert sum(m.startswith("member tfidf: cross-fitted") and "validation macro-F1" in m for m in stack) == 1
+    assert sum(m.startswith("member tfidf_title: cross-fitted") for m in stack) == 2
+    assert sum(m.startswith("member tfidf_title: cross-fitted") and "validation macro-F1" in m for m in stack) == 1
     assert sum(m.startswith("stacker: fitted") for m in stack) == 2
 
 
