@@ -9,7 +9,7 @@ cannot hold: quantizing them too drifts all-mpnet-base-v2's embeddings to a mean
 measured slower than fp32 on EfficientNet, and drifted. A graph whose 8-bit weights fail the guard
 is quantized again with 7-bit weights: x86 CPUs without VNNI multiply uint8 activations by int8
 weights in 16-bit sums that saturate, which turned all-mpnet-base-v2 into noise (mean cosine 0.00
-to fp32) on an AVX2 machine; with 7-bit weights the sums fit (0.99 there, and 1.4x fp32's speed).
+to fp32) on an AVX2 machine; with 7-bit weights the sums fit (0.99 there, and 1.3x the fp32 graph's speed).
 
 Each graph is exported from the weights in memory and cached under a folder named by a hash of
 those weights, so changed weights (a fine-tuned encoder, a new package version) get a new export.
