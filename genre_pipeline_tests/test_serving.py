@@ -246,6 +246,28 @@ def test_the_page_loads_only_what_the_server_serves(server):
         assert server.get(asset).status_code == 200, asset
 
 
+def test_every_reference_of_the_openapi_document_resolves(server):
+    """/redoc refuses a document with one reference it cannot follow, so each must lead somewhere in it."""
+    document = server.get("/openapi.json").json()
+
+    def references(node):
+        if isinstance(node, dict):
+            yield from ([node["$ref"]] if "$ref" in node else [])
+            for value in node.values():
+                yield from references(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from references(value)
+
+    for reference in references(document):
+        target = document
+        for part in reference.removeprefix("#/").split("/"):
+            assert isinstance(target, dict) and part in target, reference
+            target = target[part]
+    batch = document["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch["properties"]["movies"]["items"]["properties"]["overview"]["type"] == "string"
+
+
 def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chromium, poster_file, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

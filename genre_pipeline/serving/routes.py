@@ -9,6 +9,7 @@ from importlib import resources
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -120,10 +121,29 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def openapi_schema(model: type[BaseModel]) -> dict:
+    """``model``'s JSON schema with the models it nests written in place. Given through ``openapi_extra``,
+    pydantic's '#/$defs/...' references would point at the OpenAPI document's root, which has no $defs:
+    /redoc refused the whole document ("Invalid reference token: $defs")."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
+
+
 PREDICT_REQUEST_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": Movie.model_json_schema(), "example": JSON_EXAMPLE},
+        "application/json": {"schema": openapi_schema(Movie), "example": JSON_EXAMPLE},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -163,7 +183,7 @@ def predictions(service: Service) -> APIRouter:
         "/predict/batch",
         summary=f"Genres for up to {inputs.MAX_BATCH} movies in one call (JSON)",
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": Batch.model_json_schema()}}}
+            "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_schema(Batch)}}}
         },
     )
     async def predict_batch(request: Request):
