@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 
+from genre_pipeline.models.metrics import f1_per_genre
+
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 TOP3_RULE = {"k": 3, "minimum": 0.3}
 # How thresholds are set from validation predictions. per_genre: each genre's F1-best threshold; shared: the one
@@ -17,39 +19,28 @@ TOP3_RULE = {"k": 3, "minimum": 0.3}
 THRESHOLD_RULES = ("per_genre", "halfway", "shared", "half_best_f1")
 
 
-def _f1_by_threshold(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """F1 of each genre (rows) at each threshold of the grid (columns)."""
-    decided = probabilities[:, :, None] >= THRESHOLD_GRID[None, None, :]
-    positive = labels.astype(bool)[:, :, None]
-    tp = (decided & positive).sum(axis=0)
-    wrong = (decided != positive).sum(axis=0)  # false positives and false negatives
-    return 2 * tp / np.maximum(2 * tp + wrong, 1)
+def _thresholds_of_every_rule(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Each rule's thresholds from these predictions, all from one table of F1 per genre and threshold of the
+    grid; 0.5 for a genre none of them has."""
+    f1 = f1_per_genre(labels.astype(bool)[:, :, None], probabilities[:, :, None] >= THRESHOLD_GRID[None, None, :])
+    present = labels.any(axis=0)
+    per_genre = THRESHOLD_GRID[f1.argmax(axis=1)]
+    shared = THRESHOLD_GRID[f1[present].mean(axis=0).argmax()] if present.any() else 0.5
+    by_rule = {
+        "per_genre": per_genre,
+        "halfway": (per_genre + shared) / 2,
+        "shared": np.full(len(f1), shared),
+        "half_best_f1": np.clip(f1.max(axis=1) / 2, THRESHOLD_GRID[0], THRESHOLD_GRID[-1]),
+    }
+    return {rule: np.where(present, by_rule[rule], 0.5) for rule in THRESHOLD_RULES}
 
 
 def rule_thresholds(rule: str, probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The thresholds ``rule`` (one of THRESHOLD_RULES) sets from these predictions; 0.5 for a genre none of
     them has."""
-    f1 = _f1_by_threshold(probabilities, labels)
-    present = labels.any(axis=0)
-    per_genre = THRESHOLD_GRID[f1.argmax(axis=1)]
-    shared = THRESHOLD_GRID[f1[present].mean(axis=0).argmax()] if present.any() else 0.5
-    if rule == "per_genre":
-        chosen = per_genre
-    elif rule == "halfway":
-        chosen = (per_genre + shared) / 2
-    elif rule == "shared":
-        chosen = np.full(len(f1), shared)
-    elif rule == "half_best_f1":
-        chosen = np.clip(f1.max(axis=1) / 2, THRESHOLD_GRID[0], THRESHOLD_GRID[-1])
-    else:
+    if rule not in THRESHOLD_RULES:
         raise ValueError(f"unknown threshold rule {rule!r}: use one of {', '.join(THRESHOLD_RULES)}")
-    return np.where(present, chosen, 0.5)
-
-
-def _macro_f1(labels: np.ndarray, decided: np.ndarray) -> float:
-    positive = labels.astype(bool)
-    tp = (decided & positive).sum(axis=0)
-    return float(np.mean(2 * tp / np.maximum(2 * tp + (decided != positive).sum(axis=0), 1)))
+    return _thresholds_of_every_rule(probabilities, labels)[rule]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +67,9 @@ def choose_thresholds(
     for _ in range(repeats if len(labels) >= 2 else 0):
         half = rng.permutation(len(labels)) < len(labels) // 2
         for tuned, scored in ((half, ~half), (~half, half)):
-            for rule, figures in scores.items():
-                thresholds = rule_thresholds(rule, probabilities[tuned], labels[tuned])
-                figures.append(_macro_f1(labels[scored], probabilities[scored] >= thresholds))
+            truth = labels[scored].astype(bool)
+            for rule, thresholds in _thresholds_of_every_rule(probabilities[tuned], labels[tuned]).items():
+                scores[rule].append(float(f1_per_genre(truth, probabilities[scored] >= thresholds).mean()))
     held_out = {rule: float(np.mean(figures)) for rule, figures in scores.items() if figures}
     rule = max(held_out, key=held_out.get) if held_out else THRESHOLD_RULES[0]
     return ThresholdChoice(rule, rule_thresholds(rule, probabilities, labels), held_out)
