@@ -5,6 +5,7 @@ import io
 import json
 import re
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
@@ -268,6 +269,25 @@ def test_every_reference_of_the_openapi_document_resolves(server):
     assert batch["properties"]["movies"]["items"]["properties"]["overview"]["type"] == "string"
 
 
+def test_redoc_renders_every_route_offline_in_a_real_browser(server, chromium):
+    """The browser has no internet here: ReDoc's script comes from this process or not at all."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = phone_browser(chromium)
+    try:
+        driver.get(server.url + "/redoc")
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "h1"))
+        page = driver.find_element(By.TAG_NAME, "body").text
+        assert "Something went wrong" not in page
+        assert driver.find_element(By.CSS_SELECTOR, "h1").text.startswith("genre_pipeline")
+        menu = driver.execute_script("return [...document.querySelectorAll('[role=menuitem]')].map(e => e.textContent)")
+        for summary in ("Genres for one movie", "Genres for up to", "Genres for N movies as tensors", "Model metadata"):
+            assert any(summary in item for item in menu), (summary, menu)
+    finally:
+        driver.quit()
+
+
 def test_the_page_predicts_in_a_real_browser_at_phone_width(server, trained, chromium, poster_file, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -347,3 +367,74 @@ def test_metrics_count_requests_genres_and_the_served_version(server, trained):
     assert "/no/such/path" not in server.get("/metrics").text  # unmatched paths are one label, not many
     assert server.get("/health/live").json() == {"status": "alive"}
     assert server.get("/health/ready").json()["ready"] is True
+
+
+def v2_inputs(triton, movies: list[dict], *, binary: bool) -> list:
+    """tritonclient tensors for ``movies``: the binary extension (raw poster bytes) or plain JSON (base64)."""
+    tensors = []
+    for name, datatype in (("overview", "BYTES"), ("tagline", "BYTES"), ("runtime", "FP64"), ("poster", "BYTES")):
+        if name == "runtime":
+            data = np.array([m.get(name, np.nan) for m in movies], dtype=np.float64)
+        elif name == "poster" and not binary:
+            data = np.array([base64.b64encode(m.get(name, b"")).decode() for m in movies], dtype=object)
+        else:
+            data = np.array([m.get(name, b"" if name == "poster" else "") for m in movies], dtype=object)
+        tensor = triton.InferInput(name, [len(movies)], datatype)
+        tensor.set_data_from_numpy(data, binary_data=binary)
+        tensors.append(tensor)
+    return tensors
+
+
+def test_tritonclient_gets_from_the_open_inference_protocol_what_predict_answers(server, trained, poster_bytes):
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    predictor = champion(trained)
+    version = str(predictor.info["version"])
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("genre-classifier") and client.is_model_ready("genre-classifier", version)
+    assert not client.is_model_ready("genre-classifier", "999") and not client.is_model_ready("another-model")
+    metadata = client.get_model_metadata("genre-classifier")
+    assert metadata["versions"] == [version] and metadata["parameters"]["labels"] == predictor.classes
+    assert {t["name"]: t["datatype"] for t in metadata["outputs"]} == {"probabilities": "FP32", "decisions": "BOOL"}
+    assert {"overview", "tagline", "title", "poster", "runtime", "release_year"} <= {
+        t["name"] for t in metadata["inputs"]
+    }
+
+    sent = {k: MOVIE[k] for k in ("overview", "tagline", "runtime")}
+    movies = [sent | {"poster": poster_bytes}, {"overview": "Two rival chefs fall in love in Provence."}]
+    expected = [
+        server.post("/predict", data=sent, files={"poster": ("poster.jpg", poster_bytes, "image/jpeg")}).json(),
+        server.post("/predict", json=movies[1]).json(),
+    ]
+    for binary in (True, False):
+        outputs = (
+            None
+            if binary
+            else [triton.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "decisions")]
+        )
+        result = client.infer("genre-classifier", v2_inputs(triton, movies, binary=binary), outputs=outputs)
+        probabilities, decisions = result.as_numpy("probabilities"), result.as_numpy("decisions")
+        assert probabilities.shape == decisions.shape == (2, len(predictor.classes))
+        assert result.get_response()["model_version"] == version
+        for row, row_decisions, answer in zip(probabilities, decisions, expected):
+            served = {s["genre"]: s["probability"] for s in answer["scores"]}
+            assert dict(zip(predictor.classes, row.tolist())) == pytest.approx(served, abs=1e-4)
+            assert [g for g, d in zip(predictor.classes, row_decisions) if d] == sorted(
+                answer["genres"], key=predictor.classes.index
+            )
+
+    no_overview = triton.InferInput("tagline", [1], "BYTES")
+    no_overview.set_data_from_numpy(np.array(["Trust no one."], dtype=object))
+    with pytest.raises(InferenceServerException, match="overview is required"):
+        client.infer("genre-classifier", [no_overview])
+    with pytest.raises(InferenceServerException, match="version 999 is not served"):
+        client.infer("genre-classifier", v2_inputs(triton, movies, binary=True), model_version="999")
+    assert client.is_server_ready()
+
+
+def test_the_batch_route_names_its_own_shape_when_sent_another(server):
+    for body in ([MOVIE], MOVIE):
+        answer = server.post("/predict/batch", json=body)
+        assert answer.status_code in (400, 422) and '{"movies": [' in answer.json()["error"], answer.text

@@ -48,5 +48,6 @@ def create_app(
     app.include_router(routes.health(service))
     app.include_router(routes.model_and_metrics(service))
     app.include_router(routes.predictions(service))
+    app.include_router(routes.open_inference_protocol(service))
     app.mount("/static", StaticFiles(directory=str(routes.STATIC_DIR)), name="static")
     return app

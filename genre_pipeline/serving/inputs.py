@@ -16,6 +16,8 @@ from genre_pipeline.models import movie as model_input
 MAX_POSTER_BYTES = 8 * 1024 * 1024  # TMDb's original-size posters are a few MB at most
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_BATCH = 256
+MOVIE_EXAMPLE = '{"overview": "..."}'
+BATCH_EXAMPLE = '{"movies": [{"overview": "..."}, ...]}'
 
 
 class InputError(ValueError):
@@ -95,7 +97,8 @@ def size_over(size: int, limit: int) -> str:
     return f"{_mebibytes(size)}, over the {_mebibytes(limit)} limit"
 
 
-def parse_json(body: bytes, model: type[BaseModel]) -> BaseModel:
+def json_object(body: bytes, example: str) -> dict:
+    """The body's JSON object; InputError (400) otherwise, giving ``example``, the shape the route takes."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -103,8 +106,12 @@ def parse_json(body: bytes, model: type[BaseModel]) -> BaseModel:
     except RecursionError:
         raise InputError("the body's JSON is nested deeper than a movie ever is", 400) from None
     if not isinstance(payload, dict):
-        raise InputError('the body must be a JSON object, for example {"overview": "..."}', 400)
-    return validated(payload, model)
+        raise InputError(f"the body must be a JSON object, for example {example}", 400)
+    return payload
+
+
+def parse_json(body: bytes, model: type[BaseModel], example: str = MOVIE_EXAMPLE) -> BaseModel:
+    return validated(json_object(body, example), model)
 
 
 def validated(payload: dict, model: type[BaseModel]) -> BaseModel:

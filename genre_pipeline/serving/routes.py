@@ -1,13 +1,15 @@
-"""The service's routes, one router per concern: the page, health, the model and metrics, predictions."""
+"""The service's routes, one router per concern: the page, health, the model and metrics, predictions,
+and the Open Inference Protocol (V2) beside them."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
 from importlib import resources
+from importlib.metadata import version as package_version
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -15,13 +17,13 @@ from starlette.datastructures import UploadFile
 
 from genre_pipeline.champion import registry
 from genre_pipeline.models import movie as model_input
-from genre_pipeline.serving import inputs
+from genre_pipeline.serving import examples, inputs, open_inference
 from genre_pipeline.serving.inputs import MAX_POSTER_BYTES, Batch, InputError, Movie
-from genre_pipeline.serving.service import Service, answer, model_summary
+from genre_pipeline.serving.reloader import ServedModel
+from genre_pipeline.serving.service import NotReady, Service, answer, model_summary
 
 STATIC_DIR = resources.files("genre_pipeline.serving") / "static"
 FORM_TEXT_FIELDS = set(Movie.model_fields) - {"poster_base64"}
-JSON_EXAMPLE = {field.name: field.example for field in model_input.FIELDS if field.kind != "image"}
 
 
 def page() -> APIRouter:
@@ -143,7 +145,7 @@ def openapi_schema(model: type[BaseModel]) -> dict:
 PREDICT_REQUEST_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": openapi_schema(Movie), "example": JSON_EXAMPLE},
+        "application/json": {"schema": openapi_schema(Movie), "example": examples.MOVIE},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -163,6 +165,7 @@ def predictions(service: Service) -> APIRouter:
         "/predict",
         summary="Genres for one movie: JSON, or a multipart form with a poster file",
         openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+        responses=examples.PREDICT_RESPONSES,
     )
     async def predict(request: Request):
         media_type = _media_type(request)
@@ -183,13 +186,22 @@ def predictions(service: Service) -> APIRouter:
         "/predict/batch",
         summary=f"Genres for up to {inputs.MAX_BATCH} movies in one call (JSON)",
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_schema(Batch)}}}
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": openapi_schema(Batch), "example": examples.BATCH_REQUEST}},
+            }
         },
+        responses=examples.BATCH_RESPONSES,
     )
     async def predict_batch(request: Request):
         if _media_type(request) != "application/json":
-            raise InputError('/predict/batch takes application/json: {"movies": [{"overview": ...}, ...]}', 415)
-        batch = inputs.parse_json(await request.body(), Batch)
+            raise InputError(f"/predict/batch takes application/json: {inputs.BATCH_EXAMPLE}", 415)
+        payload = inputs.json_object(await request.body(), inputs.BATCH_EXAMPLE)
+        if "movies" not in payload and "overview" in payload:
+            raise InputError(
+                f"/predict/batch takes a list of movies, {inputs.BATCH_EXAMPLE}; one movie goes to /predict"
+            )
+        batch = inputs.validated(payload, Batch)
 
         def rows() -> list[dict]:
             return [inputs.model_row(m, where=f"movies[{i}].poster_base64") for i, m in enumerate(batch.movies)]
@@ -200,5 +212,93 @@ def predictions(service: Service) -> APIRouter:
             "model": model_summary(served),
             "predictions": [answer(served, row, p) for row, p in zip(rows, predictions)],
         }
+
+    return router
+
+
+def open_inference_protocol(service: Service) -> APIRouter:
+    """The Open Inference Protocol's REST routes (serving.open_inference), for the registered model's
+    served version; infer is behind the same keys, limits, batcher and shedding as /predict."""
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
+    name_path, version_path = "/models/{name}", "/models/{name}/versions/{version}"
+
+    def served_model(name: str, version: str | None) -> ServedModel:
+        if name != registry.REGISTERED_MODEL:
+            raise InputError(f"no model named {name!r}: this server serves {registry.REGISTERED_MODEL}", 404)
+        served = service.current_model()
+        if version is not None and version != served.version:
+            raise InputError(f"{name} version {version} is not served; the champion is version {served.version}", 404)
+        return served
+
+    @router.get("", summary="Server metadata")
+    async def server_metadata():
+        return {
+            "name": "genre_pipeline",
+            "version": package_version("genre_pipeline"),
+            "extensions": ["binary_tensor_data"],
+        }
+
+    @router.get("/health/live", summary="200 while the process answers")
+    async def live():
+        return {"live": True}
+
+    @router.get("/health/ready", summary="200 while a champion is loaded, else 503")
+    async def ready():
+        loaded = service.reloader.current is not None
+        return JSONResponse({"ready": loaded}, status_code=200 if loaded else 503)
+
+    @router.get(name_path, summary="Model metadata: the served version, input and output tensors")
+    @router.get(version_path, summary="Model metadata of one version (the served one)")
+    async def model_metadata(name: str, version: str | None = None):
+        served = served_model(name, version)
+        return {
+            "name": name,
+            "versions": [served.version],
+            "platform": "mlflow_pyfunc",
+        } | open_inference.tensor_metadata(served.predictor.classes)
+
+    @router.get(name_path + "/ready", summary="200 while the model is loaded, else 503")
+    @router.get(version_path + "/ready", summary="200 while this version is the one loaded, else 503 or 404")
+    async def model_ready(name: str, version: str | None = None):
+        try:
+            served_model(name, version)
+        except NotReady:
+            return JSONResponse({"name": name, "ready": False}, status_code=503)
+        return {"name": name, "ready": True}
+
+    infer_options = dict(
+        dependencies=[Depends(service.admitted)],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"example": examples.V2_INFER_REQUEST},
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"},
+                        "description": "The binary tensor data extension: Inference-Header-Content-Length "
+                        "gives the JSON's length; the tensors' bytes follow it.",
+                    },
+                },
+            }
+        },
+        responses=examples.V2_INFER_RESPONSES,
+    )
+
+    @router.post(name_path + "/infer", summary="Genres for N movies as tensors", **infer_options)
+    @router.post(
+        version_path + "/infer", summary="Genres for N movies by this version (the served one)", **infer_options
+    )
+    async def infer(request: Request, name: str, version: str | None = None):
+        served_model(name, version)
+        if request.headers.get("content-encoding", "identity") != "identity":
+            raise InputError("Content-Encoding is not accepted: send the request uncompressed", 415)
+        body, header_length = await request.body(), request.headers.get(open_inference.BINARY_HEADER)
+        payload, rows = await run_in_threadpool(open_inference.read_request, body, header_length)
+        open_inference.requested_outputs(payload)  # a bad outputs list is refused before the model runs
+        served, predictions = await service.predict_rows(rows)
+        content, headers = open_inference.answer(
+            payload, served.predictor.classes, predictions, model_name=name, version=served.version
+        )
+        return Response(content, headers=headers)
 
     return router
