@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import os
 
 import dagster as dg
 import pandas as pd
@@ -143,3 +144,53 @@ def test_a_label_set_that_does_not_exist_is_refused_at_launch_naming_the_choices
         )
     with pytest.raises(ValueError, match="unknown label set 'genres': use one of full, merged"):
         LabelSet.from_frame("genres", pd.DataFrame({"id": [1], "Drama": [1]}))
+
+
+@pytest.mark.parametrize(
+    ("asset", "materialized", "evaluated", "state"),
+    [
+        ("movie_details", "04:20", "06:30", "PASS"),  # the refresh ran after its tick
+        ("movie_details", "04:20 the day before", "06:30", "FAIL"),  # today's refresh never stored it
+        ("genre_predictions", "05:40", "10:30", "PASS"),  # predictions follow a refresh that retrained
+        ("champion_on_new_movies", "02:00", "10:30", "FAIL"),  # before today's refresh: stale
+    ],
+)
+def test_the_daily_refresh_keeps_its_assets_fresh_by_their_policies(tmp_path, asset, materialized, evaluated, state):
+    """Dagster's own evaluator (the freshness daemon's) on the code location's policies, a day of
+    materializations replayed in a real instance: what the UI shows as fresh or failing."""
+    import asyncio
+
+    from dagster._core.definitions.freshness import FreshnessState
+    from dagster._core.definitions.freshness_evaluator import FRESHNESS_EVALUATORS_BY_POLICY_TYPE
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.test_utils import freeze_time
+
+    def at(when: str) -> dt.datetime:
+        clock, _, previous = when.partition(" ")
+        day = dt.date(2026, 3, 10) - dt.timedelta(days=1 if previous else 0)
+        return dt.datetime.combine(day, dt.time.fromisoformat(clock), tzinfo=dt.UTC)
+
+    assert tmdb_refresh_schedule.cron_schedule == "0 4 * * *"
+    node = defs.resolve_asset_graph().get(dg.AssetKey(asset))
+    evaluator = FRESHNESS_EVALUATORS_BY_POLICY_TYPE[type(node.freshness_policy)]()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        with freeze_time(at(materialized)):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset))
+        with freeze_time(at(evaluated)):
+            result = asyncio.run(evaluator.evaluate_freshness(LoadingContextForTest(instance), node))
+    assert result == FreshnessState[state]
+
+
+def test_the_dg_cli_lists_checks_and_launches_the_code_location(tmp_path):
+    """`dg` reads [tool.dg] in pyproject.toml: the same code location as the `dagster` CLI (the demo catalog)."""
+    from .conftest import BIN, run_command
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TMDB_", "GENRE_PIPELINE_"))}
+    env |= {"DAGSTER_HOME": str(tmp_path), "GENRE_PIPELINE_DATA": str(tmp_path / "data")}
+    listed = run_command([BIN / "dg", "list", "defs", "--json"], env)
+    assets = {entry["asset_key"] for entry in json.loads(listed.stdout)["assets"]}
+    assert {"raw_discover_pages", "movie_details", "stacked_model", "champion_model", "genre_predictions"} <= assets
+    run_command([BIN / "dg", "check", "defs"], env)
+    run_command([BIN / "dg", "launch", "--assets", "tmdb_genres"], env)
+    (stored,) = (tmp_path / "data").glob("*/raw/genres.json")
+    assert json.loads(stored.read_text())["genres"]

@@ -1,4 +1,7 @@
-"""Automation shared by downstream assets."""
+"""Automation shared by the assets: when they rerun, how a TMDb call retries, and how fresh the daily
+refresh keeps them."""
+
+import datetime as dt
 
 import dagster as dg
 
@@ -33,3 +36,13 @@ def when_dep_data_changes(dep: str, label: str) -> dg.AutomationCondition:
 
 
 TMDB_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+# The daily refresh's tick (tmdb_refresh_schedule), and freshness policies for what it keeps current: the UI
+# marks an asset failing its policy when it was not materialized in the window before the policy's deadline
+# (the TMDb assets within two hours of the tick; monitoring and predictions, which wait for embeddings and
+# any retraining, within six). An asset downstream reruns only when its inputs' data changed, so on a day
+# that brings TMDb nothing new it is flagged although current: the flag says the refresh did not reach it.
+REFRESH_CRON = "0 4 * * *"
+TMDB_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 6 * * *", lower_bound_delta=dt.timedelta(hours=2))
+DOWNSTREAM_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 10 * * *", lower_bound_delta=dt.timedelta(hours=6))

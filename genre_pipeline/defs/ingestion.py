@@ -9,7 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from genre_pipeline import settings
-from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_RETRY
+from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, TMDB_FRESHNESS, TMDB_RETRY
 from genre_pipeline.defs.common import config_from_dataclass, markdown_table, progress_logger, to_dataclass
 from genre_pipeline.defs.execution import TMDB_POOL
 from genre_pipeline.defs.resources import StorageResource, TMDbResource
@@ -98,6 +98,7 @@ def tmdb_genres(config: RefreshConfig, tmdb: TMDbResource, storage: StorageResou
     group_name="ingestion",
     partitions_def=RELEASE_YEARS,
     retry_policy=TMDB_RETRY,
+    freshness_policy=TMDB_FRESHNESS,
     pool=TMDB_POOL,
     kinds={"python"},
 )
@@ -142,6 +143,7 @@ def raw_discover_pages(
     group_name="ingestion",
     deps=[raw_discover_pages],
     retry_policy=TMDB_RETRY,
+    freshness_policy=TMDB_FRESHNESS,
     pool=TMDB_POOL,
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
     kinds={"python"},

@@ -10,7 +10,7 @@ from genre_pipeline.champion import registry
 from genre_pipeline.champion.predictor import GenrePredictor
 from genre_pipeline.champion.scoring import reusing_store_embeddings, store_embeddings
 from genre_pipeline.champion.seen import training_movies
-from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.automation import DOWNSTREAM_FRESHNESS, ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_table
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
 from genre_pipeline.defs.embeddings import text_embeddings
@@ -27,6 +27,7 @@ DRIFT_FIGURES = tuple(name for name in DriftThresholds.__dataclass_fields__ if n
     group_name="monitoring",
     deps=[movies_clean, genre_labels, text_embeddings],
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    freshness_policy=DOWNSTREAM_FRESHNESS,
     kinds={"mlflow"},
 )
 def champion_on_new_movies(

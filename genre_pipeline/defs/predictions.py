@@ -17,7 +17,7 @@ from genre_pipeline.champion.scoring import (
     reusing_store_embeddings,
     store_embeddings,
 )
-from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
+from genre_pipeline.defs.automation import DOWNSTREAM_FRESHNESS, ON_UPSTREAM_DATA_CHANGE
 from genre_pipeline.defs.common import markdown_table, progress_logger
 from genre_pipeline.defs.dataset import dataset_splits
 from genre_pipeline.defs.ingestion import movie_details, posters
@@ -41,6 +41,7 @@ class PredictionConfig(dg.Config):
     group_name="predictions",
     deps=[movie_details, posters, dataset_splits, champion_model],
     automation_condition=ON_UPSTREAM_DATA_CHANGE,
+    freshness_policy=DOWNSTREAM_FRESHNESS,
     kinds={"mlflow", "pandas"},
 )
 def genre_predictions(

@@ -6,11 +6,12 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from genre_pipeline import settings
+from genre_pipeline.defs.automation import REFRESH_CRON
 from genre_pipeline.defs.ingestion import RELEASE_YEARS, movie_details, raw_discover_pages
 
 
 @dg.schedule(
-    cron_schedule="0 4 * * *",
+    cron_schedule=REFRESH_CRON,
     # By key: the definitions load the assets with a backfill policy added, as new objects.
     target=dg.AssetSelection.assets(raw_discover_pages, movie_details),
     default_status=dg.DefaultScheduleStatus.STOPPED,
