@@ -13,7 +13,10 @@ Measures:
   any other 5xx, the accepted requests' p99, memory before and after, and the latency right after;
 - bad input mixed into good requests from four clients: every bad one a 4xx, no 5xx;
 - the server's peak RSS and whether it loaded PyTorch; in-process predict p50 (one movie with a
-  poster) with the server's thread settings, after the server has stopped.
+  poster) with the server's thread settings, after the server has stopped;
+- the same 1, 4 and 16 clients on the Open Inference Protocol route (/v2/models/.../infer, one movie
+  a request, JSON), and on `mlflow models serve` with the same champion (/invocations, one movie a
+  request), started after ours has stopped: the ratio of ours to MLflow's throughput at each level.
 The last line is one JSON object.
 """
 
@@ -34,8 +37,15 @@ import aiohttp
 from common import select_snapshot
 
 BIN = Path(sys.executable).parent
-TARGETS = {"clients16_vs_batch": 0.8, "rss_mb": 1200, "startup_s": 5.0, "predict_p50_ms": 50.0}
+TARGETS = {
+    "clients16_vs_batch": 0.8,
+    "rss_mb": 1200,
+    "startup_s": 5.0,
+    "predict_p50_ms": 50.0,
+    "clients16_vs_mlflow_serve": 1.2,
+}
 CLIENTS = (1, 4, 16, 64)
+COMPARED_CLIENTS = (1, 4, 16)
 
 
 def proc_status(pid: int, field: str) -> float:
@@ -50,6 +60,22 @@ def movie_json(movie: dict) -> dict:
 
     fields = {"overview": movie["overview"], "tagline": movie.get("tagline") or None, "title": movie.get("title")}
     return {k: v for k, v in (fields | metadata_fields(movie)).items() if v is not None}
+
+
+def v2_request(movie: dict, poster: bytes | None) -> dict:
+    """One movie as an Open Inference Protocol infer request (JSON: a poster as base64)."""
+    fields = movie_json(movie) | ({"poster": base64.b64encode(poster).decode()} if poster else {})
+    tensors = [
+        {"name": k, "datatype": "BYTES" if isinstance(v, str) else "FP64", "shape": [1], "data": [v]}
+        for k, v in fields.items()
+    ]
+    return {"json": {"inputs": tensors}}
+
+
+def mlflow_request(movie: dict, poster: bytes | None) -> dict:
+    """One movie as MLflow's scoring server takes it (a binary column as base64)."""
+    row = movie_json(movie) | ({"poster": base64.b64encode(poster).decode()} if poster else {})
+    return {"json": {"dataframe_split": {"columns": list(row), "data": [list(row.values())]}}}
 
 
 def p99_ms(ordered: list[float]) -> float | None:
@@ -270,7 +296,8 @@ def main() -> None:
         }
         print(f"/predict/batch movies/s: {batch}", flush=True)
 
-        concurrency = []
+        concurrency, v2 = [], []
+        v2_infer = f"/v2/models/{model['name']}/infer"
         for name, requests_ in (("text_only", text_only), ("poster", with_poster)):
             for clients in CLIENTS:
                 calls_before = model_calls(url)
@@ -295,6 +322,15 @@ def main() -> None:
         }
         print(f"overload: {overload}", flush=True)
 
+        for name, requests_ in (
+            ("text_only", [v2_request(m, None) for m in movies]),
+            ("poster", [v2_request(m, posters[m["id"]]) for m in movies]),
+        ):
+            for clients in COMPARED_CLIENTS:
+                level = asyncio.run(closed_loop(url + v2_infer, requests_, clients, args.seconds))
+                v2.append({"inputs": name, **level})
+                print("v2 " + json.dumps(v2[-1]), flush=True)
+
         sample = next(iter(posters.values()))
         good = [text_only[i] if i % 2 else with_poster[i] for i in range(args.good)]
         bad_input = asyncio.run(mixed(url + "/predict", good, [bad_request(i, sample) for i in range(args.bad)], 4))
@@ -309,6 +345,8 @@ def main() -> None:
     rows = [movie_json(m) | {"poster": posters[m["id"]]} for m in movies[:210]]
     predict_p50_ms = in_process_p50(uri, rows)
     clients16 = sustainable["throughput_per_s"]
+    versus_mlflow = against_mlflow_serve(uri, args.port, movies, posters, concurrency, v2, args.seconds)
+    mlflow16 = next(c for c in versus_mlflow if c["inputs"] == "text_only" and c["clients"] == 16)
     met = {
         "clients16_vs_batch": clients16 >= TARGETS["clients16_vs_batch"] * batch["text_only"],
         "no_other_5xx": overload["other_5xx"] == 0 and all(c["errors_5xx"] == 0 for c in concurrency),
@@ -318,6 +356,8 @@ def main() -> None:
         "predict_p50_ms": predict_p50_ms <= TARGETS["predict_p50_ms"],
         "bad_input_4xx": bad_input["bad_not_4xx"] == 0 and bad_input["answers_5xx"] == 0,
         "no_traceback_in_server_log": "Traceback" not in stderr,
+        "clients16_vs_mlflow_serve": mlflow16["ratio"] is not None
+        and mlflow16["ratio"] >= TARGETS["clients16_vs_mlflow_serve"],
     }
     print(f"targets met: {met}")
     print(
@@ -326,6 +366,9 @@ def main() -> None:
                 "benchmark": "serve",
                 "champion": f"{model['model']} v{model['version']}",
                 "concurrency": concurrency,
+                "open_inference_protocol": v2,
+                "versus_mlflow_serve": versus_mlflow,
+                "mlflow_serve_ratio_16_clients_text_only": mlflow16["ratio"],
                 "batch_throughput_per_s": batch["text_only"],
                 "batch_throughput_with_posters_per_s": batch["poster"],
                 "overload": overload,
@@ -341,14 +384,62 @@ def main() -> None:
     )
 
 
-def wait_ready(url: str, server: subprocess.Popen, started: float) -> float:
+def against_mlflow_serve(
+    uri: str, port: int, movies: list[dict], posters: dict, ours: list[dict], v2: list[dict], seconds: float
+) -> list[dict]:
+    """`mlflow models serve` on the same champion and port (ours has stopped), driven by the same clients:
+    its throughput beside ours (/predict and V2) at each level, and the ratio of /predict's to it."""
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": uri,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the scoring server runs uvicorn from here
+    }
+    command = [BIN / "mlflow", "models", "serve", "-m", "models:/genre-classifier@champion", "--env-manager", "local"]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    compared = []
+    try:
+        wait_ready(url, server, time.monotonic(), path="/ping")
+        for name in ("text_only", "poster"):
+            requests_ = [mlflow_request(m, posters[m["id"]] if name == "poster" else None) for m in movies]
+            for clients in COMPARED_CLIENTS:
+                level = asyncio.run(closed_loop(url + "/invocations", requests_, clients, seconds))
+                mine = next(c for c in ours if c["inputs"] == name and c["clients"] == clients)
+                v2_level = next(c for c in v2 if c["inputs"] == name and c["clients"] == clients)
+                theirs = level["throughput_per_s"]
+                compared.append(
+                    {
+                        "inputs": name,
+                        "clients": clients,
+                        "genre_pipeline_per_s": mine["throughput_per_s"],
+                        "v2_per_s": v2_level["throughput_per_s"],
+                        "mlflow_serve_per_s": theirs,
+                        "mlflow_serve_p50_ms": level["p50_ms"],
+                        "mlflow_serve_5xx": level["errors_5xx"],
+                        "ratio": round(mine["throughput_per_s"] / theirs, 2) if theirs else None,
+                    }
+                )
+                print("versus mlflow models serve " + json.dumps(compared[-1]), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return compared
+
+
+def wait_ready(url: str, server: subprocess.Popen, started: float, path: str = "/health/ready") -> float:
     import requests
 
     while True:
         if server.poll() is not None:
             raise SystemExit(f"the server exited with {server.returncode} before it was ready")
         try:
-            if requests.get(url + "/health/ready", timeout=2).status_code == 200:
+            if requests.get(url + path, timeout=2).status_code == 200:
                 return time.monotonic() - started
         except requests.ConnectionError:
             pass
