@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -35,6 +36,7 @@ from .conftest import (
     free_port,
     latest_metadata,
     metadata,
+    model_report,
     stack_frame,
     wait_for,
 )
@@ -232,6 +234,27 @@ def test_mlflow_models_serve_answers_over_http(trained, demo_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_logged_model_carries_its_signature_and_an_example_mlflow_predicts_with(trained, tmp_path):
+    """What `mlflow models serve`, `mlflow.models.predict` and the registry UI read: the movie's fields in,
+    a probability and a decision per genre out, and a serving example that runs."""
+    mlflow.set_tracking_uri(trained["uri"])
+    genres = json.loads(trained["store"].label_sets_file.read_text())["full"]
+    logged = {name: model_report(trained["store"], name)["model_uri"] for name in models.MODEL_ASSETS}
+    assert logged.pop("image_model") is None  # measured, never deployed
+    for name, uri in logged.items():
+        info = mlflow.models.get_model_info(uri)
+        inputs = info.signature.inputs.input_names()
+        assert inputs[0] == "overview" and {"tagline", "title", "poster", "runtime"} <= set(inputs), name
+        assert [probability_column(g) for g in genres] <= info.signature.outputs.input_names(), name
+        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / name)))
+        serving_input = (local / "serving_input_example.json").read_text()
+        out = tmp_path / f"{name}.json"
+        mlflow.models.predict(uri, input_data=serving_input, env_manager="local", output_path=str(out))
+        (row,) = json.loads(out.read_text())["predictions"]
+        assert all(0 <= row[probability_column(g)] <= 1 for g in genres), name
+        assert all(isinstance(row[decision_column(g)], bool) for g in genres), name
 
 
 def test_embeddings_are_cached_and_not_recomputed(trained):
