@@ -247,9 +247,9 @@ def open_inference_protocol(service: Service) -> APIRouter:
         loaded = service.reloader.current is not None
         return JSONResponse({"ready": loaded}, status_code=200 if loaded else 503)
 
-    @router.get(name_path, summary="Model metadata: the served version, input and output tensors")
-    @router.get(version_path, summary="Model metadata of one version (the served one)")
-    async def model_metadata(name: str, version: str | None = None):
+    metadata_responses = {200: examples.json_response(examples.V2_METADATA)} | examples.errors(404, 503)
+
+    def metadata(name: str, version: str | None) -> dict:
         served = served_model(name, version)
         return {
             "name": name,
@@ -257,14 +257,30 @@ def open_inference_protocol(service: Service) -> APIRouter:
             "platform": "mlflow_pyfunc",
         } | open_inference.tensor_metadata(served.predictor.classes)
 
-    @router.get(name_path + "/ready", summary="200 while the model is loaded, else 503")
-    @router.get(version_path + "/ready", summary="200 while this version is the one loaded, else 503 or 404")
-    async def model_ready(name: str, version: str | None = None):
+    @router.get(
+        name_path, summary="Model metadata: the served version, input and output tensors", responses=metadata_responses
+    )
+    async def model_metadata(name: str):
+        return metadata(name, None)
+
+    @router.get(version_path, summary="Model metadata of one version (the served one)", responses=metadata_responses)
+    async def model_version_metadata(name: str, version: str):
+        return metadata(name, version)
+
+    def readiness(name: str, version: str | None):
         try:
             served_model(name, version)
         except NotReady:
             return JSONResponse({"name": name, "ready": False}, status_code=503)
         return {"name": name, "ready": True}
+
+    @router.get(name_path + "/ready", summary="200 while the model is loaded, else 503")
+    async def model_ready(name: str):
+        return readiness(name, None)
+
+    @router.get(version_path + "/ready", summary="200 while this version is the one loaded, else 503 or 404")
+    async def model_version_ready(name: str, version: str):
+        return readiness(name, version)
 
     infer_options = dict(
         dependencies=[Depends(service.admitted)],
@@ -284,11 +300,7 @@ def open_inference_protocol(service: Service) -> APIRouter:
         responses=examples.V2_INFER_RESPONSES,
     )
 
-    @router.post(name_path + "/infer", summary="Genres for N movies as tensors", **infer_options)
-    @router.post(
-        version_path + "/infer", summary="Genres for N movies by this version (the served one)", **infer_options
-    )
-    async def infer(request: Request, name: str, version: str | None = None):
+    async def inference(request: Request, name: str, version: str | None) -> Response:
         served_model(name, version)
         if request.headers.get("content-encoding", "identity") != "identity":
             raise InputError("Content-Encoding is not accepted: send the request uncompressed", 415)
@@ -300,5 +312,15 @@ def open_inference_protocol(service: Service) -> APIRouter:
             payload, served.predictor.classes, predictions, model_name=name, version=served.version
         )
         return Response(content, headers=headers)
+
+    @router.post(name_path + "/infer", summary="Genres for N movies as tensors", **infer_options)
+    async def infer(request: Request, name: str):
+        return await inference(request, name, None)
+
+    @router.post(
+        version_path + "/infer", summary="Genres for N movies by this version (the served one)", **infer_options
+    )
+    async def infer_version(request: Request, name: str, version: str):
+        return await inference(request, name, version)
 
     return router
