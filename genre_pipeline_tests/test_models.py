@@ -249,9 +249,10 @@ def test_every_logged_model_carries_its_signature_and_an_example_mlflow_predicts
         assert inputs[0] == "overview" and {"tagline", "title", "poster", "runtime"} <= set(inputs), name
         assert [probability_column(g) for g in genres] <= info.signature.outputs.input_names(), name
         local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / name)))
-        serving_input = (local / "serving_input_example.json").read_text()
         out = tmp_path / f"{name}.json"
-        mlflow.models.predict(uri, input_data=serving_input, env_manager="local", output_path=str(out))
+        mlflow.models.predict(
+            uri, input_path=str(local / "serving_input_example.json"), env_manager="local", output_path=str(out)
+        )
         (row,) = json.loads(out.read_text())["predictions"]
         assert all(0 <= row[probability_column(g)] <= 1 for g in genres), name
         assert all(isinstance(row[decision_column(g)], bool) for g in genres), name
