@@ -438,3 +438,34 @@ def test_the_batch_route_names_its_own_shape_when_sent_another(server):
     for body in ([MOVIE], MOVIE):
         answer = server.post("/predict/batch", json=body)
         assert answer.status_code in (400, 422) and '{"movies": [' in answer.json()["error"], answer.text
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ([{"name": ["overview"], "shape": [1], "datatype": "BYTES", "data": ["x"]}], "not an input of this model"),
+        (
+            [
+                {"name": "overview", "shape": [2], "datatype": "BYTES", "data": ["A heist.", "A duel."]},
+                {"name": "runtime", "shape": [1], "datatype": "FP64", "data": [90]},
+            ],
+            "their sizes differ: [1, 2]",
+        ),
+        (
+            [
+                {"name": "overview", "shape": [1], "datatype": "BYTES", "data": ["A heist."]},
+                {"name": "runtime", "shape": [1], "datatype": "FP64", "data": [-3]},
+            ],
+            "movie 0: runtime: Input should be greater than or equal to 0",
+        ),
+        ([{"name": "overview", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}], "more than one value"),
+        ([{"name": "tagline", "shape": [1], "datatype": "BYTES", "data": ["Run."]}], "overview is required"),
+    ],
+)
+def test_a_bad_infer_request_is_refused_naming_the_input(tensors, message):
+    from genre_pipeline.serving import open_inference
+    from genre_pipeline.serving.inputs import InputError
+
+    with pytest.raises(InputError, match=re.escape(message)) as refused:
+        open_inference.read_request(json.dumps({"inputs": tensors}).encode(), None)
+    assert refused.value.status == 422

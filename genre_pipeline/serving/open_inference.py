@@ -159,7 +159,7 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict, list[dic
     columns, offset, counts = {}, 0, set()
     for tensor in tensors:
         name = tensor.get("name")
-        if name not in known:
+        if not isinstance(name, str) or name not in known:
             raise InputError(f"inputs[{name}]: not an input of this model (GET the model's metadata)")
         if name in columns:
             raise InputError(f"inputs[{name}]: given twice")
