@@ -110,8 +110,9 @@ def json_object(body: bytes, example: str) -> dict:
     return payload
 
 
-def parse_json(body: bytes, model: type[BaseModel], example: str = MOVIE_EXAMPLE) -> BaseModel:
-    return validated(json_object(body, example), model)
+def parse_json(body: bytes, model: type[BaseModel]) -> BaseModel:
+    """One movie's JSON body as ``model``."""
+    return validated(json_object(body, MOVIE_EXAMPLE), model)
 
 
 def validated(payload: dict, model: type[BaseModel]) -> BaseModel:

@@ -13,6 +13,7 @@ genres in the order the model metadata's ``parameters.labels`` gives. The binary
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -148,10 +149,19 @@ def _poster(value, where: str, *, binary: bool) -> bytes | None:
     return inputs.decoded_poster(value, where) if value else None
 
 
-def read_request(body: bytes, header_length: str | None) -> tuple[dict, list[dict]]:
-    """An infer request (JSON, or the binary extension when ``header_length`` is given) as the request's
-    JSON and one checked model row per movie; InputError says what is wrong and where."""
+@dataclasses.dataclass(frozen=True)
+class InferRequest:
+    rows: list[dict]  # one checked model row per movie
+    outputs: list[str]  # the outputs to answer, in order
+    binary_output: bool  # answer in the binary extension
+    id: str | None = None  # the request's id, echoed
+
+
+def read_request(body: bytes, header_length: str | None) -> InferRequest:
+    """An infer request (JSON, or the binary extension when ``header_length`` is given), checked whole
+    before the model runs: InputError says what is wrong and where."""
     payload, binary = _read_json(body, header_length)
+    outputs, binary_output = _requested_outputs(payload)
     tensors = payload.get("inputs")
     if not isinstance(tensors, list) or not tensors or not all(isinstance(t, dict) for t in tensors):
         raise InputError('"inputs" must be a list of tensors: [{"name", "shape", "datatype", "data"}, ...]')
@@ -192,10 +202,10 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict, list[dic
         except InputError as error:
             raise InputError(f"movie {i}: {error}", error.status) from None
         rows.append(inputs.model_row(movie, poster))
-    return payload, rows
+    return InferRequest(rows, outputs, binary_output, payload.get("id"))
 
 
-def requested_outputs(payload: dict) -> tuple[list[str], bool]:
+def _requested_outputs(payload: dict) -> tuple[list[str], bool]:
     """The outputs to answer, and whether in binary: ``outputs`` may name some, each may ask for binary
     data, and ``parameters.binary_data_output`` asks it for all."""
     binary_all = bool((payload.get("parameters") or {}).get("binary_data_output", False))
@@ -213,17 +223,17 @@ def requested_outputs(payload: dict) -> tuple[list[str], bool]:
 
 
 def answer(
-    payload: dict, labels: list[str], predictions: list, *, model_name: str, version: str
+    request: InferRequest, labels: list[str], predictions: list, *, model_name: str, version: str
 ) -> tuple[bytes, dict[str, str]]:
     """The infer response's body and headers: the requested outputs, in JSON or the binary extension."""
-    names, binary = requested_outputs(payload)
+    names, binary = request.outputs, request.binary_output
     scores = [{genre: p for genre, p, _ in prediction.scores} for prediction in predictions]
     probabilities = np.array([[by_genre[g] for g in labels] for by_genre in scores])
     decisions = np.array([[g in prediction.genres for g in labels] for prediction in predictions], dtype=bool)
     arrays = {"probabilities": probabilities.astype("<f4"), "decisions": decisions}
     response = {"model_name": model_name, "model_version": version, "parameters": {"labels": labels}, "outputs": []}
-    if "id" in payload:
-        response["id"] = payload["id"]
+    if request.id is not None:
+        response["id"] = request.id
     blobs = []
     for name in names:
         array = arrays[name]

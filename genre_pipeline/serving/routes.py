@@ -305,11 +305,10 @@ def open_inference_protocol(service: Service) -> APIRouter:
         if request.headers.get("content-encoding", "identity") != "identity":
             raise InputError("Content-Encoding is not accepted: send the request uncompressed", 415)
         body, header_length = await request.body(), request.headers.get(open_inference.BINARY_HEADER)
-        payload, rows = await run_in_threadpool(open_inference.read_request, body, header_length)
-        open_inference.requested_outputs(payload)  # a bad outputs list is refused before the model runs
-        served, predictions = await service.predict_rows(rows)
+        infer_request = await run_in_threadpool(open_inference.read_request, body, header_length)
+        served, predictions = await service.predict_rows(infer_request.rows)
         content, headers = open_inference.answer(
-            payload, served.predictor.classes, predictions, model_name=name, version=served.version
+            infer_request, served.predictor.classes, predictions, model_name=name, version=served.version
         )
         return Response(content, headers=headers)
 
