@@ -62,9 +62,14 @@ def movie_json(movie: dict) -> dict:
     return {k: v for k, v in (fields | metadata_fields(movie)).items() if v is not None}
 
 
+def with_base64_poster(movie: dict, poster: bytes | None) -> dict:
+    """The movie's JSON fields and, if given, its poster as base64 (how JSON carries a binary column)."""
+    return movie_json(movie) | ({"poster": base64.b64encode(poster).decode()} if poster else {})
+
+
 def v2_request(movie: dict, poster: bytes | None) -> dict:
     """One movie as an Open Inference Protocol infer request (JSON: a poster as base64)."""
-    fields = movie_json(movie) | ({"poster": base64.b64encode(poster).decode()} if poster else {})
+    fields = with_base64_poster(movie, poster)
     tensors = [
         {"name": k, "datatype": "BYTES" if isinstance(v, str) else "FP64", "shape": [1], "data": [v]}
         for k, v in fields.items()
@@ -74,7 +79,7 @@ def v2_request(movie: dict, poster: bytes | None) -> dict:
 
 def mlflow_request(movie: dict, poster: bytes | None) -> dict:
     """One movie as MLflow's scoring server takes it (a binary column as base64)."""
-    row = movie_json(movie) | ({"poster": base64.b64encode(poster).decode()} if poster else {})
+    row = with_base64_poster(movie, poster)
     return {"json": {"dataframe_split": {"columns": list(row), "data": [list(row.values())]}}}
 
 
