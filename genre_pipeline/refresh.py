@@ -6,6 +6,10 @@ then each run declarative automation requests, until it requests none.
 The daemon (`dagster dev`, or the cluster) is the production path; this is for CI, benchmarks and a
 catalog replayed as of a date (GENRE_PIPELINE_CATALOG_DATE), where no daemon runs between two dates.
 The last line printed is one JSON object: each run's assets, success and failed checks.
+
+A cycle that was killed or failed is finished by the next one: its runs left "started" by a dead
+process are marked failed (else their assets stay in progress, and automation never requests them
+again), and the assets they did not materialize run first. One refresh at a time per instance (a lock).
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from dagster._serdes import deserialize_value, serialize_value  # the daemon's o
 
 from genre_pipeline import settings
 from genre_pipeline.files import atomic_write_bytes
+from genre_pipeline.tmdb.lock import exclusive
 
 MAX_ROUNDS = 40  # a chain of about twenty steps, each requested once: more would be a loop
+# Marks the runs a refresh launches: one found started while the refresh lock is free was left by a dead process.
+REFRESH_RUN_TAG = "genre_pipeline/refresh"
 
 
 @dataclasses.dataclass
@@ -65,6 +72,40 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, keys, **options) ->
     return RefreshRun(materialized, result.success, failed, round(time.monotonic() - started, 2))
 
 
+def _pending_file(instance: dg.DagsterInstance) -> Path:
+    return Path(instance.root_directory) / "refresh_pending.json"
+
+
+def _pending(instance: dg.DagsterInstance) -> set[str]:
+    """The assets a launched run has not materialized yet (its process may have died meanwhile)."""
+    path = _pending_file(instance)
+    return set(json.loads(path.read_text())) if path.is_file() else set()
+
+
+def _save_pending(instance: dg.DagsterInstance, assets: set[str]) -> None:
+    atomic_write_bytes(_pending_file(instance), json.dumps(sorted(assets)).encode())
+
+
+def fail_abandoned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the refresh runs still shown as starting or started: called holding the refresh lock,
+    so their process is gone (killed, or its machine stopped). Returns their ids."""
+    statuses = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    abandoned = instance.get_runs(filters=dg.RunsFilter(statuses=statuses, tags={REFRESH_RUN_TAG: "true"}))
+    for run in abandoned:
+        instance.report_run_failed(run, "its refresh process ended without finishing it (killed?)")
+    return [run.run_id for run in abandoned]
+
+
+def _damaged(defs: dg.Definitions, instance: dg.DagsterInstance) -> set[str]:
+    """What damaged_files_sensor would request now (the daemon runs it every ten minutes)."""
+    sensor = defs.resolve_sensor_def("damaged_files_sensor")
+    request = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    if not isinstance(request, dg.RunRequest):
+        return set()
+    log(f"not whole: {request.tags['damaged_files']}")
+    return {key.to_user_string() for key in request.asset_selection}
+
+
 def _cursor_file(instance: dg.DagsterInstance) -> Path:
     return Path(instance.root_directory) / "refresh_automation_cursor.json"
 
@@ -100,17 +141,38 @@ def run_refresh(
     """The refresh schedule's run at ``scheduled``, then the automation's runs until it requests none
     (each passed to ``on_run`` as it ends). ``run_config`` (resources and ops) applies to every run, as
     a deployment's defaults would; the schedule's own config wins for its ops."""
+    with exclusive(Path(instance.root_directory) / "refresh.lock", on_wait=lambda who: log(f"waiting for {who}")):
+        return _refresh(defs, instance, scheduled, run_config or {}, on_run)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _refresh(defs: dg.Definitions, instance: dg.DagsterInstance, scheduled, run_config: dict, on_run) -> RefreshCycle:
     started = time.monotonic()
     runs = []
-    run_config = run_config or {}
 
-    def launch(keys, config: dict | None = None, **options) -> None:
+    def launch(keys, config: dict | None = None, tags: dict | None = None) -> None:
         merged = _config_for(run_config, keys)
         merged["ops"] = {**merged.get("ops", {}), **(config or {}).get("ops", {})}
-        runs.append(_run(defs, instance, keys, run_config=merged, **options))
+        names = {key.to_user_string() for key in keys}
+        # Kept pending until materialized: a run that dies or fails leaves them to the next refresh.
+        _save_pending(instance, _pending(instance) | names)
+        run = _run(defs, instance, keys, run_config=merged, tags={**(tags or {}), REFRESH_RUN_TAG: "true"})
+        _save_pending(instance, _pending(instance) - (names if run.success else set(run.assets)))
+        runs.append(run)
         if on_run:
-            on_run(runs[-1])
+            on_run(run)
 
+    abandoned = fail_abandoned_runs(instance)
+    if abandoned:
+        log(f"marked failed {len(abandoned)} run(s) an earlier refresh left unfinished: {', '.join(abandoned)}")
+    known = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    unfinished = sorted((_pending(instance) | _damaged(defs, instance)) & known)
+    if unfinished:
+        log(f"finishing what an earlier refresh left undone or not whole: {', '.join(unfinished)}")
+        launch([dg.AssetKey.from_user_string(name) for name in unfinished])
     # The conditions compare data versions with the previous evaluation, kept from the last cycle (a
     # first cycle takes stock of today's): what an interrupted cycle left undone is requested again.
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=_saved_cursor(instance))
@@ -136,7 +198,7 @@ def run_refresh(
 def _printed(run: RefreshRun) -> None:
     checks = f"  failed checks: {', '.join(run.failed_checks)}" if run.failed_checks else ""
     state = "ok    " if run.success else "FAILED"
-    print(f"{state} {run.wall_s:7.1f} s  {', '.join(run.assets) or '(nothing)'}{checks}", file=sys.stderr, flush=True)
+    log(f"{state} {run.wall_s:7.1f} s  {', '.join(run.assets) or '(nothing)'}{checks}")
 
 
 def main() -> int:

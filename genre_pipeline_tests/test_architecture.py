@@ -36,7 +36,7 @@ MAY_IMPORT = {
         *("models", "champion", "training", "monitoring"),
     },
     "definitions": {"defs", "settings"},
-    "refresh": {"definitions", "files", "settings"},
+    "refresh": {"definitions", "files", "settings", "tmdb"},
 }
 MAY_IMPORT_DAGSTER = {"defs", "definitions", "refresh"}
 # Modules that serve a registered model, and the champion's lifecycle package: nothing they import,

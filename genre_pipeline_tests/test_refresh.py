@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from genre_pipeline import settings, tracking
+from genre_pipeline import refresh, settings, tracking
 from genre_pipeline.champion import registry
 from genre_pipeline.champion.seen import training_movies
 from genre_pipeline.defs import dataset, embeddings, ingestion, models, monitoring, predictions
 from genre_pipeline.defs.resources import MonitoringResource, RetrainingConfig, TrainingResource
-from genre_pipeline.defs.schedules import tmdb_refresh_schedule
+from genre_pipeline.defs.schedules import damaged_files_sensor, tmdb_refresh_schedule
 from genre_pipeline.refresh import run_refresh
 from genre_pipeline.store import DataStore
 from genre_pipeline.tmdb import demo_catalog
@@ -48,6 +48,7 @@ def definitions(catalog, data_dir, as_of: str, **monitoring_options) -> dg.Defin
         assets=dg.load_assets_from_modules(MODULES),
         asset_checks=dg.load_asset_checks_from_modules(MODULES),
         schedules=[tmdb_refresh_schedule],
+        sensors=[damaged_files_sensor],
         resources=resources,
     )
 
@@ -172,3 +173,28 @@ def test_when_retraining_pays_the_models_retrain_after_the_champion_was_scored(m
         assert set(end["prequential"]["new_ids"]) <= training_ids(store, end["champion"]["run_id"])
     else:
         assert end["champion"]["version"] == moved["first_champion"]["version"]
+
+
+def test_a_refresh_finishes_what_a_killed_one_left_and_marks_its_run_failed(moved, monkeypatch):
+    """A refresh killed mid-run leaves its run "started" (its process is gone) and its assets pending:
+    the next one marks the run failed, so that its assets are not in progress forever, and materializes
+    them first. What it reads is the instance and the pending list a killed refresh leaves."""
+    instance = moved["instance"]
+    abandoned = dg.DagsterRun(
+        job_name="__ephemeral_asset_job__",
+        run_id="0c8a9c0e-5d7b-4b39-9a55-2f3d1c6e7a10",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={refresh.REFRESH_RUN_TAG: "true"},
+    )
+    instance.add_run(abandoned)
+    refresh._save_pending(instance, {"genre_predictions"})
+    monkeypatch.setenv(settings.CATALOG_DATE_ENV, "2024-12-31")
+    defs = definitions(moved["catalog"], moved["data_dir"], "2024-12-31")
+    scheduled = dt.datetime(2026, 12, 1, 4, tzinfo=dt.timezone.utc)
+    cycle = run_refresh(defs, instance, scheduled, run_config=LOOP_OPS)
+    assert instance.get_run_by_id(abandoned.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert cycle.runs[0].assets == ["genre_predictions"] and cycle.runs[0].success
+    assert refresh._pending(instance) == set()
+    # Nothing else was left undone: the next refresh starts with the schedule's run.
+    again = run_refresh(defs, instance, scheduled, run_config=LOOP_OPS)
+    assert [run.assets for run in again.runs] == [["movie_details", "raw_discover_pages"]]
