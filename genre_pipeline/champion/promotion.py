@@ -188,13 +188,22 @@ def challenge_champion(store: DataStore, name: str, report: dict, label_set: str
 
 def _compared_already(client: MlflowClient, run_id: str, champion: dict | None) -> Challenge | None:
     """The challenge of a version of the same run already compared with the same champion (a rerun with
-    unchanged models): its verdict stands and nothing is registered again."""
+    unchanged models): its verdict stands and nothing is registered again. A version no promotion has
+    decided on yet (a run killed between registering it and moving the alias, or before champion_model
+    ran) is @challenger again, so that the promotion still happens."""
     held = str(champion["version"]) if champion else None
     for version in client.search_model_versions(f"name='{registry.REGISTERED_MODEL}' and run_id='{run_id}'"):
-        comparison = Comparison.from_tags(dict(version.tags))
-        if comparison.champion_version == held:
-            decision = dict(version.tags).get("decision", comparison.verdict()[1])
-            return Challenge(None, None, f"v{version.version} of this run was compared already: {decision}")
+        tags = dict(version.tags)
+        comparison = Comparison.from_tags(tags)
+        if comparison.champion_version != held:
+            continue
+        decision = tags.get("decision", comparison.verdict()[1])
+        if "promoted" not in tags:
+            client.set_registered_model_alias(registry.REGISTERED_MODEL, registry.CHALLENGER_ALIAS, version.version)
+            return Challenge(
+                comparison, str(version.version), f"v{version.version} of this run, compared already: {decision}"
+            )
+        return Challenge(None, None, f"v{version.version} of this run was compared already: {decision}")
     return None
 
 
@@ -250,6 +259,10 @@ def challenger_verdict(client: MlflowClient) -> Verdict:
     comparison = Comparison.from_tags(challenger["tags"])
     champion = registry.current_champion(client)
     now = str(champion["version"]) if champion else None
+    if now == str(challenger["version"]):  # promoted by a run that stopped before removing @challenger
+        return Verdict(
+            challenger, True, f"challenger v{now} is the champion already: {challenger['tags'].get('decision')}"
+        )
     if now != comparison.champion_version:
         return Verdict(
             challenger,
@@ -272,8 +285,12 @@ def promote_challenger(client: MlflowClient) -> tuple[bool, str]:
         held = f"v{champion['version']} ({champion['tags'].get('model')})" if champion else "none"
         return False, f"champion {held} kept: {verdict.decision}"
     version = str(verdict.challenger["version"])
-    client.set_model_version_tag(registry.REGISTERED_MODEL, version, "promoted", str(verdict.promote).lower())
-    client.set_model_version_tag(registry.REGISTERED_MODEL, version, "decision", verdict.decision)
+    # In this order, a run stopped between two calls leaves a registry the rerun finishes: the decision
+    # first, then @champion, and @challenger removed last (challenger_verdict knows a challenger that is
+    # the champion already).
+    if str(verdict.challenger["tags"].get("promoted")) != str(verdict.promote).lower():
+        client.set_model_version_tag(registry.REGISTERED_MODEL, version, "decision", verdict.decision)
+        client.set_model_version_tag(registry.REGISTERED_MODEL, version, "promoted", str(verdict.promote).lower())
     if verdict.promote:
         client.set_registered_model_alias(registry.REGISTERED_MODEL, registry.CHAMPION_ALIAS, version)
     client.delete_registered_model_alias(registry.REGISTERED_MODEL, registry.CHALLENGER_ALIAS)
