@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from genre_pipeline.champion.predictor import GenrePredictor
 from genre_pipeline.champion.registry import champion_version
@@ -86,8 +85,9 @@ class ChampionReloader:
             try:
                 self.check()
                 self.last_error = None
-            except (MlflowException, OSError, RuntimeError, ValueError) as error:
-                # Keep serving the loaded version (if any); /health/ready reports why the new one is not served.
+            except Exception as error:
+                # Any failure to load (a truncated file raises EOFError, BadZipFile, ...) must not end the
+                # polling: keep serving the loaded version (if any); /health/ready reports why the new one is not.
                 self.last_error = f"{type(error).__name__}: {error}"
                 serving = f"still serving v{self.current.version}" if self.current else "no champion loaded yet"
                 log.warning("champion load failed, %s: %s", serving, error)
