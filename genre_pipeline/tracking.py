@@ -4,9 +4,11 @@ compared on, each run's movie ids by split). Which store a data folder uses is `
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
+import sqlalchemy
 
 DEFAULT_EXPERIMENT = "genre-pipeline"
 # Macro-F1 on validation with the thresholds tuned there: what champion selection compares. The
@@ -14,6 +16,29 @@ DEFAULT_EXPERIMENT = "genre-pipeline"
 VALIDATION_METRIC = "validation_macro_f1"
 # Each training run's movie ids by split: what the model saw, so that it is never scored on them as new.
 TRAINING_MOVIES_ARTIFACT = "data/movie_ids.json"
+# How long a write to a sqlite tracking store waits for another process's lock (a second run logging,
+# `make mlflow`'s server) before it fails; MLflow's own 20 s is shorter than a busy store can hold it.
+LOCK_TIMEOUT_ENV = "GENRE_PIPELINE_TRACKING_LOCK_TIMEOUT_S"
+DEFAULT_LOCK_TIMEOUT_S = 300.0
+
+
+def lock_timeout_s() -> float:
+    value = os.environ.get(LOCK_TIMEOUT_ENV) or DEFAULT_LOCK_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{LOCK_TIMEOUT_ENV}={value!r}: expected a positive number of seconds")
+    return seconds
+
+
+@sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "after_cursor_execute")
+def _wait_longer_for_locks(conn, cursor, statement, parameters, context, executemany) -> None:
+    """Every MLflow session on sqlite starts with ``PRAGMA busy_timeout = 20000``: raised right after to
+    ``lock_timeout_s()``, still bounded, so that a store held for a minute delays a run, not fails it."""
+    if conn.dialect.name == "sqlite" and statement.lstrip().lower().startswith("pragma busy_timeout"):
+        cursor.connection.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s() * 1000)}")
 
 
 def sqlite_uri(db_file: Path) -> str:
