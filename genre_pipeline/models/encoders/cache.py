@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -13,6 +15,15 @@ import numpy as np
 
 from genre_pipeline.files import atomic_write_bytes, content_key
 from genre_pipeline.models.encoders import EncoderRef, build_encoder
+
+log = logging.getLogger(__name__)
+
+# What np.load raises on a truncated or corrupted .npz (a zip whose directory or a member's CRC is wrong).
+_UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+class DamagedEmbeddings(ValueError):
+    """An embeddings file that is not whole: truncated, corrupted, or with columns of different lengths."""
 
 
 @dataclasses.dataclass
@@ -31,10 +42,44 @@ class Embeddings:
 
     @classmethod
     def load(cls, path: Path) -> "Embeddings":
+        """The file at ``path``, read whole (every member's CRC checked), or DamagedEmbeddings."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path} does not exist yet: materialize the embeddings asset first")
-        with np.load(path, allow_pickle=False) as data:
-            return cls(data["ids"], data["keys"], data["vectors"])
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                loaded = cls(data["ids"], data["keys"], data["vectors"])
+        except _UNREADABLE as error:
+            raise DamagedEmbeddings(
+                f"{path} is not a whole embeddings file ({type(error).__name__}: {error}): "
+                "materialize the embeddings asset again (it sets the file aside and encodes its movies again)"
+            ) from error
+        if not len(loaded.ids) == len(loaded.keys) == len(loaded.vectors):
+            raise DamagedEmbeddings(
+                f"{path} has {len(loaded.ids)} ids, {len(loaded.keys)} keys, {len(loaded.vectors)} vectors"
+            )
+        return loaded
+
+
+def set_aside(path: Path, error: Exception) -> Path:
+    """Rename a damaged file out of the way (kept for a post-mortem, never read again) and log it."""
+    aside = Path(path).with_name(f"{Path(path).name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        Path(path).replace(aside)
+    except FileNotFoundError:  # another step, reading it at the same time, set it aside first
+        return aside
+    log.warning("%s; set aside as %s, its rows are encoded again", error, aside.name)
+    return aside
+
+
+def readable(path: Path) -> Embeddings | None:
+    """The embeddings file at ``path``; None when there is none, or when it is not whole (then set aside)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return Embeddings.load(path)
+    except DamagedEmbeddings as error:
+        set_aside(path, error)
+        return None
 
 
 @dataclasses.dataclass
@@ -46,10 +91,8 @@ class UpdateStats:
 
 def known_vectors(path: Path) -> dict[str, np.ndarray]:
     """content key -> vector of the embeddings file at ``path`` (empty when there is none)."""
-    if not Path(path).is_file():
-        return {}
-    embeddings = Embeddings.load(path)
-    return dict(zip(embeddings.keys.tolist(), embeddings.vectors))
+    embeddings = readable(path)
+    return dict(zip(embeddings.keys.tolist(), embeddings.vectors)) if embeddings is not None else {}
 
 
 class Reusing:
@@ -87,7 +130,7 @@ def _cached_rows(sources: list[Embeddings]) -> dict[tuple[int, str], np.ndarray]
 
 
 def _existing(paths) -> list[Embeddings]:
-    return [Embeddings.load(p) for p in paths if Path(p).is_file()]
+    return [e for e in map(readable, paths) if e is not None]
 
 
 def _missing(ids: list[int], keys: list[str], known) -> list[int]:
@@ -97,10 +140,8 @@ def _missing(ids: list[int], keys: list[str], known) -> list[int]:
 
 def pending(path: Path, ids: list[int], keys: list[str]) -> np.ndarray:
     """Positions in ``ids`` whose (id, key) the embeddings file at ``path`` lacks: what needs encoding."""
-    cached = set()
-    if Path(path).is_file():
-        with np.load(path, allow_pickle=False) as data:  # the ids and keys only, not the vectors
-            cached = {(int(i), str(k)) for i, k in zip(data["ids"], data["keys"])}
+    embeddings = readable(path)
+    cached = set() if embeddings is None else {(int(i), str(k)) for i, k in zip(embeddings.ids, embeddings.keys)}
     return np.asarray(_missing(ids, keys, cached), dtype=np.int64)
 
 
