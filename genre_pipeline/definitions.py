@@ -6,7 +6,7 @@ from genre_pipeline import settings
 from genre_pipeline.defs import dataset, embeddings, ingestion, models, monitoring, predictions
 from genre_pipeline.defs.execution import build_executor
 from genre_pipeline.defs.resources import build_resources
-from genre_pipeline.defs.schedules import tmdb_refresh_schedule
+from genre_pipeline.defs.schedules import damaged_files_sensor, tmdb_refresh_schedule
 
 defs = dg.Definitions(
     # Every asset runs a partition range in one run, so that one command builds the whole graph:
@@ -25,7 +25,8 @@ defs = dg.Definitions(
             "default_automation_condition_sensor",
             target=dg.AssetSelection.all(),
             default_status=dg.DefaultSensorStatus.RUNNING,
-        )
+        ),
+        damaged_files_sensor,
     ],
     resources=build_resources(settings.configured_source()),
     # In the run's process by default; on workers where the deployment says so (defs/execution.py).

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,9 +41,12 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = out_of_space(error)
+        if full is not None:
+            raise OSError(errno.ENOSPC, out_of_space_message(path.parent, full)) from error
         raise
 
 
@@ -54,6 +59,50 @@ def remove_partial_files(*folders: Path) -> int:
             partial.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def file_digests(folder: Path | str, *, leave_out: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file below ``folder`` by its path relative to it, the temporary files of atomic
+    writes and the names ``leave_out`` aside: what a completion marker records."""
+    folder = Path(folder)
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and not path.name.endswith(".tmp") and name not in leave_out:
+            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def differences(folder: Path | str, recorded: dict[str, str]) -> list[str]:
+    """The files of ``recorded`` (``file_digests``) that are missing from ``folder`` or differ now."""
+    folder = Path(folder)
+    return [
+        name
+        for name, digest in recorded.items()
+        if not (folder / name).is_file() or hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest
+    ]
+
+
+def out_of_space(error: BaseException | None) -> BaseException | None:
+    """The error in ``error``'s chain (itself, or what it was raised from) that says the disk or quota
+    is full: an OSError's ENOSPC or EDQUOT, or sqlite's "database or disk is full" as MLflow or
+    SQLAlchemy wrap it; None when there is none."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        if "database or disk is full" in str(error) or "No space left on device" in str(error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def out_of_space_message(folder: Path | str, error: BaseException) -> str:
+    """What to tell a user whose write under ``folder`` found its disk full (``error``: out_of_space's)."""
+    free = shutil.disk_usage(folder).free / 2**20 if Path(folder).exists() else float("nan")
+    return (
+        f"no space left on the device of {folder} ({free:.0f} MiB free): {str(error).splitlines()[0]}. Free space "
+        "and run the step again: a file is replaced only once written whole, and what a step left unfinished is redone"
+    )
 
 
 def png_base64(path: Path | str) -> str:

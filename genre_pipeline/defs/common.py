@@ -1,4 +1,4 @@
-"""Helpers the asset modules share: metadata tables and images, progress logs."""
+"""Helpers the asset modules share: metadata tables and images, progress logs, clear step failures."""
 
 import dataclasses
 import typing
@@ -8,7 +8,9 @@ import dagster as dg
 import pandas as pd
 import pydantic
 
-from genre_pipeline.files import png_base64
+from genre_pipeline.files import out_of_space, out_of_space_message, png_base64
+from genre_pipeline.models.encoders import EncoderUnavailable
+from genre_pipeline.store import DataStore
 
 
 def markdown_table(frame: pd.DataFrame, rows: int | None = 20) -> dg.MetadataValue:
@@ -58,3 +60,17 @@ def config_from_dataclass(cls, name: str, **nested: type[dg.Config]) -> type[dg.
 def to_dataclass(cls, config: dg.Config):
     """The dataclass ``cls`` from the run's config (built by config_from_dataclass)."""
     return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+
+def failing_clearly(call, store: DataStore):
+    """``call()``; an encoder whose weights cannot load, or a full disk under the data folder ``store``,
+    fails the step at once with what to do (a retry cannot help)."""
+    try:
+        return call()
+    except EncoderUnavailable as error:
+        raise dg.Failure(str(error), allow_retries=False) from None
+    except Exception as error:
+        full = out_of_space(error)
+        if full is not None:
+            raise dg.Failure(out_of_space_message(store.root, full), allow_retries=False) from error
+        raise

@@ -12,25 +12,17 @@ from pydantic import Field
 
 from genre_pipeline import settings
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE
-from genre_pipeline.defs.common import markdown_table, progress_logger
+from genre_pipeline.defs.common import failing_clearly, markdown_table, progress_logger
 from genre_pipeline.defs.execution import GPU_STEP_TAGS
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
 from genre_pipeline.files import content_key
 from genre_pipeline.ingestion import posters as poster_files
-from genre_pipeline.models.encoders import EncoderRef, EncoderUnavailable, cache
+from genre_pipeline.models.encoders import EncoderRef, cache
 from genre_pipeline.store import frame_fingerprint
 
 
 class EmbeddingConfig(dg.Config):
     batch_size: int = Field(default=64, description="Texts per batch on PyTorch; posters use half as many.")
-
-
-def failing_clearly(call):
-    """``call()``; an encoder whose weights cannot load fails the step at once (a retry cannot help)."""
-    try:
-        return call()
-    except EncoderUnavailable as error:
-        raise dg.Failure(str(error), allow_retries=False) from None
 
 
 @dataclasses.dataclass
@@ -124,7 +116,8 @@ def sharded_embedding_asset(
                         shards=shards,
                         worker=worker,
                         **options(context, training, w),
-                    )
+                    ),
+                    storage.store,
                 )
                 context.log.info(f"{name} shard {shard} on {worker}: {w.ref.name} {figures}")
 
@@ -138,7 +131,8 @@ def sharded_embedding_asset(
             failing_clearly(
                 lambda w=w: cache.merge_shards(
                     store_of(storage, w), w.ref, shards=shards, **options(context, training, w)
-                )
+                ),
+                storage.store,
             )
             for w in work(storage, training, config.batch_size)
         ]

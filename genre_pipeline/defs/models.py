@@ -24,16 +24,19 @@ from genre_pipeline.champion import promotion, registry
 from genre_pipeline.defs.automation import ON_UPSTREAM_DATA_CHANGE, when_dep_data_changes
 from genre_pipeline.defs.common import (
     config_from_dataclass,
+    failing_clearly,
     markdown_images,
     markdown_table,
     to_dataclass,
 )
 from genre_pipeline.defs.dataset import dataset_splits, genre_labels, movies_clean
-from genre_pipeline.defs.embeddings import failing_clearly, poster_embeddings, text_embeddings
+from genre_pipeline.defs.embeddings import poster_embeddings, text_embeddings
 from genre_pipeline.defs.execution import GPU_STEP_TAGS
 from genre_pipeline.defs.monitoring import retraining_decision
 from genre_pipeline.defs.resources import StorageResource, TrainingResource
+from genre_pipeline.files import atomic_write_bytes
 from genre_pipeline.models import metrics
+from genre_pipeline.training import manifest
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, StackConfig, TrainingConfig
 
 if TYPE_CHECKING:
@@ -49,7 +52,7 @@ TEMPORAL_DESCRIPTION = (
 )
 # The report's figures beside the test split's: the temporal split's, the stack's variants'.
 EXTRA_FIGURES = ("temporal_", "test_macro_f1_", "validation_macro_f1_")
-MODEL_ASSETS = ("baseline_model", "text_model", "image_model", "fusion_model", "stacked_model")
+MODEL_ASSETS = manifest.MODELS
 WHEN_RETRAINING_PAYS = when_dep_data_changes(retraining_decision.key.to_user_string(), "when_retraining_pays")
 
 
@@ -143,8 +146,11 @@ def baseline_model(
     """Word and character TF-IDF + one logistic regression per genre: the reference every other model
     must beat, and a member of the stack."""
     store = storage.store
-    trained = _training().baseline_model(
-        store, training.setup(store), to_dataclass(BaselineConfig, config), _run_tags(context)
+    trained = failing_clearly(
+        lambda: _training().baseline_model(
+            store, training.setup(store), to_dataclass(BaselineConfig, config), _run_tags(context)
+        ),
+        store,
     )
     return _model_result(trained)
 
@@ -178,7 +184,8 @@ def _head_model_asset(name: str, kind: str, deps: list, description: str) -> dg.
                 to_dataclass(FineTuneConfig, config.fine_tuning),
                 _run_tags(context),
                 _epoch_logger(context),
-            )
+            ),
+            store,
         )
         if trained.reused:
             context.log.info(f"reused: {trained.reused}")
@@ -225,13 +232,16 @@ def stacked_model(
     gradient-boosted trees over their out-of-fold probabilities and the TMDb metadata. One pyfunc model
     from raw inputs to genres; movies without a usable poster or metadata are scored from the rest."""
     store = storage.store
-    trained = _training().stacked_model(
+    trained = failing_clearly(
+        lambda: _training().stacked_model(
+            store,
+            training.setup(store),
+            to_dataclass(StackConfig, config),
+            to_dataclass(TrainingConfig, config.heads),
+            _run_tags(context),
+            progress=context.log.info,
+        ),
         store,
-        training.setup(store),
-        to_dataclass(StackConfig, config),
-        to_dataclass(TrainingConfig, config.heads),
-        _run_tags(context),
-        progress=context.log.info,
     )
     members = pd.DataFrame([{"member": name, **scores} for name, scores in trained.report["members"].items()])
     return _model_result(trained, members=markdown_table(members, None))
@@ -251,6 +261,15 @@ def model_comparison(
     split's movies the champion never saw); the candidate registered as @challenger with both figures.
     Whether it becomes the champion is the blocking check challenger_beats_champion's verdict."""
     store = storage.store
+    damaged = {name: why for name in MODEL_ASSETS if (why := manifest.damage(store, name))}
+    if damaged:  # the sensor, or the next refresh, trains them again
+        raise dg.Failure(
+            "not compared: "
+            + "; ".join(damaged.values())
+            + f". damaged_files_sensor materializes {', '.join(damaged)} "
+            "again (or the next python -m genre_pipeline.refresh)",
+            allow_retries=False,
+        )
     reports = {name: json.loads(store.model_report_file(name).read_text()) for name in MODEL_ASSETS}
     rows = []
     for name, report in reports.items():
@@ -273,12 +292,15 @@ def model_comparison(
             }
         )
     table = pd.DataFrame(rows)
-    table.to_csv(store.model_comparison_file, index=False)
+    atomic_write_bytes(store.model_comparison_file, table.to_csv(index=False).encode())
     name = registry.choose_candidate({n: report["validation_macro_f1"] for n, report in reports.items()})
     chosen = reports[name]
     tracking.use_tracking(chosen["tracking_uri"], training.experiment, store.mlflow_artifacts_dir)
-    challenge = promotion.challenge_champion(
-        store, name, chosen, training.label_set, to_dataclass(promotion.PromotionRules, config)
+    challenge = failing_clearly(
+        lambda: promotion.challenge_champion(
+            store, name, chosen, training.label_set, to_dataclass(promotion.PromotionRules, config)
+        ),
+        store,
     )
     context.log.info(challenge.decision)
     figures = {}

@@ -1,4 +1,5 @@
-"""The daily TMDb refresh."""
+"""The daily TMDb refresh, and the sensor that materializes again what a killed step or a damaged disk
+left not whole."""
 
 import datetime as dt
 
@@ -8,6 +9,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from genre_pipeline import settings
 from genre_pipeline.defs.automation import REFRESH_CRON
 from genre_pipeline.defs.ingestion import RELEASE_YEARS, movie_details, raw_discover_pages
+from genre_pipeline.defs.resources import StorageResource
+from genre_pipeline.training import manifest
 
 
 @dg.schedule(
@@ -43,3 +46,25 @@ def refresh_time(scheduled: dt.datetime) -> dt.datetime:
     if as_of is None:
         return scheduled
     return dt.datetime.combine(as_of, dt.time(23, 59), tzinfo=scheduled.tzinfo)
+
+
+IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
+
+@dg.sensor(
+    target=dg.AssetSelection.assets("text_embeddings", "poster_embeddings", *manifest.MODELS),
+    minimum_interval_seconds=600,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="An embeddings cache that does not read whole, or a model folder or logged model that differs "
+    "from its manifest (a step killed while writing, a truncated file): its asset is materialized again.",
+)
+def damaged_files_sensor(context: dg.SensorEvaluationContext, storage: StorageResource):
+    # A training in progress has removed its folder's manifest until it finishes: not damage.
+    if context.instance.get_runs_count(filters=dg.RunsFilter(statuses=IN_PROGRESS)):
+        return dg.SkipReason("runs are in progress: their files are checked once they end")
+    found = manifest.damaged(storage.store)
+    if not found:
+        return dg.SkipReason("every embeddings cache and model folder is whole")
+    for name, why in found.items():
+        context.log.warning(f"{name}: {why}")
+    return dg.RunRequest(asset_selection=[dg.AssetKey(name) for name in found], tags={"damaged_files": ",".join(found)})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import subprocess
 import tempfile
 from importlib import metadata
@@ -25,10 +26,12 @@ from genre_pipeline.models.pyfunc import ARTIFACT_KEY, PYFUNC_ENTRY
 from genre_pipeline.store import DataStore, content_fingerprint
 from genre_pipeline.tracking import TRAINING_MOVIES_ARTIFACT, VALIDATION_METRIC, use_tracking
 from genre_pipeline.training import data as training_data
-from genre_pipeline.training import finetune, fingerprint, stack, trainers
+from genre_pipeline.training import finetune, fingerprint, manifest, stack, trainers
 from genre_pipeline.training.config import BaselineConfig, FineTuneConfig, ModelSetup, StackConfig, TrainingConfig
 from genre_pipeline.training.data import TrainingData
 from genre_pipeline.training.evaluation import ModelOutcome
+
+log = logging.getLogger(__name__)
 
 _PINNED = (
     "torch",
@@ -131,6 +134,7 @@ def log_training_run(
     and, for a deployable model, the pyfunc model. Returns the report with the run's ids, and the
     report's files by name."""
     experiment_id = use_tracking(tracking_uri, experiment, artifact_root)
+    manifest.remove(out_dir)  # the folder is not whole until it is written again
     with training_run(outcome.name, params, tags=tags) as run:
         paths = outcome.write_report(data, out_dir, run_id=run.info.run_id)
         log_history(outcome.history)
@@ -155,6 +159,7 @@ def log_training_run(
         training_key=training_key,
     )
     atomic_write_bytes(paths["report"], json.dumps(report, indent=2, default=float).encode())
+    manifest.write(out_dir, model_info.model_id if model_info else None)
     return report, paths
 
 
@@ -201,6 +206,10 @@ def reusable(store: DataStore, name: str, key: str, tracking_uri: str, label_set
     except (OSError, ValueError):
         return None
     if report.get("training_key") != key:
+        return None
+    damaged = manifest.damage(store, name)
+    if damaged:
+        log.warning("%s: %s is trained again", damaged, name)
         return None
     try:
         run = MlflowClient(tracking_uri).get_run(report["run_id"])
