@@ -175,11 +175,11 @@ connection.execute("COMMIT")
 """
 
 
-@pytest.mark.parametrize("timeout_s, held_s, waits", [(30, 6, True), (2, 6, False)])
+@pytest.mark.parametrize("timeout_s, held_s, waits", [(30, 4, True), (1, 4, False)])
 def test_a_tracking_store_held_by_another_process_is_waited_for_up_to_the_timeout(
     tmp_path, monkeypatch, timeout_s, held_s, waits
 ):
-    """MLflow's own busy timeout (20 s) is replaced by ours both ways: 2 s fails a write held 6 s (MLflow's
+    """MLflow's own busy timeout (20 s) is replaced by ours both ways: 1 s fails a write held 4 s (MLflow's
     would have waited), 30 s lets it through."""
     monkeypatch.setenv(tracking.LOCK_TIMEOUT_ENV, str(timeout_s))
     db = tmp_path / "mlflow.db"
