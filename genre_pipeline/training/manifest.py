@@ -53,7 +53,9 @@ def damage(store: DataStore, name: str) -> str | None:
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text())
     except (OSError, ValueError):
-        return f"{folder} has no readable {MANIFEST_FILE}: its training did not finish"
+        return (
+            f"{folder} has no readable {MANIFEST_FILE}: its training did not finish (or code before manifests wrote it)"
+        )
     changed = differences(folder, manifest["report"])
     if changed:
         return f"{folder}: {', '.join(changed)} missing or changed since the training wrote them"
