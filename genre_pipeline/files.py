@@ -99,8 +99,10 @@ def out_of_space(error: BaseException | None) -> BaseException | None:
 def out_of_space_message(folder: Path | str, error: BaseException) -> str:
     """What to tell a user whose write under ``folder`` found its disk full (``error``: out_of_space's)."""
     free = shutil.disk_usage(folder).free / 2**20 if Path(folder).exists() else float("nan")
+    lines = str(error).splitlines() or [type(error).__name__]
+    said = next((line for line in lines if "disk is full" in line or "No space left" in line), lines[0])
     return (
-        f"no space left on the device of {folder} ({free:.0f} MiB free): {str(error).splitlines()[0]}. Free space "
+        f"no space left on the device of {folder} ({free:.0f} MiB free): {said.strip()}. Free space "
         "and run the step again: a file is replaced only once written whole, and what a step left unfinished is redone"
     )
 

@@ -213,9 +213,14 @@ def test_a_full_disk_is_an_error_naming_the_folder_and_its_free_space(tmp_path):
     message = files.out_of_space_message(tmp_path, raised.value)
     assert f"no space left on the device of {tmp_path}" in message and "MiB free" in message
     wrapped = RuntimeError("(raised as a result of Query-invoked autoflush)")
-    wrapped.__cause__ = full = sqlite3.OperationalError("database or disk is full")
+    # As SQLAlchemy words it: a note first, the database's own words on the next line.
+    full = sqlite3.OperationalError(
+        "(raised as a result of Query-invoked autoflush)\n(sqlite3) database or disk is full"
+    )
+    wrapped.__cause__ = full
     assert files.out_of_space(wrapped) is full and files.out_of_space(ValueError("bad value")) is None
-    assert "database or disk is full" in files.out_of_space_message(tmp_path, files.out_of_space(wrapped))
+    message = files.out_of_space_message(tmp_path, files.out_of_space(wrapped))
+    assert "MiB free): (sqlite3) database or disk is full. Free space" in message
 
 
 def test_a_champion_that_fails_to_load_in_any_way_leaves_the_served_one_serving(registered):
