@@ -1,6 +1,7 @@
 """The champion's lifecycle on the session's models: registration, promotion only of a better model, the
 batch predictions, idempotent reruns and per-model code fingerprints."""
 
+import hashlib
 import json
 
 import dagster as dg
@@ -17,7 +18,7 @@ from genre_pipeline.defs import models, predictions
 from genre_pipeline.ingestion import posters as poster_files
 from genre_pipeline.models.movie import probability_column
 from genre_pipeline.store import DataStore
-from genre_pipeline.training import fingerprint
+from genre_pipeline.training import fingerprint, manifest
 
 from .conftest import (
     ASSETS,
@@ -104,8 +105,13 @@ def test_a_worse_model_is_not_promoted_even_when_its_stored_figure_is_higher(tra
     client = MlflowClient(trained["uri"], trained["uri"])
     champion = registry.current_champion(client)
     report_file = store.model_report_file("text_model")
-    kept = {path: path.read_bytes() for path in (report_file, store.model_comparison_file)}
+    manifest_file = report_file.with_name(manifest.MANIFEST_FILE)
+    kept = {path: path.read_bytes() for path in (report_file, manifest_file, store.model_comparison_file)}
     report_file.write_text(json.dumps({**json.loads(kept[report_file]), "validation_macro_f1": 0.999}))
+    # As if its training had written that figure: the folder's manifest says so too (else it is not whole).
+    recorded = json.loads(kept[manifest_file])
+    recorded["report"]["report.json"] = hashlib.sha256(report_file.read_bytes()).hexdigest()
+    manifest_file.write_text(json.dumps(recorded))
     every_asset = ASSETS + DATASET_ASSETS + MODEL_ASSETS
     versions_before = len(client.search_model_versions(f"name='{registry.REGISTERED_MODEL}'"))
     try:
