@@ -69,7 +69,7 @@ def file_digests(folder: Path | str, *, leave_out: tuple[str, ...] = ()) -> dict
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
         if path.is_file() and not path.name.endswith(".tmp") and name not in leave_out:
-            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            digests[name] = _sha256(path)
     return digests
 
 
@@ -77,10 +77,12 @@ def differences(folder: Path | str, recorded: dict[str, str]) -> list[str]:
     """The files of ``recorded`` (``file_digests``) that are missing from ``folder`` or differ now."""
     folder = Path(folder)
     return [
-        name
-        for name, digest in recorded.items()
-        if not (folder / name).is_file() or hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest
+        name for name, digest in recorded.items() if not (folder / name).is_file() or _sha256(folder / name) != digest
     ]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def out_of_space(error: BaseException | None) -> BaseException | None:
